@@ -1,0 +1,1 @@
+"""One callable class per stage, run by Ray Data in actor pools."""

@@ -1,0 +1,61 @@
+"""The encode stage: prompts -> text embeddings, on its own actor pool."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from actors.loading import local_model_path, stage_device
+from actors.rowerrors import mark_errors, run_isolating
+from pipelines.spec import ModelSpec, StageSpec
+
+__all__ = ["EncodeStage", "EMBED_PREFIX"]
+
+# Embedding columns travel between the encode and generate stages only.
+EMBED_PREFIX = "_pm_emb_"
+
+
+class EncodeStage:
+    """Callable class for ``map_batches``: adds one ``_pm_emb_*`` column per embedding.
+
+    Only the text encoders and tokenizers are loaded (once per actor).  Rows
+    whose ``status`` is not ``ok`` get zero embeddings and are left alone.
+
+    Args:
+        model: which pipeline to load.
+        stage: device, dtype and batch settings of this stage.
+        storage_options: fsspec options for a model in object storage.
+    """
+
+    def __init__(self, *, model: ModelSpec, stage: StageSpec, storage_options: dict[str, Any] | None = None) -> None:
+        from models.diffusion import PromptEncoder
+
+        self.encoder = PromptEncoder(
+            local_model_path(model, storage_options), device=stage_device(stage), dtype=stage.dtype
+        )
+        # Shapes of each embedding for one row, so rows that failed earlier
+        # still get columns of the same shape and blocks keep one schema.
+        template = self.encoder.encode([""], [""], guidance=[1.0])
+        self.templates = {key: np.zeros_like(value[0]) for key, value in template.items()}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        size = len(batch["prompt"])
+        healthy = [i for i in range(size) if batch["status"][i] == "ok"]
+
+        def compute(rows: list[int]) -> list[dict[str, np.ndarray]]:
+            embeds = self.encoder.encode(
+                [str(batch["prompt"][i]) for i in rows],
+                [str(batch["negative_prompt"][i]) for i in rows],
+                guidance=[float(batch["guidance"][i]) for i in rows],
+            )
+            return [{key: value[n] for key, value in embeds.items()} for n in range(len(rows))]
+
+        results, errors = run_isolating(compute, healthy)
+        mark_errors(batch, errors, stage="encode")
+        for key, zeros in self.templates.items():
+            batch[EMBED_PREFIX + key] = np.stack([results[i][key] if i in results else zeros for i in range(size)])
+        batch["encode_s"] = np.full(size, (time.perf_counter() - start) / max(size, 1))
+        return batch

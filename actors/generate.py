@@ -1,0 +1,90 @@
+"""The generate stage: text embeddings -> uint8 images, on its own actor pool."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from actors.encode import EMBED_PREFIX
+from actors.loading import local_model_path, stage_device
+from actors.rowerrors import mark_errors, run_isolating
+from pipelines.spec import ModelSpec, StageSpec
+
+__all__ = ["GenerateStage", "IMAGE_COLUMN"]
+
+# The decoded image, ``uint8 [H, W, 3]``, from here to the image-encoding task.
+IMAGE_COLUMN = "_pm_image"
+
+
+class GenerateStage:
+    """Callable class for ``map_batches``: denoises from the encode stage's embeddings.
+
+    Loads the pipeline without its text encoders (once per actor).  Rows are
+    grouped by size, steps and guidance so each group is one batched call;
+    every row draws its latents from its own seed, so a row's image does not
+    depend on the batch it lands in.
+
+    Args:
+        model: which pipeline to load.
+        stage: device, dtype and batch settings of this stage.
+        storage_options: fsspec options for a model in object storage.
+    """
+
+    def __init__(self, *, model: ModelSpec, stage: StageSpec, storage_options: dict[str, Any] | None = None) -> None:
+        from models.diffusion import ImageGenerator
+
+        self.generator = ImageGenerator(
+            local_model_path(model, storage_options), device=stage_device(stage), dtype=stage.dtype
+        )
+        self.model_uri = model.uri
+
+    def _groups(self, batch: dict[str, np.ndarray]) -> dict[tuple[int, int, int, float], list[int]]:
+        groups: dict[tuple[int, int, int, float], list[int]] = defaultdict(list)
+        for i, status in enumerate(batch["status"]):
+            if status == "ok":
+                key = (int(batch["width"][i]), int(batch["height"][i]), int(batch["steps"][i]), float(batch["guidance"][i]))
+                groups[key].append(i)
+        return groups
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        size = len(batch["prompt"])
+        embed_columns = [name for name in batch if name.startswith(EMBED_PREFIX)]
+        images: dict[int, np.ndarray] = {}
+        for (width, height, steps, guidance), rows in self._groups(batch).items():
+
+            def compute(subset: list[int]) -> np.ndarray:
+                embeds = {name[len(EMBED_PREFIX):]: batch[name][subset] for name in embed_columns}
+                return self.generator.generate(
+                    embeds,
+                    seeds=[int(batch["seed"][i]) for i in subset],
+                    width=width,
+                    height=height,
+                    steps=steps,
+                    guidance=guidance,
+                )
+
+            results, errors = run_isolating(compute, rows)
+            images.update(results)
+            mark_errors(batch, errors, stage="generate")
+        for name in embed_columns:
+            del batch[name]
+        batch[IMAGE_COLUMN] = _image_column(images, batch)
+        info = self.generator.info
+        batch["model"] = np.full(size, self.model_uri, dtype=object)
+        batch["model_hash"] = np.full(size, info["model_hash"], dtype=object)
+        batch["scheduler"] = np.full(size, info["scheduler"], dtype=object)
+        batch["pipeline"] = np.full(size, info["pipeline"], dtype=object)
+        batch["generate_s"] = np.full(size, (time.perf_counter() - start) / max(size, 1))
+        return batch
+
+
+def _image_column(images: dict[int, np.ndarray], batch: dict[str, np.ndarray]) -> np.ndarray:
+    """Return one image per row; failed rows get an empty ``0x0x3`` array."""
+    column = np.empty(len(batch["prompt"]), dtype=object)
+    for i in range(len(column)):
+        column[i] = images.get(i, np.zeros((0, 0, 3), dtype=np.uint8))
+    return column

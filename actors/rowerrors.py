@@ -1,0 +1,60 @@
+"""Run a model on a batch so that one bad row cannot sink its batch.
+
+A stage calls :func:`run_isolating` with the indices of its healthy rows; when
+the model raises on the whole batch, the batch is split in halves until the
+rows that fail on their own are found.  Those rows get the error; the others
+get their results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
+
+__all__ = ["run_isolating", "mark_errors"]
+
+Result = TypeVar("Result")
+
+
+def run_isolating(
+    compute: Callable[[Sequence[int]], Sequence[Result]], indices: Sequence[int]
+) -> tuple[dict[int, Result], dict[int, str]]:
+    """Compute results for ``indices``, isolating rows that make ``compute`` raise.
+
+    Args:
+        compute: takes a list of row indices, returns one result per index.
+        indices: the rows to process.
+
+    Returns:
+        ``(results by row index, error message by row index)``.
+    """
+    results: dict[int, Result] = {}
+    errors: dict[int, str] = {}
+    pending = [list(indices)] if len(indices) else []
+    while pending:
+        group = pending.pop()
+        try:
+            outputs = compute(group)
+        except Exception as error:  # noqa: BLE001 - any model error becomes a row error
+            if len(group) == 1:
+                errors[group[0]] = f"{type(error).__name__}: {error}"
+            else:
+                middle = len(group) // 2
+                pending.extend([group[middle:], group[:middle]])
+            continue
+        results.update(zip(group, outputs))
+    return results, errors
+
+
+def mark_errors(batch: dict[str, np.ndarray], errors: dict[int, str], *, stage: str) -> None:
+    """Set ``status``/``stage``/``error`` on the failed rows of a batch, in place."""
+    if not errors:
+        return
+    for column in ("status", "stage", "error"):
+        batch[column] = batch[column].astype(object)
+    for index, message in errors.items():
+        batch["status"][index] = "error"
+        batch["stage"][index] = stage
+        batch["error"][index] = message

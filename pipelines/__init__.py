@@ -1,0 +1,1 @@
+"""pixelmill's wiring: job spec, CLI, Ray Data plan, sources, sinks."""

@@ -1,0 +1,62 @@
+"""The Ray Data plan: read -> prepare rows -> encode -> generate -> encode images -> shards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray.data
+
+from actors.encode import EncodeStage
+from actors.generate import GenerateStage
+from pipelines.images import encode_images
+from pipelines.rows import check_passthrough_columns, prepare_rows
+from pipelines.sources import read_prompts
+from pipelines.spec import JobSpec, StageSpec
+
+__all__ = ["build_dataset", "pool_options"]
+
+
+def pool_options(stage: StageSpec) -> dict[str, Any]:
+    """Return the ``map_batches`` arguments that size a stage's actor pool."""
+    return {
+        "batch_size": stage.batch_size,
+        "concurrency": stage.concurrency,
+        "num_gpus": stage.num_gpus,
+        "num_cpus": stage.num_cpus,
+    }
+
+
+def build_dataset(spec: JobSpec) -> ray.data.Dataset:
+    """Return the lazy dataset of finished rows, in blocks of exactly one shard."""
+    options = spec.storage_options
+    ds = read_prompts(spec.input, options)
+    if spec.limit is not None:
+        ds = ds.limit(spec.limit)
+    input_columns = [c for c in ds.schema().names if c not in ("source", "source_row")]
+    if spec.input.columns.prompt not in input_columns:
+        raise ValueError(
+            f"input.columns.prompt: column {spec.input.columns.prompt!r} not in the input (columns: {input_columns})"
+        )
+    check_passthrough_columns(input_columns, spec.input.columns)
+    ds = ds.map_batches(
+        prepare_rows,
+        batch_format="pandas",
+        fn_kwargs={"columns": spec.input.columns, "defaults": spec.defaults, "job_seed": spec.seed},
+    )
+    stage_args = {"model": spec.model, "storage_options": options}
+    ds = ds.map_batches(
+        EncodeStage,
+        fn_constructor_kwargs={**stage_args, "stage": spec.stages.encode},
+        **pool_options(spec.stages.encode),
+    )
+    ds = ds.map_batches(
+        GenerateStage,
+        fn_constructor_kwargs={**stage_args, "stage": spec.stages.generate},
+        **pool_options(spec.stages.generate),
+    )
+    ds = ds.map_batches(
+        encode_images,
+        fn_kwargs={"image_format": spec.output.image_format, "quality": spec.output.image_quality},
+        batch_size=min(64, spec.output.samples_per_shard),
+    )
+    return ds.repartition(target_num_rows_per_block=spec.output.samples_per_shard, strict=True)

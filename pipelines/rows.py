@@ -1,0 +1,147 @@
+"""Turn raw input rows into pixelmill's canonical row: id, seed, generation settings, status.
+
+Runs as a Ray Data ``map_batches`` task on pandas batches.  Bad values never
+raise: the row gets ``status="error"``, ``stage="input"`` and a reason, and
+flows on so that it is written to the shard's Parquet like every other row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Any
+
+import pandas as pd
+
+from pipelines.spec import ColumnMap, GenerationDefaults
+
+__all__ = ["RESERVED_COLUMNS", "derive_seed", "prepare_rows", "check_passthrough_columns"]
+
+# Columns pixelmill writes itself; input columns with these names must be mapped.
+RESERVED_COLUMNS = frozenset(
+    {
+        "key", "id", "prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance",
+        "status", "stage", "error", "source", "source_row", "model", "model_hash", "scheduler",
+        "pipeline", "sha256", "image_format", "shard", "encode_s", "generate_s", "image_encode_s",
+    }
+)
+_INT_FIELDS = ("width", "height", "steps")
+_SEED_MODULUS = 2**32
+
+
+def derive_seed(job_seed: int, row_id: str) -> int:
+    """Return a row's seed from the job seed and the row id (stable across runs and machines)."""
+    digest = hashlib.sha256(f"{job_seed}:{row_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def check_passthrough_columns(input_columns: list[str], columns: ColumnMap) -> None:
+    """Raise ``ValueError`` when an input column would overwrite a column pixelmill writes.
+
+    Input columns named like a canonical field (``seed``, ``width``, ...) are
+    read as that field even when ``input.columns`` does not map them.
+    """
+    mapped = set(columns.overrides().values())
+    readable = set(ColumnMap.model_fields)
+    clashes = sorted(c for c in input_columns if c in RESERVED_COLUMNS and c not in mapped and c not in readable)
+    if clashes:
+        raise ValueError(
+            f"input columns {clashes} clash with pixelmill's output columns; "
+            "map them in input.columns or rename them"
+        )
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _number(value: Any, name: str, *, integer: bool) -> float | int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if integer:
+        if number != int(number):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(number)
+    return number
+
+
+def _row_settings(raw: dict[str, Any], defaults: GenerationDefaults) -> dict[str, Any]:
+    settings: dict[str, Any] = {}
+    for name in (*_INT_FIELDS, "guidance"):
+        value = raw.get(name)
+        if _is_missing(value):
+            settings[name] = getattr(defaults, name)
+            continue
+        settings[name] = _number(value, name, integer=name in _INT_FIELDS)
+    for name in _INT_FIELDS:
+        if settings[name] <= 0:
+            raise ValueError(f"{name} must be positive, got {settings[name]}")
+    for name in ("width", "height"):
+        if settings[name] % 8:
+            raise ValueError(f"{name} must be a multiple of 8, got {settings[name]}")
+    if settings["guidance"] < 0:
+        raise ValueError(f"guidance must be >= 0, got {settings['guidance']}")
+    return settings
+
+
+def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed: int) -> dict[str, Any]:
+    row_id = raw.get("id")
+    row_id = f"{raw['source']}#{raw['source_row']}" if _is_missing(row_id) else str(row_id)
+    prompt = raw.get("prompt")
+    negative = raw.get("negative_prompt")
+    out: dict[str, Any] = {
+        "id": row_id,
+        "prompt": prompt if isinstance(prompt, str) else ("" if _is_missing(prompt) else str(prompt)),
+        "negative_prompt": defaults.negative_prompt if _is_missing(negative) else str(negative),
+        "status": "ok",
+        "stage": "",
+        "error": "",
+    }
+    try:
+        if not isinstance(prompt, str):
+            raise ValueError(f"prompt must be text, got {'nothing' if _is_missing(prompt) else type(prompt).__name__}")
+        if not prompt.strip():
+            raise ValueError("prompt is empty")
+        out.update(_row_settings(raw, defaults))
+        seed = raw.get("seed")
+        out["seed"] = derive_seed(job_seed, row_id) if _is_missing(seed) else _number(seed, "seed", integer=True)
+        if not 0 <= out["seed"] < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {out['seed']}")
+    except ValueError as error:
+        out.update(status="error", stage="input", error=str(error))
+        out.setdefault("seed", derive_seed(job_seed, row_id))
+        for name in (*_INT_FIELDS, "guidance"):
+            out.setdefault(name, getattr(defaults, name))
+    return out
+
+
+def prepare_rows(
+    batch: pd.DataFrame, *, columns: ColumnMap, defaults: GenerationDefaults, job_seed: int
+) -> pd.DataFrame:
+    """Map a batch of raw input rows to canonical rows; other columns pass through.
+
+    Args:
+        batch: raw rows with ``source`` and ``source_row`` from the reader.
+        columns: which input column holds each canonical field.
+        defaults: job-level values for rows that do not override them.
+        job_seed: the job's seed, mixed with row ids to derive row seeds.
+    """
+    renames = {column: name for name, column in columns.overrides().items()}
+    raw = batch.rename(columns=renames)
+    canonical = pd.DataFrame(
+        [_prepare_one(row, defaults=defaults, job_seed=job_seed) for row in raw.to_dict("records")],
+        index=raw.index,
+    )
+    canonical = canonical.astype({"seed": "int64", "width": "int64", "height": "int64", "steps": "int64", "guidance": "float64"})
+    consumed = set(canonical.columns) | set(ColumnMap.model_fields)
+    passthrough = raw.drop(columns=[c for c in raw.columns if c in consumed])
+    return pd.concat([canonical, passthrough], axis=1).reset_index(drop=True)

@@ -1,0 +1,148 @@
+"""Run a job: start or join Ray, prepare the output, execute the plan, report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from pipelines.spec import JobSpec
+from pipelines.storage import filesystem, join, redact, storage_env_vars
+
+__all__ = ["RunSummary", "run_job", "OutputNotEmptyError"]
+
+logger = logging.getLogger("pixelmill")
+Mode = Literal["new", "overwrite", "append"]
+_SHARD_STATS = re.compile(r"(\d{5,})_stats\.json$")
+
+
+class OutputNotEmptyError(RuntimeError):
+    """The output already holds shards and the mode does not say what to do with them."""
+
+
+@dataclass
+class RunSummary:
+    """Totals of one run; also written as ``_run.json``."""
+
+    run_id: str
+    output: str
+    mode: str
+    rows: int = 0
+    images: int = 0
+    errors: int = 0
+    errors_by_stage: dict[str, int] = field(default_factory=dict)
+    shards: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    images_per_s: float = 0.0
+    started: str = ""
+    finished: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def line(self) -> str:
+        """Return the one-line summary printed at the end of a run."""
+        return (
+            f"pixelmill: {self.rows} rows in, {self.images} images out, {self.errors} errors, "
+            f"{len(self.shards)} shards, {self.wall_s:.1f} s, {self.images_per_s:.2f} images/s -> {self.output}"
+        )
+
+
+def init_ray(spec: JobSpec) -> None:
+    """Join the cluster in ``ray.address`` or start a local runtime; forward storage variables."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(
+        address=spec.ray.address,
+        num_cpus=spec.ray.num_cpus if spec.ray.address is None else None,
+        runtime_env={"env_vars": storage_env_vars()},
+        include_dashboard=False,
+        log_to_driver=True,
+    )
+
+
+def committed_shards(spec: JobSpec) -> list[int]:
+    """Return the numbers of the shards already committed at the output (stats file present)."""
+    fs, root = filesystem(spec.output.uri, spec.storage_options)
+    if not fs.exists(root):
+        return []
+    names = fs.glob(join(fs, root, "*_stats.json"))
+    return sorted(int(m.group(1)) for m in (_SHARD_STATS.search(n) for n in names) if m)
+
+
+def _prepare_output(spec: JobSpec, mode: Mode) -> int:
+    """Apply the output mode and return the number of the first shard to write."""
+    fs, root = filesystem(spec.output.uri, spec.storage_options)
+    existing = committed_shards(spec)
+    if mode == "overwrite":
+        if fs.exists(root):
+            for path in fs.ls(root, detail=False):
+                fs.rm(path, recursive=True)
+        existing = []
+    elif mode == "new" and existing:
+        raise OutputNotEmptyError(
+            f"output.uri {spec.output.uri} already holds {len(existing)} shards; "
+            "use --mode overwrite to replace them or --mode append to add a new batch"
+        )
+    fs.makedirs(root, exist_ok=True)
+    return existing[-1] + 1 if existing else 0
+
+
+def _write_run_json(spec: JobSpec, summary: RunSummary) -> None:
+    fs, root = filesystem(spec.output.uri, spec.storage_options)
+    with fs.open(join(fs, root, "_run.json"), "w") as f:
+        json.dump(asdict(summary), f, indent=2, default=str)
+
+
+def run_job(spec: JobSpec, *, mode: Mode = "new") -> RunSummary:
+    """Run a job to completion and return its summary.
+
+    Raises:
+        OutputNotEmptyError: shards exist and ``mode`` is ``new``.
+        Exception: whatever stopped the job (bad input location, model, Ray).
+    """
+    import ray.data
+
+    from pipelines.plan import build_dataset
+    from pipelines.sink import ShardDatasink
+
+    started, start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    init_ray(spec)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = spec.ray.preserve_order
+    run_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    shard_offset = _prepare_output(spec, mode)
+    sink = ShardDatasink(spec.output, run_id=run_id, shard_offset=shard_offset, storage_options=spec.storage_options)
+    build_dataset(spec).write_datasink(sink)
+    _remove_tmp(spec, run_id)
+
+    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode)
+    for stats in sorted(sink.shard_stats, key=lambda s: s["shard"]):
+        summary.rows += stats["count"]
+        summary.images += stats["successes"]
+        summary.errors += stats["failures"]
+        for reason, count in stats["failures_by_reason"].items():
+            stage = reason.split(":", 1)[0]
+            summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + count
+        summary.shards.append(f"{stats['shard']:05d}")
+    summary.wall_s = round(time.perf_counter() - start, 3)
+    summary.images_per_s = round(summary.images / summary.wall_s, 3) if summary.wall_s else 0.0
+    summary.started = started.isoformat(timespec="seconds")
+    summary.finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    summary.spec = redact(spec.model_dump(mode="json"))
+    _write_run_json(spec, summary)
+    return summary
+
+
+def _remove_tmp(spec: JobSpec, run_id: str) -> None:
+    from pipelines.sink import TMP_DIR
+
+    fs, root = filesystem(spec.output.uri, spec.storage_options)
+    tmp = join(fs, root, TMP_DIR)
+    if fs.exists(tmp):
+        fs.rm(tmp, recursive=True)

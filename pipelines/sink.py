@@ -1,0 +1,152 @@
+"""The shard sink: WebDataset tar + Parquet + stats per shard, committed atomically.
+
+Built on Ray Data's ``Datasink`` API.  The plan repartitions rows into blocks
+of exactly ``samples_per_shard`` rows, so each write task writes one shard,
+numbered ``shard_offset + task index``.
+
+Commit protocol: the tar and the Parquet are written under ``_tmp/<run id>/``,
+then moved next to the other shards (a rename locally, copy-then-delete on
+S3), and ``NNNNN_stats.json`` is written last: a shard whose stats file exists
+is complete.  Readers that glob ``*.tar`` never see the temporary folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import webdataset as wds
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource import Datasink
+
+from pipelines.spec import OutputSpec
+from pipelines.storage import filesystem, join
+
+__all__ = ["ShardDatasink", "TMP_DIR", "shard_name"]
+
+TMP_DIR = "_tmp"
+# A fixed tar member time keeps reruns byte-identical.
+_TAR_MTIME = 0.0
+_NOT_METADATA = ("image",)
+
+
+def shard_name(shard: int) -> str:
+    """Return the zero-padded name of a shard (``00042``)."""
+    return f"{shard:05d}"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    return value
+
+
+class ShardDatasink(Datasink[dict]):
+    """Write each write task's rows as one committed shard.
+
+    Args:
+        output: where and how to write.
+        run_id: names this run's temporary folder.
+        shard_offset: number of the first shard this run writes.
+        storage_options: fsspec options for the output URI.
+    """
+
+    def __init__(
+        self, output: OutputSpec, *, run_id: str, shard_offset: int = 0, storage_options: dict[str, Any] | None = None
+    ) -> None:
+        self.output = output
+        self.run_id = run_id
+        self.shard_offset = shard_offset
+        self.storage_options = storage_options or {}
+        self.shard_stats: list[dict[str, Any]] = []
+
+    @property
+    def supports_distributed_writes(self) -> bool:
+        return True
+
+    def get_name(self) -> str:
+        return "ShardSink"
+
+    def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, Any]:
+        """Write and commit the shard for this task; return its stats."""
+        started, start = _now(), time.perf_counter()
+        tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
+        table = pa.concat_tables([t for t in tables if t.num_rows], promote_options="permissive") if tables else None
+        if table is None or table.num_rows == 0:
+            return {"shard": None, "count": 0}
+        shard = self.shard_offset + ctx.task_idx
+        name = shard_name(shard)
+        fs, root = filesystem(self.output.uri, self.storage_options)
+        tmp = join(fs, root, TMP_DIR, self.run_id)
+        fs.makedirs(tmp, exist_ok=True)
+        table = self._with_keys(table, shard)
+        self._write_tar(fs, join(fs, tmp, f"{name}.tar"), table)
+        with fs.open(join(fs, tmp, f"{name}.parquet"), "wb") as f:
+            pq.write_table(table.drop_columns(list(_NOT_METADATA)), f)
+        for suffix in (".tar", ".parquet"):
+            fs.mv(join(fs, tmp, name + suffix), join(fs, root, name + suffix))
+        stats = self._stats(table, shard=shard, started=started, seconds=time.perf_counter() - start)
+        with fs.open(join(fs, root, f"{name}_stats.json"), "w") as f:
+            json.dump(stats, f, indent=2)
+        return stats
+
+    def on_write_complete(self, write_result: Any) -> None:
+        self.shard_stats = [s for s in write_result.write_returns if s.get("shard") is not None]
+
+    def _with_keys(self, table: pa.Table, shard: int) -> pa.Table:
+        width = max(4, len(str(self.output.samples_per_shard - 1)))
+        keys = [f"{shard_name(shard)}{i:0{width}d}" for i in range(table.num_rows)]
+        table = table.append_column("key", pa.array(keys, pa.string()))
+        return table.append_column("shard", pa.array([shard] * table.num_rows, pa.int64()))
+
+    def _write_tar(self, fs: Any, path: str, table: pa.Table) -> None:
+        ext = self.output.image_format
+        rows = table.to_pylist()
+        with fs.open(path, "wb") as f, wds.TarWriter(f, encoder=False, mtime=_TAR_MTIME) as sink:
+            for row in rows:
+                if row["status"] != "ok":
+                    continue
+                metadata = {k: _json_value(v) for k, v in row.items() if k not in _NOT_METADATA}
+                sink.write(
+                    {
+                        "__key__": row["key"],
+                        ext: row["image"],
+                        "json": json.dumps(metadata, sort_keys=True).encode(),
+                        "txt": row["prompt"].encode(),
+                    }
+                )
+
+    @staticmethod
+    def _stats(table: pa.Table, *, shard: int, started: str, seconds: float) -> dict[str, Any]:
+        status = table.column("status").to_pylist()
+        reasons = Counter(
+            f"{stage}: {error.split(':', 1)[0]}"
+            for stage, error, state in zip(table.column("stage").to_pylist(), table.column("error").to_pylist(), status)
+            if state != "ok"
+        )
+        return {
+            "shard": shard,
+            "count": table.num_rows,
+            "successes": status.count("ok"),
+            "failures": table.num_rows - status.count("ok"),
+            "failures_by_reason": dict(reasons),
+            "start_time": started,
+            "end_time": _now(),
+            "duration_s": round(seconds, 3),
+        }

@@ -1,0 +1,153 @@
+"""Prompt tables (Parquet, JSONL, CSV) at any fsspec URI, read by Ray Data.
+
+Listing goes through fsspec (so globs and ``s3://`` prefixes work the same as
+local folders); reading goes through Ray Data's ``FileBasedDatasource``, which
+gives parallel read tasks, retries and locality.  Ray's stock readers do not
+say where in its file a row came from, which stable row ids need, so
+:class:`PromptTableDatasource` adds two columns while streaming each file:
+``source`` (the file's path relative to the input root) and ``source_row``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+from ray.data.datasource import FileBasedDatasource
+
+from pipelines.spec import InputSpec
+from pipelines.storage import filesystem
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = ["FORMAT_READERS", "PromptTableDatasource", "list_input_files", "read_prompts"]
+
+_GLOB_CHARS = "*?["
+
+
+def _read_parquet(f: pa.NativeFile) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
+    yield from pq.ParquetFile(f).iter_batches(batch_size=8192)
+
+
+def _read_jsonl(f: pa.NativeFile) -> Iterator[pa.RecordBatch]:
+    import pyarrow.json as pj
+
+    yield from pj.open_json(f)
+
+
+def _read_csv(f: pa.NativeFile) -> Iterator[pa.RecordBatch]:
+    import pyarrow.csv as pc
+
+    yield from pc.open_csv(f)
+
+
+# Format name -> (file extensions, streaming reader of one file).
+FORMAT_READERS: dict[str, tuple[tuple[str, ...], Callable[[pa.NativeFile], Iterator[pa.RecordBatch]]]] = {
+    "parquet": ((".parquet", ".pq"), _read_parquet),
+    "jsonl": ((".jsonl", ".json", ".ndjson"), _read_jsonl),
+    "csv": ((".csv",), _read_csv),
+}
+
+
+def _format_of(path: str) -> str | None:
+    for name, (extensions, _) in FORMAT_READERS.items():
+        if path.lower().endswith(extensions):
+            return name
+    return None
+
+
+def list_input_files(spec: InputSpec, storage_options: dict[str, Any] | None = None) -> tuple[Any, list[str], str, str]:
+    """List the prompt files of an input URI, sorted, and pick their format.
+
+    Returns:
+        ``(fsspec filesystem, sorted file paths, root path, format name)``; the
+        root is what ``source`` names are relative to.
+
+    Raises:
+        FileNotFoundError: nothing readable at the URI.
+        ValueError: mixed or unknown formats with ``format: auto``.
+    """
+    fs, path = filesystem(spec.uri, storage_options)
+    if any(char in path for char in _GLOB_CHARS):
+        files = [p for p in fs.glob(path) if fs.isfile(p)]
+        root = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0]
+    elif fs.isdir(path):
+        files = fs.find(path)
+        root = path.rstrip("/")
+    elif fs.isfile(path):
+        files = [path]
+        root = posixpath.dirname(path)
+    else:
+        raise FileNotFoundError(f"input.uri: nothing found at {spec.uri}")
+    files = sorted(p for p in files if not posixpath.basename(p).startswith(("_", ".")))
+    if spec.format != "auto":
+        extensions = FORMAT_READERS[spec.format][0]
+        chosen = [p for p in files if p.lower().endswith(extensions)] or files
+        return fs, chosen, root, spec.format
+    formats = {p: _format_of(p) for p in files}
+    found = {f for f in formats.values() if f}
+    if not found:
+        raise FileNotFoundError(f"input.uri: no .parquet, .jsonl or .csv files at {spec.uri}")
+    if len(found) > 1:
+        raise ValueError(f"input.uri: mixed formats {sorted(found)} at {spec.uri}; set input.format")
+    fmt = found.pop()
+    return fs, [p for p, f in formats.items() if f == fmt], root, fmt
+
+
+class PromptTableDatasource(FileBasedDatasource):
+    """Ray Data datasource for prompt files that numbers rows within each file.
+
+    Args:
+        paths: files to read (already listed, sorted).
+        format: a key of :data:`FORMAT_READERS`.
+        source_names: ``{path: name relative to the input root}``.
+        filesystem: a pyarrow filesystem (fsspec ones are wrapped by the caller).
+    """
+
+    def __init__(self, paths: list[str], *, format: str, source_names: dict[str, str], filesystem: Any) -> None:
+        super().__init__(paths, filesystem=filesystem)
+        self._reader = FORMAT_READERS[format][1]
+        self._random_access = format == "parquet"
+        self._source_names = source_names
+
+    def _open_input_source(self, filesystem: Any, path: str, **open_args: Any) -> pa.NativeFile:
+        # Parquet keeps its footer at the end of the file, so it needs a seekable handle.
+        if self._random_access:
+            return filesystem.open_input_file(path)
+        return super()._open_input_source(filesystem, path, **open_args)
+
+    def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
+        name = self._source_names.get(path, path)
+        offset = 0
+        try:
+            for batch in self._reader(f):
+                table = pa.Table.from_batches([batch])
+                if {"source", "source_row"} & set(table.column_names):
+                    raise ValueError(
+                        f"input file {name} has a 'source' or 'source_row' column, which pixelmill "
+                        "writes itself; rename it"
+                    )
+                rows = pa.array(range(offset, offset + table.num_rows), type=pa.int64())
+                table = table.append_column("source", pa.array([name] * table.num_rows, type=pa.string()))
+                yield table.append_column("source_row", rows)
+                offset += table.num_rows
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"input file {name} could not be read as a prompt table: {error}") from error
+
+
+def read_prompts(spec: InputSpec, storage_options: dict[str, Any] | None = None) -> "ray.data.Dataset":
+    """Return a Ray dataset of the prompt rows, with ``source`` and ``source_row`` columns."""
+    import ray.data
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, files, root, fmt = list_input_files(spec, storage_options)
+    names = {p: posixpath.relpath(p, root) if root else p for p in files}
+    datasource = PromptTableDatasource(
+        files, format=fmt, source_names=names, filesystem=PyFileSystem(FSSpecHandler(fs))
+    )
+    return ray.data.read_datasource(datasource)

@@ -1,0 +1,239 @@
+"""The job spec: one YAML file validated into one frozen pydantic object.
+
+Every component receives the part of the spec it needs (``spec.input``,
+``spec.stages.generate``, ...), never the raw dict.  This module must stay
+light: ``pixelmill validate`` imports it without torch or Ray.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "JobSpec",
+    "SpecError",
+    "load_spec",
+    "apply_overrides",
+]
+
+
+class SpecError(ValueError):
+    """A job spec that cannot run; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class ColumnMap(_Strict):
+    """Names of the input columns pixelmill reads; ``None`` means absent."""
+
+    prompt: str = "prompt"
+    id: str | None = None
+    negative_prompt: str | None = None
+    seed: str | None = None
+    width: str | None = None
+    height: str | None = None
+    steps: str | None = None
+    guidance: str | None = None
+
+    def overrides(self) -> dict[str, str]:
+        """Return ``{canonical name: input column}`` for every mapped column."""
+        return {key: value for key, value in self.model_dump().items() if value is not None}
+
+
+class InputSpec(_Strict):
+    """Where the prompt table lives: a file, a folder/prefix or a glob, any fsspec URI."""
+
+    uri: str = Field(min_length=1)
+    format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
+    columns: ColumnMap = ColumnMap()
+
+
+class OutputSpec(_Strict):
+    """Where and how shards are written."""
+
+    uri: str = Field(min_length=1)
+    samples_per_shard: PositiveInt = 1000
+    image_format: Literal["png", "jpg", "webp"] = "png"
+    image_quality: Annotated[int, Field(ge=1, le=100)] = 95
+
+
+class ModelSpec(_Strict):
+    """A diffusers pipeline folder: ``builtin:NAME``, a local path or an object-storage URI."""
+
+    uri: str = "builtin:tiny-sd"
+    cache_dir: str = "~/.cache/pixelmill/models"
+
+    def local_cache_dir(self) -> str:
+        """Return the cache folder with ``~`` expanded (resolved on each node)."""
+        return os.path.expanduser(self.cache_dir)
+
+
+class GenerationDefaults(_Strict):
+    """Job-level generation settings; per-row columns override them."""
+
+    width: PositiveInt = 64
+    height: PositiveInt = 64
+    steps: PositiveInt = 2
+    guidance: Annotated[float, Field(ge=0)] = 1.0
+    negative_prompt: str = ""
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(f"must be a multiple of 8, got {value}")
+        return value
+
+
+class StageSpec(_Strict):
+    """Resources of one stage's actor pool."""
+
+    batch_size: PositiveInt = 8
+    concurrency: PositiveInt | tuple[PositiveInt, PositiveInt] = 1
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    num_cpus: Annotated[float, Field(gt=0)] = 1.0
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @field_validator("concurrency")
+    @classmethod
+    def _min_le_max(cls, value: Any) -> Any:
+        if isinstance(value, tuple) and value[0] > value[1]:
+            raise ValueError(f"min {value[0]} is larger than max {value[1]}")
+        return value
+
+    def resolved_device(self) -> str:
+        """Return ``cuda`` when the stage has GPUs (or asks for them), else ``cpu``."""
+        if self.device == "auto":
+            return "cuda" if self.num_gpus > 0 else "cpu"
+        return self.device
+
+    @model_validator(mode="after")
+    def _gpu_dtype(self) -> "StageSpec":
+        if self.resolved_device() == "cuda" and self.num_gpus == 0:
+            raise ValueError("device 'cuda' needs num_gpus > 0 so Ray places the actor on a GPU")
+        return self
+
+
+class Stages(_Strict):
+    """Per-stage actor pools."""
+
+    encode: StageSpec = StageSpec(batch_size=32)
+    generate: StageSpec = StageSpec(batch_size=8)
+
+
+class RaySpec(_Strict):
+    """How to reach Ray: ``None`` starts a local runtime."""
+
+    address: str | None = None
+    num_cpus: PositiveInt | None = None
+    preserve_order: bool = True
+
+
+class JobSpec(_Strict):
+    """A whole pixelmill job."""
+
+    input: InputSpec
+    output: OutputSpec
+    model: ModelSpec = ModelSpec()
+    defaults: GenerationDefaults = GenerationDefaults()
+    stages: Stages = Stages()
+    ray: RaySpec = RaySpec()
+    seed: int = 0
+    limit: PositiveInt | None = None
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
+def _format_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(root)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"  {key}: {message}")
+    return "invalid job spec:\n" + "\n".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    """Parse a ``--set`` value the way YAML would (``8`` -> 8, ``[1, 4]`` -> list)."""
+    if text == "":
+        return ""
+    value = yaml.safe_load(text)
+    # YAML reads 2026-11-28 as a date; nightly jobs pass dates as plain strings.
+    return text if isinstance(value, (datetime.date, datetime.datetime)) else value
+
+
+def apply_overrides(raw: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` assignments to a raw spec dict and return it.
+
+    Args:
+        raw: the spec as loaded from YAML (modified in place).
+        assignments: strings such as ``output.uri=s3://b/2026-11-28`` or
+            ``stages.generate.batch_size=16``.
+    """
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip():
+            raise SpecError(f"--set expects dotted.key=value, got {assignment!r}")
+        _set_dotted(raw, key.strip(), _parse_value(value))
+    return raw
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {key}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_spec(
+    path: str | Path | None = None,
+    *,
+    raw: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+    input_uri: str | None = None,
+    output_uri: str | None = None,
+    limit: int | None = None,
+) -> JobSpec:
+    """Read, override and validate a job spec; raise :class:`SpecError` on any problem.
+
+    Command-line flags win over ``--set`` assignments, which win over the file.
+    """
+    if raw is None:
+        if path is None:
+            raise SpecError("no job spec given")
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise SpecError(f"job spec not found: {path}") from None
+        except yaml.YAMLError as error:
+            raise SpecError(f"job spec {path} is not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise SpecError("a job spec must be a mapping of keys to values")
+    raw = apply_overrides(raw, list(sets or []))
+    flags = {"input.uri": input_uri, "output.uri": output_uri, "limit": limit}
+    for key, value in flags.items():
+        if value is not None:
+            _set_dotted(raw, key, value)
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as error:
+        raise SpecError(_format_error(error)) from None

@@ -1,0 +1,110 @@
+"""Job spec validation: good specs load, bad ones name the offending key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.spec import JobSpec, SpecError, load_spec
+
+GOOD = {"input": {"uri": "s3://bucket/prompts/"}, "output": {"uri": "s3://bucket/out/"}}
+
+
+def _raw(**sections) -> dict:
+    raw = {"input": dict(GOOD["input"]), "output": dict(GOOD["output"])}
+    raw.update(sections)
+    return raw
+
+
+def test_minimal_spec_gets_defaults() -> None:
+    spec = load_spec(raw=_raw())
+    assert isinstance(spec, JobSpec)
+    assert spec.model.uri == "builtin:tiny-sd"
+    assert spec.output.samples_per_shard == 1000
+    assert spec.stages.generate.concurrency == 1
+
+
+def test_example_spec_is_valid() -> None:
+    spec = load_spec(Path(__file__).parents[2] / "examples" / "demo.yaml")
+    assert spec.input.uri.endswith("prompts.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "reason"),
+    [
+        (_raw(outptu={"uri": "x"}), "outptu", "unknown key"),
+        (_raw(stages={"generate": {"batch_size": -4}}), "stages.generate.batch_size", "greater than 0"),
+        (_raw(stages={"encode": {"batch_size": "many"}}), "stages.encode.batch_size", "valid integer"),
+        (_raw(stages={"encode": {"concurrency": [4, 2]}}), "stages.encode.concurrency", "larger than max"),
+        (_raw(stages={"encode": {"num_gpus": -0.5}}), "stages.encode.num_gpus", "greater than or equal to 0"),
+        (_raw(defaults={"width": 100}), "defaults.width", "multiple of 8"),
+        (_raw(output={"uri": "o", "image_format": "gif"}), "output.image_format", "'png'"),
+        ({"output": {"uri": "o"}}, "input", "required key is missing"),
+        (_raw(input={"uri": ""}), "input.uri", "at least 1 character"),
+        (_raw(input={"uri": "a", "columns": {"promt": "text"}}), "input.columns.promt", "unknown key"),
+    ],
+)
+def test_bad_spec_names_the_key(raw: dict, key: str, reason: str) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec(raw=raw)
+    message = str(caught.value)
+    assert f"{key}:" in message
+    assert reason in message
+
+
+def test_overrides_win_over_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("input: {uri: a.jsonl}\noutput: {uri: out/2026-11-27}\nstages: {generate: {batch_size: 2}}\n")
+    spec = load_spec(
+        path,
+        sets=["stages.generate.batch_size=16", "stages.encode.concurrency=[1, 3]", "output.uri=out/2026-11-28"],
+        input_uri="s3://b/in.parquet",
+        limit=5,
+    )
+    assert spec.stages.generate.batch_size == 16
+    assert spec.stages.encode.concurrency == (1, 3)
+    assert spec.output.uri == "out/2026-11-28"
+    assert spec.input.uri == "s3://b/in.parquet"
+    assert spec.limit == 5
+
+
+def test_set_keeps_dates_as_text() -> None:
+    spec = load_spec(raw=_raw(), sets=["output.uri=2026-11-28"])
+    assert spec.output.uri == "2026-11-28"
+
+
+def test_bad_set_syntax_is_an_error() -> None:
+    with pytest.raises(SpecError, match="dotted.key=value"):
+        load_spec(raw=_raw(), sets=["stages.generate.batch_size"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="not found"):
+        load_spec(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input: [unclosed\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+
+
+def test_validate_command_does_not_import_torch_or_ray(tmp_path: Path) -> None:
+    path = tmp_path / "job.yaml"
+    path.write_text("input: {uri: a.jsonl}\noutput: {uri: out}\n")
+    code = (
+        "import sys; from pipelines.cli import main; rc = main(['validate', %r]); "
+        "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import'; sys.exit(rc)"
+    ) % str(path)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stdout
+
+
+def test_validate_command_reports_bad_key(tmp_path: Path) -> None:
+    from pipelines.cli import main
+
+    path = tmp_path / "job.yaml"
+    path.write_text("input: {uri: a.jsonl}\noutput: {uri: out, samples_per_shard: 0}\n")
+    assert main(["validate", str(path)]) == 2
