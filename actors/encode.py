@@ -32,12 +32,13 @@ class EncodeStage:
     def __init__(self, *, model: ModelSpec, stage: StageSpec, storage_options: dict[str, Any] | None = None) -> None:
         from models.diffusion import PromptEncoder
 
+        self.micro_batch = stage.micro_batch_size
         self.encoder = PromptEncoder(
             local_model_path(model, storage_options), device=stage_device(stage), dtype=stage.dtype
         )
         # Shapes of each embedding for one row, so rows that failed earlier
         # still get columns of the same shape and blocks keep one schema.
-        template = self.encoder.encode([""], [""], guidance=[1.0])
+        template = self.encoder.encode([""], [""], guidance=[1.0], micro_batch=1)
         self.templates = {key: np.zeros_like(value[0]) for key, value in template.items()}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -50,6 +51,7 @@ class EncodeStage:
                 [str(batch["prompt"][i]) for i in rows],
                 [str(batch["negative_prompt"][i]) for i in rows],
                 guidance=[float(batch["guidance"][i]) for i in rows],
+                micro_batch=self.micro_batch,
             )
             return [{key: value[n] for key, value in embeds.items()} for n in range(len(rows))]
 

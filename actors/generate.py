@@ -40,6 +40,7 @@ class GenerateStage:
             local_model_path(model, storage_options), device=stage_device(stage), dtype=stage.dtype
         )
         self.model_uri = model.uri
+        self.micro_batch = stage.micro_batch_size
 
     def _groups(self, batch: dict[str, np.ndarray]) -> dict[tuple[int, int, int, float], list[int]]:
         groups: dict[tuple[int, int, int, float], list[int]] = defaultdict(list)
@@ -65,6 +66,7 @@ class GenerateStage:
                     height=height,
                     steps=steps,
                     guidance=guidance,
+                    micro_batch=self.micro_batch,
                 )
 
             results, errors = run_isolating(compute, rows)

@@ -26,10 +26,14 @@ def pool_options(stage: StageSpec) -> dict[str, Any]:
     }
 
 
-def build_dataset(spec: JobSpec) -> ray.data.Dataset:
-    """Return the lazy dataset of finished rows, in blocks of exactly one shard."""
+def build_dataset(spec: JobSpec, *, listing: tuple | None = None) -> ray.data.Dataset:
+    """Return the lazy dataset of finished rows, in blocks of exactly one shard.
+
+    Args:
+        listing: the input files as listed by ``list_input_files``, if already known.
+    """
     options = spec.storage_options
-    ds = read_prompts(spec.input, options)
+    ds = read_prompts(spec.input, options, listing=listing)
     if spec.limit is not None:
         ds = ds.limit(spec.limit)
     input_columns = [c for c in ds.schema().names if c not in ("source", "source_row")]

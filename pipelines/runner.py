@@ -111,14 +111,18 @@ def run_job(spec: JobSpec, *, mode: Mode = "new") -> RunSummary:
     from pipelines.plan import build_dataset
     from pipelines.sink import ShardDatasink
 
+    from pipelines.sources import list_input_files
+
     started, start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    # Fail on a missing input before paying for Ray's start-up.
+    listing = list_input_files(spec.input, spec.storage_options)
     init_ray(spec)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = spec.ray.preserve_order
     run_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     shard_offset = _prepare_output(spec, mode)
     sink = ShardDatasink(spec.output, run_id=run_id, shard_offset=shard_offset, storage_options=spec.storage_options)
-    build_dataset(spec).write_datasink(sink)
+    build_dataset(spec, listing=listing).write_datasink(sink)
     _remove_tmp(spec, run_id)
 
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode)

@@ -140,12 +140,18 @@ class PromptTableDatasource(FileBasedDatasource):
             raise ValueError(f"input file {name} could not be read as a prompt table: {error}") from error
 
 
-def read_prompts(spec: InputSpec, storage_options: dict[str, Any] | None = None) -> "ray.data.Dataset":
-    """Return a Ray dataset of the prompt rows, with ``source`` and ``source_row`` columns."""
+def read_prompts(
+    spec: InputSpec, storage_options: dict[str, Any] | None = None, *, listing: tuple | None = None
+) -> "ray.data.Dataset":
+    """Return a Ray dataset of the prompt rows, with ``source`` and ``source_row`` columns.
+
+    Args:
+        listing: the result of :func:`list_input_files` when the caller already has it.
+    """
     import ray.data
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    fs, files, root, fmt = list_input_files(spec, storage_options)
+    fs, files, root, fmt = listing or list_input_files(spec, storage_options)
     names = {p: posixpath.relpath(p, root) if root else p for p in files}
     datasource = PromptTableDatasource(
         files, format=fmt, source_names=names, filesystem=PyFileSystem(FSSpecHandler(fs))

@@ -100,6 +100,9 @@ class StageSpec(_Strict):
     """Resources of one stage's actor pool."""
 
     batch_size: PositiveInt = 8
+    # Rows per forward pass.  Images are bit-identical for one micro_batch_size
+    # whatever batch_size, concurrency or row order (models/batching.py).
+    micro_batch_size: PositiveInt = 4
     concurrency: PositiveInt | tuple[PositiveInt, PositiveInt] = 1
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
     num_cpus: Annotated[float, Field(gt=0)] = 1.0

@@ -1,0 +1,4 @@
+"""Model loading and compute: plain torch/diffusers, no Ray.
+
+Submodules import torch lazily so that ``import models`` stays light.
+"""
