@@ -1,189 +1,169 @@
-"""Prompt encoding and image generation with any diffusers text-to-image pipeline.
+"""Text-to-image compute split in two halves: ``PromptEncoder`` and ``ImageGenerator``.
 
-Loading is split the way the diffusers docs recommend for memory: the encoder
-loads a pipeline without its denoiser and VAE and calls the pipeline's own
-``encode_prompt``; the generator loads it without text encoders and denoises
-from ``prompt_embeds``.  What differs between pipeline families (which
-components, which ``encode_prompt`` signature, which embeddings) lives in
-:data:`PIPELINE_FAMILIES`.
+Each class loads only its half of a diffusers pipeline (the memory split the diffusers
+docs recommend: text encoders in one place, denoiser + VAE in another) once in
+``__init__``; the compute methods are pure functions of their arguments. Embeddings
+travel between the halves as float32 numpy arrays with the batch as first axis.
+
+Batch invariance: a row must give the same bytes whatever batch it is computed in.
+Batched CPU math alone does not: MKL's GEMM picks its kernel from the number of rows
+(GEMV for one row, other blockings for small batches) and oneDNN convolutions differ
+between batch 1 and larger batches; the 1-ulp differences become +-1 in a few uint8
+pixels. ``torch.use_deterministic_algorithms`` does not help: it makes one shape
+reproducible run to run, it does not make different shapes agree. What does hold
+(measured on this CPU for Linear, Conv2d, attention and NCHW GroupNorm) is that, at
+a fixed batch size, a row's result depends neither on its position nor on the other
+rows; the one exception found, GroupNorm on channels-last input, is avoided by
+``_contiguous_group_norm_inputs``. So both halves run
+every forward pass at one fixed shape of ``micro_batch`` rows, padding the last chunk
+(``models.batching.in_fixed_chunks``): a row's bytes then depend on the row and
+``micro_batch`` only (for a fixed device, dtype, thread count and library build).
+``micro_batch=1`` (the default) needs no such assumption: each row runs alone, so it
+is the strict setting; larger values are verified on the tiny models only.
+
+Example:
+    >>> from models.store import resolve_model_path
+    >>> path = resolve_model_path("builtin:tiny-sd", cache_dir="/tmp/pixelmill-cache")
+    >>> embeds = PromptEncoder(path).encode(["a red cat"], None, guidance=[1.0])
+    >>> images = ImageGenerator(path).generate(
+    ...     embeds, seeds=[0], width=64, height=64, steps=2, guidance=1.0)
+    >>> images.shape, images.dtype
+    ((1, 64, 64, 3), dtype('uint8'))
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import numpy as np
+import torch
+from diffusers import DiffusionPipeline
 
 from models.batching import in_fixed_chunks
+from models.families import PipelineFamily, family_for, none_overrides
 from models.store import model_fingerprint
 
-__all__ = ["PIPELINE_FAMILIES", "PipelineFamily", "PromptEncoder", "ImageGenerator", "to_uint8"]
-
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-
-
-@dataclass(frozen=True)
-class PipelineFamily:
-    """How one family of pipelines splits into text and image halves.
-
-    Attributes:
-        text_components: loaded by the encoder only.
-        image_components: loaded by the generator only.
-        encode: ``(pipeline, prompts, negative prompts, device) -> {name: tensor}``.
-        uses_negative: whether classic classifier-free guidance needs negative embeds.
-    """
-
-    text_components: tuple[str, ...]
-    image_components: tuple[str, ...]
-    encode: Callable[..., dict[str, Any]]
-    uses_negative: bool = True
-
-
-def _encode_sd(pipe: Any, prompts: list[str], negatives: list[str], device: str) -> dict[str, Any]:
-    embeds, negative = pipe.encode_prompt(
-        prompts, device, num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=negatives
-    )
-    return {"prompt_embeds": embeds, "negative_prompt_embeds": negative}
-
-
-def _encode_sdxl(pipe: Any, prompts: list[str], negatives: list[str], device: str) -> dict[str, Any]:
-    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-        prompts, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True, negative_prompt=negatives
-    )
-    return {
-        "prompt_embeds": embeds,
-        "negative_prompt_embeds": negative,
-        "pooled_prompt_embeds": pooled,
-        "negative_pooled_prompt_embeds": negative_pooled,
-    }
-
-
-def _encode_flux(pipe: Any, prompts: list[str], negatives: list[str], device: str) -> dict[str, Any]:
-    # FLUX distils guidance into the transformer: no negative prompt, and
-    # text_ids do not depend on the row, so the generator rebuilds them.
-    embeds, pooled, _text_ids = pipe.encode_prompt(prompts, prompt_2=None, device=device, num_images_per_prompt=1)
-    return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
-
-
-_SD = PipelineFamily(("text_encoder", "tokenizer"), ("unet", "vae"), _encode_sd)
-_SDXL = PipelineFamily(
-    ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"), ("unet", "vae"), _encode_sdxl
-)
-_FLUX = PipelineFamily(
-    ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"), ("transformer", "vae"), _encode_flux, False
-)
-
-# Pipeline class name (from model_index.json) -> family.
-PIPELINE_FAMILIES: dict[str, PipelineFamily] = {
-    "StableDiffusionPipeline": _SD,
-    "StableDiffusionXLPipeline": _SDXL,
-    "FluxPipeline": _FLUX,
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
 }
 
 
-def _family(model_path: str) -> tuple[str, PipelineFamily]:
-    index = json.loads((Path(model_path) / "model_index.json").read_text())
-    name = index["_class_name"]
-    if name not in PIPELINE_FAMILIES:
-        raise ValueError(f"pipeline class {name} is not supported; supported: {sorted(PIPELINE_FAMILIES)}")
-    family = PIPELINE_FAMILIES[name]
-    present = {key for key, value in index.items() if not key.startswith("_") and value and value[0] is not None}
-    return name, PipelineFamily(
-        tuple(c for c in family.text_components if c in present),
-        tuple(c for c in family.image_components if c in present),
-        family.encode,
-        family.uses_negative,
-    )
+def _torch_dtype(name: str) -> torch.dtype:
+    """Map a dtype name to torch; raise a ValueError listing the accepted names."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
-def _load(model_path: str, *, drop: tuple[str, ...], device: str, dtype: str) -> Any:
-    import torch
-    from diffusers import DiffusionPipeline
-
+def _load_half(model_path: str, drop: tuple[str, ...], *, device: str, dtype: str) -> DiffusionPipeline:
+    """Load the pipeline at ``model_path`` without the components in ``drop``."""
     pipe = DiffusionPipeline.from_pretrained(
-        model_path, dtype=getattr(torch, _DTYPES[dtype]), **{name: None for name in drop}
+        model_path, dtype=_torch_dtype(dtype), **none_overrides(model_path, drop)
     )
     pipe.set_progress_bar_config(disable=True)
+    _contiguous_group_norm_inputs(pipe)
     return pipe.to(device)
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Convert float images in ``[0, 1]`` to ``uint8`` with rounding, as diffusers does for PIL."""
-    return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)
+def _contiguous_group_norm_inputs(pipe: DiffusionPipeline) -> None:
+    """Make every GroupNorm of the pipeline's modules see an NCHW-contiguous input.
+
+    The VAE's attention block hands the next ResNet a channels-last view, and the CPU
+    GroupNorm kernel for channels-last input splits its reduction by batch position
+    across threads, so a row's result changed with its place in a micro-batch (found
+    in the tiny VAE's mid-block; NCHW GroupNorm is batch-invariant). ``contiguous()``
+    is a no-op for the inputs that already are.
+    """
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            for module in component.modules():
+                if isinstance(module, torch.nn.GroupNorm):
+                    module.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
 
 
 class PromptEncoder:
-    """The text half of a pipeline: prompts -> embeddings.
+    """The text half of a pipeline: prompts in, embeddings out.
 
     Args:
-        model_path: a local diffusers pipeline folder.
-        device: torch device for the text encoders.
-        dtype: weights' dtype (``float32``, ``float16``, ``bfloat16``).
+        model_path: local diffusers folder (see ``models.store.resolve_model_path``).
+        device: torch device to run on.
+        dtype: weights dtype name (``float32``, ``float16``, ``bfloat16``).
     """
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: str = "float32") -> None:
-        self.pipeline_name, self.family = _family(model_path)
-        self.device = device
-        self.pipe = _load(model_path, drop=self.family.image_components, device=device, dtype=dtype)
+        self.pipeline_class, self.family = family_for(model_path)
+        self.device = torch.device(device)
+        self.pipe = _load_half(model_path, self.family.text_only_drop, device=device, dtype=dtype)
 
+    @torch.no_grad()
     def encode(
-        self, prompts: list[str], negative_prompts: list[str] | None, *, guidance: list[float], micro_batch: int = 4
+        self,
+        prompts: list[str],
+        negative_prompts: list[str] | None,
+        *,
+        guidance: list[float],
+        micro_batch: int = 1,
     ) -> dict[str, np.ndarray]:
-        """Return float32 numpy embeddings with the batch as the first axis.
+        """Encode a batch of prompts with the pipeline's own ``encode_prompt``.
 
-        Negative embeddings are always computed for classic-guidance pipelines,
-        so rows with ``guidance > 1`` can use classifier-free guidance.
-        ``micro_batch`` is the fixed forward-pass shape (see ``models.batching``).
+        Args:
+            prompts: one prompt per row.
+            negative_prompts: one per row (``""`` or ``None`` entries: no negative), or None.
+            guidance: per-row guidance scale; checked for length. Negative embeddings are
+                computed for every row of a classic-CFG pipeline whatever its guidance, so
+                a row's embeddings never depend on its batch-mates.
+            micro_batch: rows per forward pass (see the module docstring).
+
+        Returns:
+            float32 arrays, batch first: ``prompt_embeds`` and, per pipeline family,
+            ``negative_prompt_embeds``, ``pooled_prompt_embeds``,
+            ``negative_pooled_prompt_embeds``.
         """
-        import torch
+        # 1. Check inputs
+        if not prompts:
+            raise ValueError("encode needs at least one prompt")
+        negatives = [negative or "" for negative in (negative_prompts or [""] * len(prompts))]
+        if not (len(prompts) == len(negatives) == len(guidance)):
+            raise ValueError(
+                f"prompts ({len(prompts)}), negative_prompts ({len(negatives)}) and "
+                f"guidance ({len(guidance)}) must have one entry per row"
+            )
 
-        prompts = list(prompts)
-        negatives = [n or "" for n in (negative_prompts or [""] * len(prompts))]
-
-        def compute(indices: np.ndarray) -> dict[str, np.ndarray]:
-            with torch.no_grad():
-                embeds = self.family.encode(
-                    self.pipe, [prompts[i] for i in indices], [negatives[i] for i in indices], self.device
-                )
-            return {name: tensor.float().cpu().numpy() for name, tensor in embeds.items()}
+        # 2. Encode fixed-size chunks with the family's call convention; hand over as
+        #    float32 numpy, batch first
+        def compute(rows: np.ndarray) -> dict[str, np.ndarray]:
+            tensors = self.family.encode(
+                self.pipe, [prompts[i] for i in rows], [negatives[i] for i in rows], self.device
+            )
+            return {key: value.float().cpu().numpy() for key, value in tensors.items()}
 
         return in_fixed_chunks(compute, len(prompts), micro_batch)
 
 
 class ImageGenerator:
-    """The image half of a pipeline: embeddings + per-row seeds -> uint8 images.
+    """The image half of a pipeline: embeddings + seeds in, uint8 images out.
 
     Args:
-        model_path: a local diffusers pipeline folder.
-        device: torch device for the denoiser and VAE.
-        dtype: weights' dtype.
+        model_path: local diffusers folder (see ``models.store.resolve_model_path``).
+        device: torch device to run on.
+        dtype: weights dtype name (``float32``, ``float16``, ``bfloat16``).
+
+    Attributes:
+        info: ``model_hash``, ``scheduler`` and ``pipeline`` (class names), for provenance.
     """
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: str = "float32") -> None:
-        import torch
-
-        self.pipeline_name, self.family = _family(model_path)
-        self.device = device
-        self.dtype = getattr(torch, _DTYPES[dtype])
-        self.pipe = _load(model_path, drop=self.family.text_components, device=device, dtype=dtype)
-        self.info = {
+        self.pipeline_class, self.family = family_for(model_path)
+        self.device = torch.device(device)
+        self.dtype = _torch_dtype(dtype)
+        self.pipe = _load_half(model_path, self.family.image_only_drop, device=device, dtype=dtype)
+        self.info: dict[str, str] = {
             "model_hash": model_fingerprint(model_path),
             "scheduler": type(self.pipe.scheduler).__name__,
-            "pipeline": self.pipeline_name,
+            "pipeline": type(self.pipe).__name__,
         }
 
-    def check_inputs(self, embeds: dict[str, np.ndarray], seeds: list[int], width: int, height: int) -> None:
-        """Raise ``ValueError`` on sizes the VAE cannot produce or mismatched batch lengths."""
-        multiple = 8 * (2 if self.pipeline_name == "FluxPipeline" else 1)
-        if width % multiple or height % multiple:
-            raise ValueError(f"width and height must be multiples of {multiple}, got {width}x{height}")
-        if any(len(value) != len(seeds) for value in embeds.values()):
-            raise ValueError("every embedding needs one row per seed")
-
+    @torch.no_grad()
     def generate(
         self,
         embeds: dict[str, np.ndarray],
@@ -193,43 +173,71 @@ class ImageGenerator:
         height: int,
         steps: int,
         guidance: float,
-        micro_batch: int = 4,
+        micro_batch: int = 1,
     ) -> np.ndarray:
-        """Return ``uint8 [B, height, width, 3]`` images, one per seed.
+        """Denoise and decode one image per row.
 
-        Each row draws its initial latents from its own ``torch.Generator`` and
-        every forward pass has ``micro_batch`` rows, so a row's image does not
-        depend on the other rows of the batch (see ``models.batching``).
+        Args:
+            embeds: output of ``PromptEncoder.encode`` (possibly re-batched rows).
+            seeds: one seed per row; each row gets its own generator.
+            width, height: image size in pixels, multiples of the family's size multiple.
+            steps: number of denoising steps.
+            guidance: guidance scale shared by the batch (CFG when > 1 for SD/SDXL).
+            micro_batch: rows per forward pass (see the module docstring).
+
+        Returns:
+            uint8 array ``[B, height, width, 3]``.
         """
-        # 1. check inputs
-        self.check_inputs(embeds, seeds, width, height)
-        if not self.family.uses_negative or guidance <= 1.0:
-            embeds = {k: v for k, v in embeds.items() if not k.startswith("negative_")}
+        # 1. Check inputs
+        batch = _check_generate_inputs(self.family, embeds, seeds, width, height, steps)
+        if batch == 0:
+            return np.zeros((0, height, width, 3), dtype=np.uint8)
+        # 2. Embeddings to the pipeline's device and dtype
+        tensors = {
+            key: torch.from_numpy(np.ascontiguousarray(embeds[key])).to(self.device, self.dtype)
+            for key in self.family.embed_keys
+            if key in embeds
+        }
 
-        def compute(indices: np.ndarray) -> np.ndarray:
-            chunk = {name: value[indices] for name, value in embeds.items()}
-            return self._denoise(chunk, [int(seeds[i]) for i in indices], width, height, steps, guidance)
-
-        return in_fixed_chunks(compute, len(seeds), micro_batch)
-
-    def _denoise(
-        self, embeds: dict[str, np.ndarray], seeds: list[int], width: int, height: int, steps: int, guidance: float
-    ) -> np.ndarray:
-        import torch
-
-        # 2. per-row generators and embeddings on the device
-        generators = [torch.Generator(self.device).manual_seed(seed) for seed in seeds]
-        tensors = {name: torch.from_numpy(np.ascontiguousarray(v)).to(self.device, self.dtype) for name, v in embeds.items()}
-        # 3. denoise and decode with the pipeline's own loop
-        with torch.no_grad():
-            output = self.pipe(
-                **tensors,
+        def compute(rows: np.ndarray) -> np.ndarray:
+            index = torch.as_tensor(rows, device=self.device)
+            # 3. A fresh generator per row, even for a padding duplicate: a shared one would
+            #    be advanced twice (ancestral schedulers also draw noise in every step)
+            generators = [torch.Generator(self.device).manual_seed(int(seeds[i])) for i in rows]
+            # 4. Denoise + decode one fixed-size chunk
+            return self.pipe(
+                **{key: value[index] for key, value in tensors.items()},
+                generator=generators,
                 width=width,
                 height=height,
                 num_inference_steps=steps,
                 guidance_scale=guidance,
-                generator=generators,
                 output_type="np",
-            )
-        # 4. float [0, 1] -> uint8
-        return to_uint8(np.asarray(output.images))
+            ).images
+
+        images = in_fixed_chunks(compute, batch, micro_batch)
+        # 5. float [0, 1] -> uint8 with rounding, as diffusers' numpy_to_pil does
+        return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def _check_generate_inputs(
+    family: PipelineFamily,
+    embeds: dict[str, np.ndarray],
+    seeds: list[int],
+    width: int,
+    height: int,
+    steps: int,
+) -> int:
+    """Validate ``generate``'s arguments; return the batch size."""
+    multiple = family.size_multiple
+    if width <= 0 or height <= 0 or width % multiple or height % multiple:
+        raise ValueError(f"width and height must be positive multiples of {multiple}, got {width}x{height}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if "prompt_embeds" not in embeds:
+        raise ValueError("embeds has no 'prompt_embeds'; pass the output of PromptEncoder.encode")
+    batch = len(embeds["prompt_embeds"])
+    sizes = {key: len(value) for key, value in embeds.items()}
+    if any(size != batch for size in sizes.values()) or len(seeds) != batch:
+        raise ValueError(f"every embedding and seeds need one entry per row; got {sizes}, seeds={len(seeds)}")
+    return batch

@@ -1,99 +1,93 @@
-"""Find a model's local folder: built-in, local path, or object storage synced once per node."""
+"""Turn a model URI into a local diffusers folder, downloading remote ones once per node.
+
+Supported URIs:
+
+- ``builtin:NAME``: a tiny model built in code (see ``models.builtin``).
+- a local path or ``file://`` URI: used in place.
+- any other fsspec URL (``s3://bucket/prefix``, ``gs://``, ``memory://`` ...): copied
+  into ``cache_dir/remote/<sha256(uri)[:16]>`` once; later calls reuse the copy.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import os
-import shutil
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-__all__ = ["resolve_model_path", "model_fingerprint", "file_lock", "publish_folder"]
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-_INDEX = "model_index.json"
-_CONFIG_SUFFIXES = (".json", ".txt", ".model")
+from models.builtin import ensure_builtin_model
+from models.publish import MARKER, is_complete, publish_once
 
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed) across processes of one node."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+BUILTIN_PREFIX = "builtin:"
+CONFIG_SUFFIXES = (".json", ".txt")
 
 
-def publish_folder(staging: Path, final: Path) -> None:
-    """Move a finished staging folder into place (an atomic rename on one filesystem)."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
-
-
-def _check_pipeline_folder(path: Path, uri: str) -> str:
-    if not (path / _INDEX).is_file():
-        raise FileNotFoundError(
-            f"model.uri {uri}: {path} is not a diffusers pipeline folder (no {_INDEX}); "
-            "save one with DiffusionPipeline.save_pretrained"
-        )
-    return str(path)
-
-
-def _download(uri: str, target: Path, storage_options: dict[str, Any] | None) -> None:
-    from fsspec.core import url_to_fs
-
-    fs, remote = url_to_fs(uri, **(storage_options or {}))
-    if not fs.exists(f"{remote.rstrip('/')}/{_INDEX}"):
-        raise FileNotFoundError(f"model.uri {uri}: no {_INDEX} there")
-    staging = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}"
-    fs.get(remote.rstrip("/") + "/", str(staging) + "/", recursive=True)
-    publish_folder(staging, target)
-
-
-def resolve_model_path(uri: str, *, cache_dir: str, storage_options: dict[str, Any] | None = None) -> str:
-    """Return a local folder holding the diffusers pipeline named by ``uri``.
+def resolve_model_path(uri: str, *, cache_dir: str, storage_options: dict | None = None) -> str:
+    """Return a local folder holding the diffusers pipeline that ``uri`` names.
 
     Args:
-        uri: ``builtin:NAME``, a local path, ``file://`` URI, or any fsspec URI
-            (``s3://bucket/models/sd-turbo``).
-        cache_dir: per-node cache; remote models are copied to
-            ``cache_dir/remote/<hash of uri>`` once, under a file lock, so the
-            actors of one node share a single download.
-        storage_options: fsspec options for remote URIs.
-    """
-    if uri.startswith("builtin:"):
-        from models.builtin import ensure_builtin_model
+        uri: ``builtin:NAME``, a local path, ``file://`` URI or any fsspec URL.
+        cache_dir: node-local folder for built-in models and remote copies.
+        storage_options: fsspec options for remote URLs (credentials, endpoint, ...).
 
-        return ensure_builtin_model(uri.split(":", 1)[1], cache_dir=cache_dir)
-    if "://" not in uri or uri.startswith("file://"):
-        local = Path(os.path.expanduser(uri.removeprefix("file://")))
-        return _check_pipeline_folder(local, uri)
-    target = Path(cache_dir) / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:16]
-    if not (target / _INDEX).is_file():
-        with file_lock(target.with_name(target.name + ".lock")):
-            if not (target / _INDEX).is_file():
-                _download(uri, target, storage_options)
-    return str(target)
+    Returns:
+        A local folder containing ``model_index.json`` and the component folders.
+
+    Raises:
+        ValueError: unknown built-in name.
+        FileNotFoundError: the location holds no ``model_index.json``.
+    """
+    if uri.startswith(BUILTIN_PREFIX):  # the one non-fsspec scheme
+        return ensure_builtin_model(uri[len(BUILTIN_PREFIX) :], cache_dir=cache_dir)
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if isinstance(fs, LocalFileSystem):
+        if not is_complete(root):
+            raise FileNotFoundError(f"model {uri!r} is not a diffusers folder: no {MARKER} in {root!r}")
+        return root
+    return _copy_remote(fs, root, uri=uri, cache_dir=cache_dir)
+
+
+def _copy_remote(fs: fsspec.AbstractFileSystem, root: str, *, uri: str, cache_dir: str) -> str:
+    """Copy the remote folder ``root`` into the cache once (locked, atomic); return the copy."""
+    target = os.path.join(cache_dir, "remote", hashlib.sha256(uri.encode()).hexdigest()[:16])
+    if is_complete(target):  # cache hit: no network access at all
+        return target
+    root = root.rstrip("/")
+    if not fs.exists(f"{root}/{MARKER}"):
+        raise FileNotFoundError(f"model {uri!r} is not a diffusers folder: no {MARKER} under it")
+
+    def fill(folder: str) -> None:
+        # A trailing slash on the source copies its content into ``folder``, not a subfolder.
+        fs.get(f"{root}/", f"{folder}/", recursive=True)
+
+    return publish_once(target, fill)
 
 
 def model_fingerprint(path: str) -> str:
-    """Return a short stable hash of a model folder: file names, sizes and config bytes.
+    """A short stable hash (16 hex chars) of a local model folder.
 
-    Weight files are identified by name and size only, so hashing a multi-GB
-    checkpoint costs a directory walk, not a read.
+    Hashes every file's relative path and size, plus the bytes of the small config
+    files (``*.json``, ``*.txt``); weight files are not read, so it is cheap for
+    multi-GB checkpoints.
     """
     digest = hashlib.sha256()
-    root = Path(path)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = file.relative_to(root).as_posix()
-        digest.update(f"{relative}:{file.stat().st_size}\n".encode())
-        if file.suffix in _CONFIG_SUFFIXES:
-            digest.update(file.read_bytes())
+    for relative in _relative_files(path):
+        full = os.path.join(path, relative)
+        digest.update(f"{relative}\0{os.path.getsize(full)}\0".encode())
+        if relative.endswith(CONFIG_SUFFIXES):
+            with open(full, "rb") as handle:
+                digest.update(handle.read())
+        digest.update(b"\0")
     return digest.hexdigest()[:16]
+
+
+def _relative_files(path: str) -> list[str]:
+    """Sorted POSIX-style relative paths of all regular files under ``path``."""
+    found: list[str] = []
+    for folder, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in files:
+            relative = os.path.relpath(os.path.join(folder, name), path)
+            found.append(relative.replace(os.sep, "/"))
+    return sorted(found)

@@ -18,9 +18,13 @@ __all__ = ["build_dataset", "pool_options"]
 
 def pool_options(stage: StageSpec) -> dict[str, Any]:
     """Return the ``map_batches`` arguments that size a stage's actor pool."""
+    if isinstance(stage.concurrency, tuple):
+        compute = ray.data.ActorPoolStrategy(min_size=stage.concurrency[0], max_size=stage.concurrency[1])
+    else:
+        compute = ray.data.ActorPoolStrategy(size=stage.concurrency)
     return {
         "batch_size": stage.batch_size,
-        "concurrency": stage.concurrency,
+        "compute": compute,
         "num_gpus": stage.num_gpus,
         "num_cpus": stage.num_cpus,
     }

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
+import os
 import re
 import time
 import uuid
@@ -59,11 +61,27 @@ def init_ray(spec: JobSpec) -> None:
         return
     ray.init(
         address=spec.ray.address,
-        num_cpus=spec.ray.num_cpus if spec.ray.address is None else None,
+        num_cpus=local_cpu_slots(spec) if spec.ray.address is None else None,
         runtime_env={"env_vars": storage_env_vars()},
         include_dashboard=False,
         log_to_driver=True,
     )
+
+
+def local_cpu_slots(spec: JobSpec) -> int:
+    """Return the logical CPUs for a local Ray runtime.
+
+    Actor pools hold their CPUs for the whole run, and the read, image-encoding
+    and write tasks need slots beside them or the run stalls; on a small
+    machine the logical count is raised above the core count to make room.
+    """
+    if spec.ray.num_cpus is not None:
+        return spec.ray.num_cpus
+    actors = 0.0
+    for stage in (spec.stages.encode, spec.stages.generate):
+        size = stage.concurrency[1] if isinstance(stage.concurrency, tuple) else stage.concurrency
+        actors += size * stage.num_cpus
+    return max(os.cpu_count() or 1, math.ceil(actors) + 2)
 
 
 def committed_shards(spec: JobSpec) -> list[int]:

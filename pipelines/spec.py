@@ -105,7 +105,9 @@ class StageSpec(_Strict):
     micro_batch_size: PositiveInt = 4
     concurrency: PositiveInt | tuple[PositiveInt, PositiveInt] = 1
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
-    num_cpus: Annotated[float, Field(gt=0)] = 1.0
+    # Actors hold their CPUs for the whole run; read, image-encoding and write
+    # tasks need the rest, so CPU-only pools default to half a CPU each.
+    num_cpus: Annotated[float, Field(gt=0)] = 0.5
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 

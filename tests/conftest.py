@@ -46,7 +46,9 @@ def ray_session(moto_endpoint: str) -> Iterator[None]:
 
     from pipelines.storage import storage_env_vars
 
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": storage_env_vars()})
+    # Four logical CPUs on a 2-core machine: actor pools hold their CPUs for the
+    # whole run and tasks need slots beside them (the runner sizes local Ray the same way).
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": storage_env_vars()})
     try:
         yield
     finally:
@@ -84,12 +86,14 @@ def write_prompts(tmp_path: Path):
     def write(rows: list[dict], name: str = "prompts.jsonl", folder: Path | None = None) -> Path:
         path = (folder or tmp_path / "input") / name
         path.parent.mkdir(parents=True, exist_ok=True)
+        keys = list(dict.fromkeys(key for row in rows for key in row))
+        table = pa.Table.from_pylist([{key: row.get(key) for key in keys} for row in rows])
         if name.endswith(".jsonl"):
             path.write_text("".join(json.dumps(row) + "\n" for row in rows))
         elif name.endswith(".csv"):
-            pacsv.write_csv(pa.Table.from_pylist(rows), path)
+            pacsv.write_csv(table, path)
         elif name.endswith(".parquet"):
-            pq.write_table(pa.Table.from_pylist(rows), path)
+            pq.write_table(table, path)
         else:
             raise ValueError(name)
         return path

@@ -15,7 +15,10 @@ from pipelines.storage import filesystem, join
 
 def _register_s3_scheme() -> None:
     """Let ``webdataset`` open ``s3://`` URLs through fsspec (its scheme table has no s3 entry)."""
-    from webdataset import gopen as gopen_module
+    import importlib
+
+    # ``webdataset.gopen`` is shadowed by the function of that name; import the module itself.
+    gopen_module = importlib.import_module("webdataset.gopen")
 
     def open_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any):
         fs, path = filesystem(url)

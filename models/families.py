@@ -1,0 +1,137 @@
+"""What differs between diffusers pipeline classes, as a registry keyed by class name.
+
+``PromptEncoder`` and ``ImageGenerator`` stay generic: they look up the pipeline's
+``PipelineFamily`` (from ``model_index.json``'s ``_class_name``) to know which
+components to leave out, how to call ``encode_prompt`` and which embedding keyword
+arguments the pipeline call takes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# (pipeline, prompts, negative prompts ("" = none), device) -> named tensors, batch first.
+EncodeFn = Callable[[Any, list[str], list[str], Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class PipelineFamily:
+    """How one pipeline class splits into a text half and an image half.
+
+    Attributes:
+        text_only_drop: components not needed to encode prompts (denoiser, VAE, ...).
+        image_only_drop: components not needed once prompts are embedded (text encoders).
+        encode: runs the pipeline's own ``encode_prompt`` and names its outputs.
+        embed_keys: outputs of ``encode`` that the pipeline's ``__call__`` accepts.
+        size_multiple: width and height must be multiples of this.
+    """
+
+    text_only_drop: tuple[str, ...]
+    image_only_drop: tuple[str, ...]
+    encode: EncodeFn
+    embed_keys: tuple[str, ...]
+    size_multiple: int = 8
+
+
+def _encode_sd(pipe: Any, prompts: list[str], negatives: list[str], device: Any) -> dict[str, Any]:
+    """SD 1.x/2.x/Turbo: one CLIP encoder; negatives always encoded (classic CFG)."""
+    prompt_embeds, negative_embeds = pipe.encode_prompt(
+        prompts, device, 1, True, negative_prompt=negatives
+    )
+    return {"prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_embeds}
+
+
+def _encode_sdxl(pipe: Any, prompts: list[str], negatives: list[str], device: Any) -> dict[str, Any]:
+    """SDXL(-Turbo): two CLIP encoders, pooled embeddings, zeros for empty negatives."""
+    prompt_embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+        prompt=prompts,
+        device=device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+        negative_prompt=negatives,
+    )
+    if pipe.config.get("force_zeros_for_empty_prompt", False):
+        # diffusers zeroes the whole negative batch when negative_prompt is None; doing it
+        # per row keeps a row's embedding independent of its batch-mates' negatives.
+        empty = [index for index, negative in enumerate(negatives) if negative == ""]
+        negative_embeds[empty] = 0
+        negative_pooled[empty] = 0
+    return {
+        "prompt_embeds": prompt_embeds,
+        "negative_prompt_embeds": negative_embeds,
+        "pooled_prompt_embeds": pooled,
+        "negative_pooled_prompt_embeds": negative_pooled,
+    }
+
+
+def _encode_flux(pipe: Any, prompts: list[str], negatives: list[str], device: Any) -> dict[str, Any]:
+    """FLUX: CLIP pooled + T5 sequence; guidance is an input of the transformer, not CFG.
+
+    ``text_ids`` are not returned: FLUX builds them (all zeros) from the sequence length.
+    """
+    prompt_embeds, pooled, _text_ids = pipe.encode_prompt(
+        prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1
+    )
+    return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
+
+
+_SAFETY = ("safety_checker", "feature_extractor")  # a safety filter is not our job here
+_SD = PipelineFamily(
+    text_only_drop=("unet", "vae", "image_encoder", *_SAFETY),
+    image_only_drop=("text_encoder", "tokenizer", *_SAFETY),
+    encode=_encode_sd,
+    embed_keys=("prompt_embeds", "negative_prompt_embeds"),
+)
+_SDXL = PipelineFamily(
+    text_only_drop=("unet", "vae", "image_encoder", *_SAFETY),
+    image_only_drop=("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", *_SAFETY),
+    encode=_encode_sdxl,
+    embed_keys=(
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "pooled_prompt_embeds",
+        "negative_pooled_prompt_embeds",
+    ),
+)
+_FLUX = PipelineFamily(
+    text_only_drop=("transformer", "vae", "image_encoder", "feature_extractor"),
+    image_only_drop=("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2"),
+    encode=_encode_flux,
+    embed_keys=("prompt_embeds", "pooled_prompt_embeds"),
+    size_multiple=16,  # VAE factor 8 x 2x2 latent packing
+)
+
+FAMILIES: dict[str, PipelineFamily] = {
+    "StableDiffusionPipeline": _SD,
+    "StableDiffusionXLPipeline": _SDXL,
+    "FluxPipeline": _FLUX,
+}
+
+
+def read_model_index(model_path: str) -> dict[str, Any]:
+    """Return the parsed ``model_index.json`` of a local diffusers folder."""
+    with open(os.path.join(model_path, "model_index.json"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def family_for(model_path: str) -> tuple[str, PipelineFamily]:
+    """Return ``(pipeline class name, family)`` for the model saved at ``model_path``.
+
+    Raises:
+        ValueError: the pipeline class has no entry in ``FAMILIES``.
+    """
+    class_name = read_model_index(model_path)["_class_name"]
+    if class_name not in FAMILIES:
+        known = ", ".join(sorted(FAMILIES))
+        raise ValueError(f"unsupported pipeline {class_name!r} in {model_path!r}; supported: {known}")
+    return class_name, FAMILIES[class_name]
+
+
+def none_overrides(model_path: str, names: tuple[str, ...]) -> dict[str, None]:
+    """``{name: None}`` for those of ``names`` that the saved pipeline actually has."""
+    present = read_model_index(model_path)
+    return {name: None for name in names if name in present}
