@@ -62,6 +62,14 @@ def build_dataset(spec: JobSpec, *, listing: tuple | None = None) -> ray.data.Da
         fn_constructor_kwargs={**stage_args, "stage": spec.stages.generate},
         **pool_options(spec.stages.generate),
     )
+    if spec.style is not None:
+        from actors.style import StyleStage
+
+        ds = ds.map_batches(
+            StyleStage,
+            fn_constructor_kwargs={"style": spec.style, "stage": spec.stages.style, "storage_options": options},
+            **pool_options(spec.stages.style),
+        )
     ds = ds.map_batches(
         encode_images,
         fn_kwargs={"image_format": spec.output.image_format, "quality": spec.output.image_quality},

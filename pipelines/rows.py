@@ -22,7 +22,7 @@ RESERVED_COLUMNS = frozenset(
     {
         "key", "id", "prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance",
         "status", "stage", "error", "source", "source_row", "model", "model_hash", "scheduler",
-        "pipeline", "sha256", "image_format", "shard", "encode_s", "generate_s", "image_encode_s",
+        "pipeline", "sha256", "style_hash", "style_backend", "image_format", "shard", "encode_s", "generate_s", "style_s", "image_encode_s",
     }
 )
 _INT_FIELDS = ("width", "height", "steps")

