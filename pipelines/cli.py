@@ -24,9 +24,15 @@ def _parser() -> argparse.ArgumentParser:
             "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
             help="override any spec key, e.g. --set stages.generate.batch_size=16 (repeatable)",
         )
-    commands.choices["run"].add_argument(
-        "--mode", choices=("new", "overwrite", "append"), default="new",
-        help="what to do when the output already holds shards (default: refuse)",
+    run = commands.choices["run"]
+    run.add_argument(
+        "--mode", choices=("resume", "overwrite", "append"), default="resume",
+        help="resume: finish what the output lacks (default); overwrite: clear it first; "
+        "append: add a new batch after the existing shards",
+    )
+    run.add_argument(
+        "--min-success-rate", type=float, default=0.99, metavar="RATE",
+        help="exit 1 (after writing everything) when images / rows processed falls below this (default 0.99)",
     )
     return parser
 
@@ -45,16 +51,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pixelmill: {args.spec} is valid (input {spec.input.uri} -> output {spec.output.uri})")
         return 0
 
-    from pipelines.runner import OutputNotEmptyError, run_job
+    from pipelines.runner import run_job
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         summary = run_job(spec, mode=args.mode)
-    except (OutputNotEmptyError, FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError) as error:
         print(f"pixelmill: {error}", file=sys.stderr)
         return 1
     print(summary.line())
-    return 0 if summary.rows == 0 or summary.images > 0 else 1
+    if summary.rows and summary.images / summary.rows < args.min_success_rate:
+        print(
+            f"pixelmill: success rate {summary.images / summary.rows:.3f} is below --min-success-rate "
+            f"{args.min_success_rate}; error rows are in the shards' Parquet (status=error)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

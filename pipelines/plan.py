@@ -30,11 +30,15 @@ def pool_options(stage: StageSpec) -> dict[str, Any]:
     }
 
 
-def build_dataset(spec: JobSpec, *, listing: tuple | None = None) -> ray.data.Dataset:
+def build_dataset(
+    spec: JobSpec, *, listing: tuple | None = None, done_ids: ray.data.Dataset | None = None
+) -> ray.data.Dataset:
     """Return the lazy dataset of finished rows, in blocks of exactly one shard.
 
     Args:
         listing: the input files as listed by ``list_input_files``, if already known.
+        done_ids: ids already committed (resume); those rows are dropped by a
+            distributed anti-join before any model runs.
     """
     options = spec.storage_options
     ds = read_prompts(spec.input, options, listing=listing)
@@ -51,6 +55,10 @@ def build_dataset(spec: JobSpec, *, listing: tuple | None = None) -> ray.data.Da
         batch_format="pandas",
         fn_kwargs={"columns": spec.input.columns, "defaults": spec.defaults, "job_seed": spec.seed},
     )
+    if done_ids is not None:
+        # One hash partition per ~16 committed shards keeps each partition's id set small.
+        partitions = max(1, min(64, len(done_ids.input_files()) // 16 + 1))
+        ds = ds.join(done_ids, join_type="left_anti", num_partitions=partitions, on=("id",))
     stage_args = {"model": spec.model, "storage_options": options}
     ds = ds.map_batches(
         EncodeStage,

@@ -16,15 +16,12 @@ from typing import Any, Literal
 from pipelines.spec import JobSpec
 from pipelines.storage import filesystem, join, redact, storage_env_vars
 
-__all__ = ["RunSummary", "run_job", "OutputNotEmptyError"]
+__all__ = ["MODES", "RunSummary", "run_job"]
 
 logger = logging.getLogger("pixelmill")
-Mode = Literal["new", "overwrite", "append"]
+Mode = Literal["resume", "overwrite", "append"]
+MODES: tuple[str, ...] = ("resume", "overwrite", "append")
 _SHARD_STATS = re.compile(r"(\d{5,})_stats\.json$")
-
-
-class OutputNotEmptyError(RuntimeError):
-    """The output already holds shards and the mode does not say what to do with them."""
 
 
 @dataclass
@@ -35,6 +32,7 @@ class RunSummary:
     output: str
     mode: str
     rows: int = 0
+    skipped: int = 0
     images: int = 0
     errors: int = 0
     errors_by_stage: dict[str, int] = field(default_factory=dict)
@@ -48,7 +46,8 @@ class RunSummary:
     def line(self) -> str:
         """Return the one-line summary printed at the end of a run."""
         return (
-            f"pixelmill: {self.rows} rows in, {self.images} images out, {self.errors} errors, "
+            f"pixelmill: {self.rows + self.skipped} rows in, {self.skipped} skipped as done, "
+            f"{self.images} images out, {self.errors} errors, "
             f"{len(self.shards)} shards, {self.wall_s:.1f} s, {self.images_per_s:.2f} images/s -> {self.output}"
         )
 
@@ -88,28 +87,64 @@ def local_cpu_slots(spec: JobSpec) -> int:
 def committed_shards(spec: JobSpec) -> list[int]:
     """Return the numbers of the shards already committed at the output (stats file present)."""
     fs, root = filesystem(spec.output.uri, spec.storage_options)
+    fs.invalidate_cache(root)  # s3fs caches listings per process; another process may have written since
     if not fs.exists(root):
         return []
     names = fs.glob(join(fs, root, "*_stats.json"))
     return sorted(int(m.group(1)) for m in (_SHARD_STATS.search(n) for n in names) if m)
 
 
-def _prepare_output(spec: JobSpec, mode: Mode) -> int:
-    """Apply the output mode and return the number of the first shard to write."""
+@dataclass
+class OutputPlan:
+    """What a run finds at its output: where numbering continues and what is already done."""
+
+    shard_offset: int
+    done_parquet: list[str]
+    skipped: int
+
+
+def _prepare_output(spec: JobSpec, mode: Mode) -> OutputPlan:
+    """Clean what dead runs left, apply the mode, and say what this run must skip.
+
+    Only shards with a stats file are committed.  Temporaries of dead runs
+    (``_tmp/``) and tars/Parquets whose stats file never came are removed, so
+    their rows are simply done again.
+    """
+    from pipelines.sink import TMP_DIR
+
     fs, root = filesystem(spec.output.uri, spec.storage_options)
-    existing = committed_shards(spec)
-    if mode == "overwrite":
-        if fs.exists(root):
-            for path in fs.ls(root, detail=False):
-                fs.rm(path, recursive=True)
-        existing = []
-    elif mode == "new" and existing:
-        raise OutputNotEmptyError(
-            f"output.uri {spec.output.uri} already holds {len(existing)} shards; "
-            "use --mode overwrite to replace them or --mode append to add a new batch"
-        )
     fs.makedirs(root, exist_ok=True)
-    return existing[-1] + 1 if existing else 0
+    if mode == "overwrite":
+        for path in fs.ls(root, detail=False):
+            fs.rm(path, recursive=True)
+        return OutputPlan(shard_offset=0, done_parquet=[], skipped=0)
+    if fs.exists(join(fs, root, TMP_DIR)):
+        fs.rm(join(fs, root, TMP_DIR), recursive=True)
+    committed = set(committed_shards(spec))
+    for path in fs.glob(join(fs, root, "*.tar")) + fs.glob(join(fs, root, "*.parquet")):
+        number = re.search(r"(\d{5,})\.(tar|parquet)$", path)
+        if number and int(number.group(1)) not in committed:
+            fs.rm(path)
+    offset = max(committed) + 1 if committed else 0
+    if mode == "append" or not committed:
+        return OutputPlan(shard_offset=offset, done_parquet=[], skipped=0)
+    skipped = 0
+    for shard in sorted(committed):
+        with fs.open(join(fs, root, f"{shard:05d}_stats.json")) as f:
+            skipped += json.load(f)["count"]
+    parquet = [join(fs, root, f"{shard:05d}.parquet") for shard in sorted(committed)]
+    return OutputPlan(shard_offset=offset, done_parquet=parquet, skipped=skipped)
+
+
+def _done_ids(spec: JobSpec, paths: list[str]) -> "ray.data.Dataset | None":
+    """Return a dataset of the ids already committed, read by Ray, never gathered on the driver."""
+    import ray.data
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    if not paths:
+        return None
+    fs, _ = filesystem(spec.output.uri, spec.storage_options)
+    return ray.data.read_parquet(paths, columns=["id"], filesystem=PyFileSystem(FSSpecHandler(fs)))
 
 
 def _write_run_json(spec: JobSpec, summary: RunSummary) -> None:
@@ -118,11 +153,16 @@ def _write_run_json(spec: JobSpec, summary: RunSummary) -> None:
         json.dump(asdict(summary), f, indent=2, default=str)
 
 
-def run_job(spec: JobSpec, *, mode: Mode = "new") -> RunSummary:
+def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
     """Run a job to completion and return its summary.
 
+    Args:
+        spec: the validated job.
+        mode: ``resume`` finishes what the output lacks (rows in committed
+            shards are skipped), ``overwrite`` clears the output first,
+            ``append`` adds a new batch after the existing shards.
+
     Raises:
-        OutputNotEmptyError: shards exist and ``mode`` is ``new``.
         Exception: whatever stopped the job (bad input location, model, Ray).
     """
     import ray.data
@@ -139,12 +179,14 @@ def run_job(spec: JobSpec, *, mode: Mode = "new") -> RunSummary:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = spec.ray.preserve_order
     run_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    shard_offset = _prepare_output(spec, mode)
-    sink = ShardDatasink(spec.output, run_id=run_id, shard_offset=shard_offset, storage_options=spec.storage_options)
-    build_dataset(spec, listing=listing).write_datasink(sink)
+    plan = _prepare_output(spec, mode)
+    sink = ShardDatasink(
+        spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options
+    )
+    build_dataset(spec, listing=listing, done_ids=_done_ids(spec, plan.done_parquet)).write_datasink(sink)
     _remove_tmp(spec, run_id)
 
-    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode)
+    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped)
     for stats in sorted(sink.shard_stats, key=lambda s: s["shard"]):
         summary.rows += stats["count"]
         summary.images += stats["successes"]

@@ -86,10 +86,10 @@ class ShardDatasink(Datasink[dict]):
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, Any]:
         """Write and commit the shard for this task; return its stats."""
         started, start = _now(), time.perf_counter()
-        tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
-        table = pa.concat_tables([t for t in tables if t.num_rows], promote_options="permissive") if tables else None
-        if table is None or table.num_rows == 0:
+        tables = [t for t in (BlockAccessor.for_block(block).to_arrow() for block in blocks) if t.num_rows]
+        if not tables:  # nothing left to write (e.g. a resumed run with everything done)
             return {"shard": None, "count": 0}
+        table = pa.concat_tables(tables, promote_options="permissive")
         shard = self.shard_offset + ctx.task_idx
         name = shard_name(shard)
         fs, root = filesystem(self.output.uri, self.storage_options)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
-from pipelines.runner import OutputNotEmptyError, run_job
+from pipelines.runner import run_job
 from pipelines.spec import load_spec
 from tests.pipelines.readback import read_output
 
@@ -128,16 +128,42 @@ def test_images_do_not_depend_on_batching(ray_session, write_prompts, tmp_path: 
 
 def test_output_modes(ray_session, write_prompts, tmp_path: Path, model_cache: str) -> None:
     path = write_prompts(ROWS[:3], "prompts.jsonl")
-    spec = _spec(str(path), str(tmp_path / "out"), model_cache, **{"output.samples_per_shard": 2})
+    out_dir = tmp_path / "out"
+    spec = _spec(str(path), str(out_dir), model_cache, **{"output.samples_per_shard": 2})
     run_job(spec)
-    with pytest.raises(OutputNotEmptyError, match="--mode"):
-        run_job(spec)
+    before = {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name != "_run.json"}
+    again = run_job(spec)  # resume of a finished job: nothing to do
+    assert (again.rows, again.skipped, again.shards) == (0, 3, [])
+    assert {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name != "_run.json"} == before
     appended = run_job(spec, mode="append")
     assert appended.shards == ["00002", "00003"]
-    assert len(read_output(str(tmp_path / "out"))["rows"]) == 6
+    assert len(read_output(str(out_dir))["rows"]) == 6
     replaced = run_job(spec, mode="overwrite")
     assert replaced.shards == ["00000", "00001"]
-    assert len(read_output(str(tmp_path / "out"))["rows"]) == 3
+    assert len(read_output(str(out_dir))["rows"]) == 3
+
+
+def test_resume_after_a_dead_run(ray_session, s3, write_prompts, model_cache: str) -> None:
+    """A run that died before committing its last shard is finished by the next run, rows exactly once."""
+    local = write_prompts(ROWS, "prompts.jsonl")
+    s3.put(str(local), "pixelmill/in/prompts.jsonl")
+    spec = _spec("s3://pixelmill/in/prompts.jsonl", "s3://pixelmill/out", model_cache)
+    run_job(spec)
+    complete = {row["id"]: row["sha256"] for row in read_output("s3://pixelmill/out")["rows"]}
+    # Simulate the death: shard 1 published its tar and Parquet but never wrote its stats,
+    # and a temporary of the dead run is still there.
+    lost = {row["id"] for row in read_output("s3://pixelmill/out")["rows"] if row["shard"] == 1}
+    s3.rm("pixelmill/out/00001_stats.json")
+    s3.pipe("pixelmill/out/_tmp/dead-run/00009.tar", b"partial")
+    resumed = run_job(spec)
+    assert resumed.rows == len(lost) and resumed.skipped == len(ROWS) - len(lost)
+    out = read_output("s3://pixelmill/out")
+    ids = [row["id"] for row in out["rows"]]
+    assert sorted(ids) == sorted(complete)  # every row exactly once
+    assert {row["id"]: row["sha256"] for row in out["rows"]} == complete  # byte-identical images
+    assert not any("_tmp" in p or p.endswith("00001.tar") for p in out["all_files"])
+    assert len(out["samples"]) == len(GOOD_IDS)
+    assert out["run"]["skipped"] == resumed.skipped
 
 
 def test_cli_run_with_overrides(ray_session, write_prompts, tmp_path: Path, model_cache: str, capsys) -> None:
@@ -149,7 +175,7 @@ def test_cli_run_with_overrides(ray_session, write_prompts, tmp_path: Path, mode
                  "--set", "output.image_format=jpg"])
     assert code == 0
     line = capsys.readouterr().out
-    assert "2 rows in, 2 images out, 0 errors" in line
+    assert "2 rows in, 0 skipped as done, 2 images out, 0 errors" in line
     out = read_output(str(out_dir))
     assert {s["image"].format for s in out["samples"]} == {"JPEG"}
     assert [r["id"] for r in out["rows"]] == ["r0", "r1"]
