@@ -17,7 +17,7 @@ def test_layouts_match_the_published_files() -> None:
     assert vgg["29.weight"].shape == (512, 256, 3, 3)  # the conv before relu4_1 (module 30)
     assert len(build_vgg_encoder()) == 53
     assert decoder["1.weight"].shape == (256, 512, 3, 3)
-    assert decoder["26.weight"].shape == (3, 64, 3, 3)
+    assert decoder["28.weight"].shape == (3, 64, 3, 3)
     assert isinstance(build_decoder()[3], torch.nn.Upsample)
 
 
