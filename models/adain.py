@@ -181,7 +181,7 @@ class AdaINStylizer:
         height, width = pixels.shape[:2]
         scale = STYLE_SHORT_SIDE / min(height, width)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        resized = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))
+        resized = np.array(Image.fromarray(pixels).resize(size, Image.Resampling.LANCZOS))  # writable copy
         # 2. Encode to relu4_1 and take the channel statistics in float32
         features = self.encoder(self._to_tensor(resized[None])).float()
         mean, std = calc_mean_std(features)
@@ -251,8 +251,12 @@ def save_test_weights(folder: str, *, seed: int = 0) -> tuple[str, str]:
     _init_small(vgg)
     _init_small(decoder)
     with torch.no_grad():
-        decoder[-1].weight.mul_(0.25)  # keep the RGB output mostly inside [0, 1] ...
-        decoder[-1].bias.fill_(0.5)  # ... around mid-grey, so clipping does not flatten it
+        # ReLU features are all positive, so a random last conv adds a large per-colour offset
+        # that clipping would flatten to 0 or 255; zero-sum kernels remove it, and a mid-grey
+        # bias with a smaller gain keeps the RGB output mostly inside [0, 1]
+        last = decoder[-1].weight
+        last.sub_(last.mean(dim=(1, 2, 3), keepdim=True)).mul_(0.1)
+        decoder[-1].bias.fill_(0.5)
     paths = (os.path.join(folder, "vgg_normalised.pth"), os.path.join(folder, "decoder.pth"))
     torch.save(vgg.state_dict(), paths[0])
     torch.save(decoder.state_dict(), paths[1])
