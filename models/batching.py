@@ -11,7 +11,7 @@ micro-batch size, not on the stage's batch size, pool size or row order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np

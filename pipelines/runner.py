@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
 import math
 import os
 import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipelines.spec import JobSpec
 from pipelines.storage import filesystem, join, redact, storage_env_vars
 
+if TYPE_CHECKING:
+    import ray.data
+
 __all__ = ["MODES", "RunSummary", "run_job"]
 
-logger = logging.getLogger("pixelmill")
 Mode = Literal["resume", "overwrite", "append"]
 MODES: tuple[str, ...] = ("resume", "overwrite", "append")
 _SHARD_STATS = re.compile(r"(\d{5,})_stats\.json$")
@@ -110,16 +111,13 @@ def _prepare_output(spec: JobSpec, mode: Mode) -> OutputPlan:
     (``_tmp/``) and tars/Parquets whose stats file never came are removed, so
     their rows are simply done again.
     """
-    from pipelines.sink import TMP_DIR
-
     fs, root = filesystem(spec.output.uri, spec.storage_options)
     fs.makedirs(root, exist_ok=True)
     if mode == "overwrite":
         for path in fs.ls(root, detail=False):
             fs.rm(path, recursive=True)
         return OutputPlan(shard_offset=0, done_parquet=[], skipped=0)
-    if fs.exists(join(fs, root, TMP_DIR)):
-        fs.rm(join(fs, root, TMP_DIR), recursive=True)
+    _remove_tmp(spec)
     committed = set(committed_shards(spec))
     for path in fs.glob(join(fs, root, "*.tar")) + fs.glob(join(fs, root, "*.parquet")):
         number = re.search(r"(\d{5,})\.(tar|parquet)$", path)
@@ -184,7 +182,7 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
         spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options
     )
     build_dataset(spec, listing=listing, done_ids=_done_ids(spec, plan.done_parquet)).write_datasink(sink)
-    _remove_tmp(spec, run_id)
+    _remove_tmp(spec)
 
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped)
     for stats in sorted(sink.shard_stats, key=lambda s: s["shard"]):
@@ -204,7 +202,8 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
     return summary
 
 
-def _remove_tmp(spec: JobSpec, run_id: str) -> None:
+def _remove_tmp(spec: JobSpec) -> None:
+    """Delete the output's ``_tmp/`` (this run's finished temporaries, or a dead run's leftovers)."""
     from pipelines.sink import TMP_DIR
 
     fs, root = filesystem(spec.output.uri, spec.storage_options)

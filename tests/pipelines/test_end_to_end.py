@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from pipelines.cli import main
 from pipelines.runner import run_job
 from pipelines.spec import load_spec

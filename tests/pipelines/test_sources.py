@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import ray.data
 
 from pipelines.sources import list_input_files, read_prompts
 from pipelines.spec import InputSpec
