@@ -9,6 +9,7 @@ import numpy as np
 
 from actors.loading import local_model_path, stage_device
 from actors.rowerrors import mark_errors, run_isolating
+from pipelines.faults import inject
 from pipelines.spec import ModelSpec, StageSpec
 
 __all__ = ["EncodeStage", "EMBED_PREFIX"]
@@ -47,6 +48,7 @@ class EncodeStage:
         healthy = [i for i in range(size) if batch["status"][i] == "ok"]
 
         def compute(rows: list[int]) -> list[dict[str, np.ndarray]]:
+            inject("stage:encode", prompts=[str(batch["prompt"][i]) for i in rows])
             embeds = self.encoder.encode(
                 [str(batch["prompt"][i]) for i in rows],
                 [str(batch["negative_prompt"][i]) for i in rows],

@@ -11,6 +11,7 @@ import numpy as np
 from actors.encode import EMBED_PREFIX
 from actors.loading import local_model_path, stage_device
 from actors.rowerrors import mark_errors, run_isolating
+from pipelines.faults import inject
 from pipelines.spec import ModelSpec, StageSpec
 
 __all__ = ["GenerateStage", "IMAGE_COLUMN"]
@@ -58,6 +59,7 @@ class GenerateStage:
         for (width, height, steps, guidance), rows in self._groups(batch).items():
 
             def compute(subset: list[int]) -> np.ndarray:
+                inject("stage:generate", prompts=[str(batch["prompt"][i]) for i in subset])
                 embeds = {name[len(EMBED_PREFIX):]: batch[name][subset] for name in embed_columns}
                 return self.generator.generate(
                     embeds,

@@ -1,21 +1,28 @@
 """Run a model on a batch so that one bad row cannot sink its batch.
 
 A stage calls :func:`run_isolating` with the indices of its healthy rows; when
-the model raises on the whole batch, the batch is split in halves until the
-rows that fail on their own are found.  Those rows get the error; the others
-get their results.
+the model raises on the whole batch (an exception, a GPU out-of-memory error),
+the batch is split in halves until the rows that fail on their own are found.
+Those rows get the error; the others get their results.  A sticky device
+error is the exception: the process exits so that Ray restarts the actor (see
+``pipelines.resilience``).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import numpy as np
 
+from pipelines.resilience import STICKY_DEVICE_ERROR_EXIT_CODE, is_out_of_memory, is_sticky_device_error
+
 __all__ = ["run_isolating", "mark_errors"]
 
 Result = TypeVar("Result")
+logger = logging.getLogger(__name__)
 
 
 def run_isolating(
@@ -38,6 +45,10 @@ def run_isolating(
         try:
             outputs = compute(group)
         except Exception as error:  # noqa: BLE001 - any model error becomes a row error
+            if is_sticky_device_error(error):
+                _exit_for_restart(error)
+            if is_out_of_memory(error):
+                _free_device_cache()
             if len(group) == 1:
                 errors[group[0]] = f"{type(error).__name__}: {error}"
             else:
@@ -48,13 +59,27 @@ def run_isolating(
     return results, errors
 
 
-def mark_errors(batch: dict[str, np.ndarray], errors: dict[int, str], *, stage: str) -> None:
+def _exit_for_restart(error: BaseException) -> None:
+    """Leave the process: its CUDA context is broken, Ray restarts the actor and retries the batch."""
+    logger.error("sticky device error, exiting so that Ray restarts this actor: %s", error)
+    logging.shutdown()
+    os._exit(STICKY_DEVICE_ERROR_EXIT_CODE)
+
+
+def _free_device_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def mark_errors(batch: dict[str, np.ndarray], errors: dict[int, str], *, stage: str, status: str = "error") -> None:
     """Set ``status``/``stage``/``error`` on the failed rows of a batch, in place."""
     if not errors:
         return
     for column in ("status", "stage", "error"):
         batch[column] = batch[column].astype(object)
     for index, message in errors.items():
-        batch["status"][index] = "error"
+        batch["status"][index] = status
         batch["stage"][index] = stage
         batch["error"][index] = message

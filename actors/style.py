@@ -14,6 +14,7 @@ import numpy as np
 from actors.generate import IMAGE_COLUMN
 from actors.loading import stage_device
 from actors.rowerrors import mark_errors, run_isolating
+from pipelines.faults import inject
 from pipelines.spec import StageSpec, StyleSpec
 
 __all__ = ["StyleStage"]
@@ -170,6 +171,7 @@ class StyleStage:
         images = batch[IMAGE_COLUMN]
 
         def compute(rows: list[int]) -> list[np.ndarray]:
+            inject("stage:style", prompts=[str(batch["prompt"][i]) for i in rows])
             styled = self.backend.stylize_batch([images[i] for i in rows], [refs[i] for i in rows])
             out = []
             for i, image in zip(rows, styled):

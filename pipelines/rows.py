@@ -15,7 +15,10 @@ import pandas as pd
 
 from pipelines.spec import ColumnMap, GenerationDefaults
 
-__all__ = ["RESERVED_COLUMNS", "derive_seed", "prepare_rows", "check_passthrough_columns"]
+# Set by ``pipelines.sources`` on rows it could not parse (kept here so this module imports no Ray).
+INPUT_ERROR_COLUMN = "_pm_input_error"
+
+__all__ = ["OUTPUT_COLUMNS", "RESERVED_COLUMNS", "derive_seed", "prepare_rows", "check_passthrough_columns"]
 
 # Columns pixelmill writes itself; input columns with these names must be mapped.
 RESERVED_COLUMNS = frozenset(
@@ -23,6 +26,14 @@ RESERVED_COLUMNS = frozenset(
         "key", "id", "prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance",
         "status", "stage", "error", "source", "source_row", "model", "model_hash", "scheduler",
         "pipeline", "sha256", "style_hash", "style_backend", "image_format", "shard", "encode_s", "generate_s", "style_s", "image_encode_s",
+    }
+)
+# Columns the stages and the sink add; dropped when error records become input again.
+OUTPUT_COLUMNS = frozenset(
+    {
+        "key", "shard", "status", "stage", "error", "model", "model_hash", "scheduler", "pipeline",
+        "sha256", "style_hash", "style_backend", "image_format", "encode_s", "generate_s", "style_s",
+        "image_encode_s", "prompt_tokens", "prompt_truncated",
     }
 )
 _INT_FIELDS = ("width", "height", "steps")
@@ -107,6 +118,8 @@ def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed:
         "error": "",
     }
     try:
+        if not _is_missing(raw.get(INPUT_ERROR_COLUMN)):
+            raise ValueError(str(raw[INPUT_ERROR_COLUMN]))
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be text, got {'nothing' if _is_missing(prompt) else type(prompt).__name__}")
         if not prompt.strip():
@@ -142,6 +155,6 @@ def prepare_rows(
         index=raw.index,
     )
     canonical = canonical.astype({"seed": "int64", "width": "int64", "height": "int64", "steps": "int64", "guidance": "float64"})
-    consumed = set(canonical.columns) | set(ColumnMap.model_fields)
+    consumed = set(canonical.columns) | set(ColumnMap.model_fields) | {INPUT_ERROR_COLUMN}
     passthrough = raw.drop(columns=[c for c in raw.columns if c in consumed])
     return pd.concat([canonical, passthrough], axis=1).reset_index(drop=True)

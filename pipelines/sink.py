@@ -2,12 +2,14 @@
 
 Built on Ray Data's ``Datasink`` API.  The plan repartitions rows into blocks
 of exactly ``samples_per_shard`` rows, so each write task writes one shard,
-numbered ``shard_offset + task index``.
+numbered ``shard_offset + task index`` (a retried task rewrites the same
+names from the same block, so retries cannot double rows).
 
-Commit protocol: the tar and the Parquet are written under ``_tmp/<run id>/``,
-then moved next to the other shards (a rename locally, copy-then-delete on
-S3), and ``NNNNN_stats.json`` is written last: a shard whose stats file exists
-is complete.  Readers that glob ``*.tar`` never see the temporary folder.
+Commit protocol (see ARCHITECTURE.md): every file is written with
+:func:`pipelines.storage.write_once`, so it appears complete or not at all;
+the tar, the Parquet and the shard's error records (``_errors/NNNNN.parquet``)
+come first and ``NNNNN_stats.json`` last: a shard whose stats file exists is
+committed.  Files of a shard without stats are removed by the next run.
 """
 
 from __future__ import annotations
@@ -20,17 +22,21 @@ from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import webdataset as wds
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
+from pipelines.faults import inject
 from pipelines.spec import OutputSpec
-from pipelines.storage import filesystem, join
+from pipelines.storage import filesystem, join, write_once
 
-__all__ = ["ShardDatasink", "TMP_DIR", "shard_name"]
+__all__ = ["ERRORS_DIR", "ShardDatasink", "TMP_DIR", "shard_name"]
 
 TMP_DIR = "_tmp"
+# The run's errors table: one Parquet of error records per shard that has any.
+ERRORS_DIR = "_errors"
 # A fixed tar member time keeps reruns byte-identical.
 _TAR_MTIME = 0.0
 _NOT_METADATA = ("image",)
@@ -93,17 +99,24 @@ class ShardDatasink(Datasink[dict]):
         shard = self.shard_offset + ctx.task_idx
         name = shard_name(shard)
         fs, root = filesystem(self.output.uri, self.storage_options)
-        tmp = join(fs, root, TMP_DIR, self.run_id)
-        fs.makedirs(tmp, exist_ok=True)
+        staging = join(fs, root, TMP_DIR, self.run_id)
         table = self._with_keys(table, shard)
-        self._write_tar(fs, join(fs, tmp, f"{name}.tar"), table)
-        with fs.open(join(fs, tmp, f"{name}.parquet"), "wb") as f:
-            pq.write_table(table.drop_columns(list(_NOT_METADATA)), f)
-        for suffix in (".tar", ".parquet"):
-            fs.mv(join(fs, tmp, name + suffix), join(fs, root, name + suffix))
-        stats = self._stats(table, shard=shard, started=started, seconds=time.perf_counter() - start)
-        with fs.open(join(fs, root, f"{name}_stats.json"), "w") as f:
-            json.dump(stats, f, indent=2)
+        metadata = table.drop_columns(list(_NOT_METADATA))
+        errors = metadata.filter(pc.equal(metadata.column("status"), "error"))
+        inject("sink:before_publish", shard=shard)
+        with write_once(fs, join(fs, root, f"{name}.tar"), staging_dir=staging) as f:
+            self._write_tar(f, table)
+        with write_once(fs, join(fs, root, f"{name}.parquet"), staging_dir=staging) as f:
+            pq.write_table(metadata, f)
+        if errors.num_rows:
+            fs.makedirs(join(fs, root, ERRORS_DIR), exist_ok=True)
+            with write_once(fs, join(fs, root, ERRORS_DIR, f"{name}.parquet"), staging_dir=staging) as f:
+                pq.write_table(errors, f)
+        inject("sink:after_publish", shard=shard)
+        stats = self._stats(table, shard=shard, run_id=self.run_id, started=started, seconds=time.perf_counter() - start)
+        with write_once(fs, join(fs, root, f"{name}_stats.json"), staging_dir=staging) as f:
+            f.write(json.dumps(stats, indent=2).encode())
+        inject("sink:after_commit", shard=shard)
         return stats
 
     def on_write_complete(self, write_result: Any) -> None:
@@ -115,10 +128,10 @@ class ShardDatasink(Datasink[dict]):
         table = table.append_column("key", pa.array(keys, pa.string()))
         return table.append_column("shard", pa.array([shard] * table.num_rows, pa.int64()))
 
-    def _write_tar(self, fs: Any, path: str, table: pa.Table) -> None:
+    def _write_tar(self, f: Any, table: pa.Table) -> None:
         ext = self.output.image_format
         rows = table.to_pylist()
-        with fs.open(path, "wb") as f, wds.TarWriter(f, encoder=False, mtime=_TAR_MTIME) as sink:
+        with wds.TarWriter(f, encoder=False, mtime=_TAR_MTIME) as sink:
             for row in rows:
                 if row["status"] != "ok":
                     continue
@@ -133,18 +146,20 @@ class ShardDatasink(Datasink[dict]):
                 )
 
     @staticmethod
-    def _stats(table: pa.Table, *, shard: int, started: str, seconds: float) -> dict[str, Any]:
+    def _stats(table: pa.Table, *, shard: int, run_id: str, started: str, seconds: float) -> dict[str, Any]:
         status = table.column("status").to_pylist()
         reasons = Counter(
             f"{stage}: {error.split(':', 1)[0]}"
             for stage, error, state in zip(table.column("stage").to_pylist(), table.column("error").to_pylist(), status)
-            if state != "ok"
+            if state == "error"
         )
         return {
             "shard": shard,
+            "run_id": run_id,
             "count": table.num_rows,
             "successes": status.count("ok"),
-            "failures": table.num_rows - status.count("ok"),
+            "failures": status.count("error"),
+            "filtered": status.count("filtered"),
             "failures_by_reason": dict(reasons),
             "start_time": started,
             "end_time": _now(),

@@ -10,20 +10,23 @@ say where in its file a row came from, which stable row ids need, so
 
 from __future__ import annotations
 
+import json
 import posixpath
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
+from pipelines.rows import INPUT_ERROR_COLUMN
 from pipelines.spec import InputSpec
 from pipelines.storage import filesystem
 
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["FORMAT_READERS", "PromptTableDatasource", "list_input_files", "read_prompts"]
+__all__ = ["FORMAT_READERS", "INPUT_ERROR_COLUMN", "PromptTableDatasource", "list_input_files", "read_prompts"]
 
 _GLOB_CHARS = "*?["
 
@@ -35,9 +38,79 @@ def _read_parquet(f: pa.NativeFile) -> Iterator[pa.RecordBatch]:
 
 
 def _read_jsonl(f: pa.NativeFile) -> Iterator[pa.RecordBatch]:
-    import pyarrow.json as pj
+    # Not pyarrow.json: it fails the whole file on one bad line (bad UTF-8,
+    # broken JSON, a value of another type); here that line becomes a row
+    # whose INPUT_ERROR_COLUMN says why, and the rest of the file is read.
+    rows: list[dict[str, Any]] = []
+    for number, line in _lines(f):
+        if not line.strip():
+            continue
+        rows.append(_parse_json_line(number, line))
+        if len(rows) == _JSONL_CHUNK_ROWS:
+            yield _rows_to_batch(rows)
+            rows = []
+    if rows:
+        yield _rows_to_batch(rows)
 
-    yield from pj.open_json(f)
+
+_JSONL_CHUNK_ROWS = 8192
+
+
+def _lines(f: pa.NativeFile) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(1-based line number, line bytes)`` from a binary stream, reading 1 MiB at a time."""
+    number, pending = 0, b""
+    while chunk := f.read(1 << 20):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for line in complete:
+            number += 1
+            yield number, line
+    if pending:
+        yield number + 1, pending
+
+
+def _parse_json_line(number: int, line: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        return {INPUT_ERROR_COLUMN: f"line {number} is not valid UTF-8 ({error.reason} at byte {error.start})"}
+    except json.JSONDecodeError as error:
+        return {INPUT_ERROR_COLUMN: f"line {number} is not valid JSON ({error.msg} at column {error.colno})"}
+    if not isinstance(value, dict):
+        return {INPUT_ERROR_COLUMN: f"line {number} is a JSON {type(value).__name__}, not an object"}
+    value.pop(INPUT_ERROR_COLUMN, None)
+    value["_pm_line"] = number
+    return value
+
+
+def _rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    """Build one batch; a value whose type differs from its column's usual type makes its row an error row."""
+    columns = list(dict.fromkeys(key for row in rows for key in row if key not in ("_pm_line", INPUT_ERROR_COLUMN)))
+    for column in columns:
+        kinds = Counter(_json_kind(row[column]) for row in rows if row.get(column) is not None)
+        if len(kinds) <= 1:
+            continue
+        usual = kinds.most_common(1)[0][0]
+        for row in rows:
+            value = row.get(column)
+            if value is not None and _json_kind(value) != usual and INPUT_ERROR_COLUMN not in row:
+                row[INPUT_ERROR_COLUMN] = (
+                    f"line {row['_pm_line']}: column {column!r} holds a {_json_kind(value)} "
+                    f"where the file's other rows hold a {usual}"
+                )
+                row[column] = None
+    data = {column: [row.get(column) for row in rows] for column in columns}
+    data[INPUT_ERROR_COLUMN] = [row.get(INPUT_ERROR_COLUMN) for row in rows]
+    table = pa.table({k: pa.array(v) if k != INPUT_ERROR_COLUMN else pa.array(v, pa.string()) for k, v in data.items()})
+    return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([])
+
+
+def _json_kind(value: Any) -> str:
+    """Name a JSON value's type as Arrow sees it (ints and floats mix, everything else does not)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
 
 
 def _read_csv(f: pa.NativeFile) -> Iterator[pa.RecordBatch]:

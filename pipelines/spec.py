@@ -172,6 +172,8 @@ class RaySpec(_Strict):
     address: str | None = None
     num_cpus: PositiveInt | None = None
     preserve_order: bool = True
+    # Stop the run (exit code 3) when no shard commits for this long; 0 turns the watchdog off.
+    stall_timeout_s: Annotated[float, Field(ge=0)] = 3600.0
 
 
 class JobSpec(_Strict):

@@ -8,12 +8,18 @@ redacted before anything is logged or written.
 from __future__ import annotations
 
 import os
-from typing import Any
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
 
 import fsspec
 from fsspec.core import url_to_fs
 
-__all__ = ["filesystem", "join", "redact", "storage_env_vars"]
+from pipelines.resilience import with_storage_retries
+
+__all__ = ["filesystem", "is_local", "join", "redact", "storage_env_vars", "write_once"]
 
 # Standard variables that boto/s3fs read; forwarded to every Ray worker.
 STORAGE_ENV_VARS = (
@@ -36,6 +42,7 @@ def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple
     # Options are written for object storage; a local path must not receive them.
     if protocol in ("file", "local"):
         options = {}
+    options = with_storage_retries(uri, options)
     fs, path = url_to_fs(os.path.expanduser(uri), **options)
     return fs, path
 
@@ -44,6 +51,48 @@ def join(fs: fsspec.AbstractFileSystem, base: str, *names: str) -> str:
     """Join path parts with the filesystem's separator."""
     parts = [base.rstrip(fs.sep)] + [name.strip(fs.sep) for name in names]
     return fs.sep.join(parts)
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Return whether ``fs`` is the local disk (where a rename is atomic)."""
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols or "local" in protocols
+
+
+@contextmanager
+def write_once(fs: fsspec.AbstractFileSystem, path: str, *, staging_dir: str) -> Iterator[IO[bytes]]:
+    """Open ``path`` for writing so that it appears complete or not at all.
+
+    A plain ``fs.open(path, "wb")`` uploads whatever was written when an
+    exception leaves the ``with`` block, leaving a truncated object.  Here:
+
+    * object stores: the file is opened with ``autocommit=False`` (a multipart
+      upload, invisible until completed), committed after the block and
+      discarded (upload aborted) on any exception;
+    * local disk: the bytes go to a file in ``staging_dir`` (same filesystem as
+      the destination) that is renamed into place, an atomic step.  fsspec's
+      own local ``autocommit=False`` stages in the system temp folder, from
+      which a move across filesystems is a non-atomic copy.
+    """
+    if is_local(fs):
+        fs.makedirs(staging_dir, exist_ok=True)
+        staged = join(fs, staging_dir, f"{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        try:
+            with fs.open(staged, "wb") as f:
+                yield f
+            os.replace(staged, path)
+        finally:
+            if os.path.exists(staged):
+                os.remove(staged)
+        return
+    f = fs.open(path, "wb", autocommit=False)
+    try:
+        yield f
+    except BaseException:
+        f.discard()
+        raise
+    f.close()
+    f.commit()
 
 
 def redact(options: dict[str, Any]) -> dict[str, Any]:

@@ -182,5 +182,6 @@ def test_cli_run_with_overrides(ray_session, write_prompts, tmp_path: Path, mode
 def test_cli_run_missing_input_fails_cleanly(tmp_path: Path, capsys) -> None:
     job = tmp_path / "job.yaml"
     job.write_text(f"input: {{uri: {tmp_path}/absent.jsonl}}\noutput: {{uri: {tmp_path}/o}}\nray: {{num_cpus: 1}}\n")
-    assert main(["run", str(job)]) == 1
+    assert main(["run", str(job)]) == 2
     assert "nothing found" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing was done

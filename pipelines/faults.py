@@ -1,0 +1,90 @@
+"""Fault injection for tests: inert unless ``PIXELMILL_FAULTS`` is set.
+
+The variable holds a JSON list of rules; the runner forwards it to Ray
+workers.  Code calls :func:`inject` at named points; a rule fires when its
+``at`` matches the point and its filters match the call::
+
+    PIXELMILL_FAULTS='[{"at": "stage:generate", "do": "exit", "nth": 2, "once": "/tmp/flag"}]'
+
+Rule keys:
+    at: the point: ``stage:<encode|generate|style>`` (each batch a stage
+        computes), ``sink:before_publish``, ``sink:after_publish`` (tar and
+        Parquet visible, stats not yet), ``sink:after_commit``.
+    do: ``exit`` (SIGKILL this process), ``kill_driver`` (SIGKILL the process
+        whose pid is in ``PIXELMILL_DRIVER_PID``, then this one, so nothing
+        after the point runs), ``raise`` (RuntimeError),
+        ``cuda_error`` (the RuntimeError of an illegal CUDA memory access),
+        ``hang`` (sleep for an hour).
+    nth: fire on the n-th matching call in this process only (default: every call).
+    shard: fire only for this shard number (sink points).
+    prompt: fire only when a prompt of the batch contains this text.
+    once: a file path; the rule fires only if it can create this file, so it
+        fires once across processes and restarts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import Counter
+from functools import cache
+from typing import Any
+
+__all__ = ["ENV_VAR", "inject", "InjectedFault"]
+
+ENV_VAR = "PIXELMILL_FAULTS"
+DRIVER_PID_VAR = "PIXELMILL_DRIVER_PID"
+_calls: Counter[int] = Counter()
+
+
+class InjectedFault(RuntimeError):
+    """The error a ``raise`` rule throws."""
+
+
+@cache
+def _rules() -> tuple[dict[str, Any], ...]:
+    text = os.environ.get(ENV_VAR)
+    return tuple(json.loads(text)) if text else ()
+
+
+def inject(point: str, *, shard: int | None = None, prompts: list[str] | None = None) -> None:
+    """Apply the rules that match this call (no-op without ``PIXELMILL_FAULTS``)."""
+    for number, rule in enumerate(_rules()):
+        if rule["at"] != point:
+            continue
+        if "shard" in rule and rule["shard"] != shard:
+            continue
+        if "prompt" in rule and not any(rule["prompt"] in p for p in prompts or []):
+            continue
+        _calls[number] += 1
+        if "nth" in rule and _calls[number] != rule["nth"]:
+            continue
+        if "once" in rule and not _claim(rule["once"]):
+            continue
+        _fire(rule["do"], point)
+
+
+def _claim(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def _fire(action: str, point: str) -> None:
+    if action == "exit":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "kill_driver":
+        os.kill(int(os.environ[DRIVER_PID_VAR]), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "raise":
+        raise InjectedFault(f"injected fault at {point}")
+    elif action == "cuda_error":
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+    elif action == "hang":
+        time.sleep(3600)
+    else:
+        raise ValueError(f"{ENV_VAR}: unknown action {action!r}")
