@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STALLED
     except Exception as error:  # noqa: BLE001 - the scheduler needs an exit code and one clear line
         cause = _root_cause(error)
-        print(f"pixelmill: the run failed: {type(cause).__name__}: {cause}", file=sys.stderr)
+        first_line = str(cause).strip().split("\n", 1)[0]
+        print(f"pixelmill: the run failed: {type(cause).__name__}: {first_line}", file=sys.stderr)
         return EXIT_RUN_FAILED
     print(summary.line())
     print(f"pixelmill: {summary.equation}")

@@ -359,7 +359,8 @@ def _preflight() -> Iterator[None]:
     except Exception as error:  # noqa: BLE001 - reported to the user as one line, nothing was done
         cause = getattr(error, "cause", None)
         cause = cause if isinstance(cause, BaseException) else error
-        raise PreflightError(str(cause) or type(cause).__name__) from error
+        # Ray appends retry hints on further lines; the first line is the error itself.
+        raise PreflightError(str(cause).strip().split("\n", 1)[0] or type(cause).__name__) from error
 
 
 def check_output_reachable(spec: JobSpec) -> None:

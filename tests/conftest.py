@@ -15,6 +15,11 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing-secret")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
+# A prompt containing this text raises inside the generate stage (pipelines.faults, switched
+# on for the session's Ray workers only): the "row whose processing raises" of poisoned inputs.
+POISON_MARKER = "<poison:raise>"
+SESSION_FAULTS = [{"at": "stage:generate", "do": "raise", "prompt": POISON_MARKER}]
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -42,13 +47,17 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def ray_session(moto_endpoint: str) -> Iterator[None]:
     """One local Ray runtime for the whole session (starting Ray costs seconds)."""
+    import json
+
     import ray
 
+    from pipelines.faults import ENV_VAR
     from pipelines.storage import storage_env_vars
 
     # Four logical CPUs on a 2-core machine: actor pools hold their CPUs for the
     # whole run and tasks need slots beside them (the runner sizes local Ray the same way).
-    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": storage_env_vars()})
+    env_vars = {**storage_env_vars(), ENV_VAR: json.dumps(SESSION_FAULTS)}
+    ray.init(num_cpus=4, include_dashboard=False, runtime_env={"env_vars": env_vars})
     try:
         yield
     finally:

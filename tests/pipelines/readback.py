@@ -51,7 +51,10 @@ def read_output(uri: str) -> dict[str, Any]:
     table = pads.dataset(parquet_files, format="parquet", filesystem=fs).to_table() if parquet_files else None
     stats = {p.rsplit("/", 1)[-1]: json.loads(fs.cat_file(p)) for p in sorted(fs.glob(join(fs, root, "*_stats.json")))}
     run = json.loads(fs.cat_file(join(fs, root, "_run.json"))) if fs.exists(join(fs, root, "_run.json")) else None
+    error_files = sorted(fs.glob(join(fs, root, "_errors", "*.parquet")))
+    errors = pads.dataset(error_files, format="parquet", filesystem=fs).to_table().to_pylist() if error_files else []
     return {
+        "errors": errors,
         "tars": tars,
         "samples": samples,
         "rows": table.to_pylist() if table is not None else [],
@@ -59,3 +62,21 @@ def read_output(uri: str) -> dict[str, Any]:
         "run": run,
         "all_files": sorted(fs.find(root)),
     }
+
+
+def check_exactly_once(out: dict[str, Any], input_ids: list[str]) -> None:
+    """Assert that every input id is exactly one image, error record or filtered record, and that
+    every tar belongs to a committed shard (a stats file), as consumers of the output count them."""
+    from collections import Counter
+
+    seen = Counter(sample["json"]["id"] for sample in out["samples"])
+    seen.update(row["id"] for row in out["errors"])
+    seen.update(row["id"] for row in out["rows"] if row["status"] == "filtered")
+    doubled = {i: n for i, n in seen.items() if n > 1}
+    assert not doubled, f"rows written more than once: {doubled}"
+    assert set(seen) == set(input_ids), (
+        f"missing: {sorted(set(input_ids) - set(seen))[:10]}, unknown: {sorted(set(seen) - set(input_ids))[:10]}"
+    )
+    committed = {name.split("_")[0] for name in out["stats"]}
+    for tar in out["tars"]:
+        assert tar.rsplit("/", 1)[-1].removesuffix(".tar") in committed, f"{tar} has no stats file"
