@@ -33,12 +33,17 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
 from models.batching import in_fixed_chunks
 from models.families import PipelineFamily, family_for, none_overrides
+from models.safety import SAFETY_COMPONENTS, SafetyChecker, has_safety_checker
 from models.store import model_fingerprint
 
 DTYPES: dict[str, torch.dtype] = {
@@ -139,6 +144,37 @@ class PromptEncoder:
 
         return in_fixed_chunks(compute, len(prompts), micro_batch)
 
+    @property
+    def max_tokens(self) -> int:
+        """Tokens per prompt the primary tokenizer keeps when encoding (``model_max_length``).
+
+        Longer prompts are truncated by ``encode`` (for SD/SDXL/FLUX: 77, CLIP's limit).
+        """
+        return int(self.pipe.tokenizer.model_max_length)
+
+    def token_counts(self, prompts: list[str]) -> list[int]:
+        """Count the primary tokenizer's tokens per prompt, without truncation.
+
+        Args:
+            prompts: one prompt per row.
+
+        Returns:
+            the number of token ids per prompt, special tokens (BOS/EOS) included; a
+            count above ``max_tokens`` means ``encode`` drops the prompt's tail.
+        """
+        if not prompts:
+            return []
+        # verbose=False: no "sequence length is longer than the maximum" warning, counting
+        # over-long prompts is the point here
+        token_ids = self.pipe.tokenizer(list(prompts), truncation=False, verbose=False)["input_ids"]
+        return [len(ids) for ids in token_ids]
+
+
+# Reasons recorded in ``generate_checked``'s problems, by check.
+NON_FINITE = ("error", "non-finite image (NaN/inf) even after float32 decode")
+SAFETY_FLAGGED = ("filtered", "safety checker flagged the image")
+BLANK = ("error", "blank image: every pixel is black")
+
 
 class ImageGenerator:
     """The image half of a pipeline: embeddings + seeds in, uint8 images out.
@@ -150,13 +186,24 @@ class ImageGenerator:
 
     Attributes:
         info: ``model_hash``, ``scheduler`` and ``pipeline`` (class names), for provenance.
+        safety_checker: the model folder's own safety checker (``models.safety``), kept
+            outside ``pipe`` and used by ``generate_checked`` only; None when it has none.
+        fp32_decode_retries: micro-batches ``generate_checked`` re-ran with a float32 VAE
+            because they decoded to NaN/inf (cumulative).
     """
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: str = "float32") -> None:
         self.pipeline_class, self.family = family_for(model_path)
         self.device = torch.device(device)
         self.dtype = _torch_dtype(dtype)
-        self.pipe = _load_half(model_path, self.family.image_only_drop, device=device, dtype=dtype)
+        drop = self.family.image_only_drop
+        if has_safety_checker(model_path):
+            # Load the checker with the image half, then hold it outside the pipeline, so the
+            # pipeline ``generate`` calls is the same with or without one
+            drop = tuple(name for name in drop if name not in SAFETY_COMPONENTS)
+        self.pipe = _load_half(model_path, drop, device=device, dtype=dtype)
+        self.safety_checker = SafetyChecker.detach_from(self.pipe, device=self.device, dtype=self.dtype)
+        self.fp32_decode_retries = 0
         self.info: dict[str, str] = {
             "model_hash": model_fingerprint(model_path),
             "scheduler": type(self.pipe.scheduler).__name__,
@@ -193,31 +240,159 @@ class ImageGenerator:
         if batch == 0:
             return np.zeros((0, height, width, 3), dtype=np.uint8)
         # 2. Embeddings to the pipeline's device and dtype
-        tensors = {
+        tensors = self._to_tensors(embeds)
+
+        def compute(rows: np.ndarray) -> np.ndarray:
+            return self._run_chunk(
+                tensors, rows, seeds, width=width, height=height, steps=steps, guidance=guidance
+            )
+
+        images = in_fixed_chunks(compute, batch, micro_batch)
+        return _to_uint8(images)
+
+    @torch.no_grad()
+    def generate_checked(
+        self,
+        embeds: dict[str, np.ndarray],
+        *,
+        seeds: list[int],
+        width: int,
+        height: int,
+        steps: int,
+        guidance: float,
+        micro_batch: int = 1,
+    ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+        """``generate``, plus a check of every image: non-finite, safety-flagged, blank.
+
+        A micro-batch with a NaN/inf image is run again with the VAE in float32 (when
+        it is not already: fp16 VAEs overflow); its rows that were finite keep their
+        first bytes, so healthy rows always match ``generate`` byte for byte. The retry
+        re-runs the whole chunk through the pipeline (denoising included: it is the only
+        way that stays the pipeline's own decode for every family), so it doubles that
+        chunk's cost.
+
+        Args:
+            embeds, seeds, width, height, steps, guidance, micro_batch: as for ``generate``.
+
+        Returns:
+            ``(images, problems)``: uint8 ``[B, height, width, 3]`` (non-finite values
+            become 0, safety-flagged rows are black) and, for the rows that are not ok,
+            ``{row index in this call: (status, reason)}`` with status ``"error"`` (NaN/inf
+            even after a float32 decode, or an all-black image) or ``"filtered"`` (flagged
+            by the model's safety checker).
+        """
+        # 1. Check inputs
+        batch = _check_generate_inputs(self.family, embeds, seeds, width, height, steps)
+        if batch == 0:
+            return np.zeros((0, height, width, 3), dtype=np.uint8), {}
+        # 2. Embeddings to the pipeline's device and dtype
+        tensors = self._to_tensors(embeds)
+        call = {"width": width, "height": height, "steps": steps, "guidance": guidance}
+
+        def compute(rows: np.ndarray) -> dict[str, np.ndarray]:
+            # 3. The chunk as generate computes it; the padding (a repeat of the last row)
+            #    never triggers a retry on its own
+            images = self._run_chunk(tensors, rows, seeds, **call)
+            padding = np.concatenate([[False], rows[1:] == rows[:-1]])
+            non_finite = ~np.isfinite(images).all(axis=(1, 2, 3)) & ~padding
+            # 4. NaN/inf (fp16 VAE overflow): decode the chunk again in float32
+            if non_finite.any() and self.pipe.vae.dtype != torch.float32:
+                self.fp32_decode_retries += 1
+                with _float32_vae(self.pipe.vae):
+                    retried = self._run_chunk(tensors, rows, seeds, **call)
+                images[non_finite] = retried[non_finite]
+                non_finite = ~np.isfinite(images).all(axis=(1, 2, 3)) & ~padding
+            images = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
+            # 5. The model's own safety checker (blacks out the rows it flags)
+            flagged = np.zeros(len(rows), dtype=bool)
+            if self.safety_checker is not None:
+                images, flagged = self.safety_checker.check(images)
+            return {"images": images, "non_finite": non_finite, "flagged": flagged}
+
+        checked = in_fixed_chunks(compute, batch, micro_batch)
+        images = _to_uint8(checked["images"])
+        # 6. One status per row that is not ok, the first that applies
+        blank = ~images.any(axis=(1, 2, 3))
+        problems: dict[int, tuple[str, str]] = {}
+        for row in range(batch):
+            if checked["non_finite"][row]:
+                problems[row] = NON_FINITE
+            elif checked["flagged"][row]:
+                problems[row] = SAFETY_FLAGGED
+            elif blank[row]:
+                problems[row] = BLANK
+        return images, problems
+
+    def _to_tensors(self, embeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """The family's embeddings as tensors on the pipeline's device and dtype."""
+        return {
             key: torch.from_numpy(np.ascontiguousarray(embeds[key])).to(self.device, self.dtype)
             for key in self.family.embed_keys
             if key in embeds
         }
 
-        def compute(rows: np.ndarray) -> np.ndarray:
-            index = torch.as_tensor(rows, device=self.device)
-            # 3. A fresh generator per row, even for a padding duplicate: a shared one would
-            #    be advanced twice (ancestral schedulers also draw noise in every step)
-            generators = [torch.Generator(self.device).manual_seed(int(seeds[i])) for i in rows]
-            # 4. Denoise + decode one fixed-size chunk
-            return self.pipe(
-                **{key: value[index] for key, value in tensors.items()},
-                generator=generators,
-                width=width,
-                height=height,
-                num_inference_steps=steps,
-                guidance_scale=guidance,
-                output_type="np",
-            ).images
+    def _run_chunk(
+        self,
+        tensors: dict[str, torch.Tensor],
+        rows: np.ndarray,
+        seeds: list[int],
+        *,
+        width: int,
+        height: int,
+        steps: int,
+        guidance: float,
+    ) -> np.ndarray:
+        """Denoise + decode one fixed-size chunk; float32 ``[len(rows), H, W, 3]`` in [0, 1]."""
+        index = torch.as_tensor(rows, device=self.device)
+        # A fresh generator per row, even for a padding duplicate: a shared one would be
+        # advanced twice (ancestral schedulers also draw noise in every step)
+        generators = [torch.Generator(self.device).manual_seed(int(seeds[i])) for i in rows]
+        return self.pipe(
+            **{key: value[index] for key, value in tensors.items()},
+            generator=generators,
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            output_type="np",
+        ).images
 
-        images = in_fixed_chunks(compute, batch, micro_batch)
-        # 5. float [0, 1] -> uint8 with rounding, as diffusers' numpy_to_pil does
-        return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    """float [0, 1] -> uint8 with rounding, as diffusers' ``numpy_to_pil`` does."""
+    return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def _cast_inputs_to_float32(_module: torch.nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: floating-point tensor arguments to float32."""
+    return tuple(arg.float() if torch.is_tensor(arg) and arg.is_floating_point() else arg for arg in args)
+
+
+@contextmanager
+def _float32_vae(vae: torch.nn.Module) -> Iterator[None]:
+    """Run ``vae`` in float32 inside the block, then put back its original weights.
+
+    The weights are swapped tensor by tensor (not ``vae.to``): the originals come back
+    untouched, whatever mix of dtypes they had, and diffusers' ``ModelMixin.to`` would
+    log a warning on each cast. SD and FLUX hand ``vae.decode`` the latents in the
+    denoiser's dtype, so the inputs of the VAE's parts (``post_quant_conv``,
+    ``decoder``, ...) are cast to float32 as well.
+    """
+    originals = [
+        (tensor, tensor.data)
+        for tensor in itertools.chain(vae.parameters(), vae.buffers())
+        if tensor.is_floating_point()
+    ]
+    hooks = [child.register_forward_pre_hook(_cast_inputs_to_float32) for child in vae.children()]
+    try:
+        for tensor, data in originals:
+            tensor.data = data.float()
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for tensor, data in originals:
+            tensor.data = data
 
 
 def _check_generate_inputs(

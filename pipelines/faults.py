@@ -15,7 +15,10 @@ Rule keys:
         after the point runs), ``raise`` (RuntimeError),
         ``cuda_error`` (the RuntimeError of an illegal CUDA memory access),
         ``hang`` (sleep for an hour).
-    nth: fire on the n-th matching call in this process only (default: every call).
+    nth: fire on the n-th matching call (default: every call), counted in
+        this process, or across processes when ``count_dir`` is given.
+    count_dir: a folder in which every matching call claims the next free
+        ordinal (an atomic file creation), so ``nth`` counts across processes.
     shard: fire only for this shard number (sink points).
     prompt: fire only when a prompt of the batch contains this text.
     once: a file path; the rule fires only if it can create this file, so it
@@ -59,11 +62,20 @@ def inject(point: str, *, shard: int | None = None, prompts: list[str] | None = 
         if "prompt" in rule and not any(rule["prompt"] in p for p in prompts or []):
             continue
         _calls[number] += 1
-        if "nth" in rule and _calls[number] != rule["nth"]:
+        ordinal = _claim_ordinal(rule["count_dir"]) if "count_dir" in rule else _calls[number]
+        if "nth" in rule and ordinal != rule["nth"]:
             continue
         if "once" in rule and not _claim(rule["once"]):
             continue
         _fire(rule["do"], point)
+
+
+def _claim_ordinal(folder: str) -> int:
+    os.makedirs(folder, exist_ok=True)
+    ordinal = 1
+    while not _claim(os.path.join(folder, str(ordinal))):
+        ordinal += 1
+    return ordinal
 
 
 def _claim(path: str) -> bool:

@@ -31,6 +31,7 @@ MODES: tuple[str, ...] = ("resume", "overwrite", "append")
 _SHARD_STATS = re.compile(r"(\d{5,})_stats\.json$")
 _SHARD_FILE = re.compile(r"(\d{5,})\.(tar|parquet)$")
 RETRY_MANIFEST = "_retry.json"
+WRITE_TASK_OPTIONS = {"num_cpus": 0.5}
 logger = logging.getLogger(__name__)
 
 
@@ -231,7 +232,9 @@ def _start(spec: JobSpec) -> tuple[dt.datetime, float, str]:
 def _execute(spec: JobSpec, dataset: "ray.data.Dataset", sink: Any) -> None:
     """Write ``dataset`` through ``sink`` under the watchdog."""
     with Watchdog(lambda: len(committed_shards(spec)), timeout_s=spec.ray.stall_timeout_s):
-        dataset.write_datasink(sink)
+        # Own remote args keep the write from fusing with the repartition before it: a fused
+        # task would hand every block it made to one write() call, i.e. one oversized shard.
+        dataset.write_datasink(sink, ray_remote_args=WRITE_TASK_OPTIONS)
     _remove_tmp(spec)
 
 

@@ -31,6 +31,7 @@ def read_output(uri: str) -> dict[str, Any]:
     """Return samples from every tar, all Parquet rows, the stats files and ``_run.json``."""
     _register_s3_scheme()
     fs, root = filesystem(uri)
+    fs.invalidate_cache()  # listings cached by this process may predate another process's writes
     prefix = "s3://" if uri.startswith("s3://") else ""
     tars = sorted(fs.glob(join(fs, root, "*.tar")))
     samples = []
@@ -78,5 +79,8 @@ def check_exactly_once(out: dict[str, Any], input_ids: list[str]) -> None:
         f"missing: {sorted(set(input_ids) - set(seen))[:10]}, unknown: {sorted(set(seen) - set(input_ids))[:10]}"
     )
     committed = {name.split("_")[0] for name in out["stats"]}
+    if out["run"]:
+        limit = out["run"]["spec"]["output"]["samples_per_shard"]
+        assert all(stats["count"] <= limit for stats in out["stats"].values()), "a shard is over samples_per_shard"
     for tar in out["tars"]:
         assert tar.rsplit("/", 1)[-1].removesuffix(".tar") in committed, f"{tar} has no stats file"
