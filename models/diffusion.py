@@ -21,6 +21,11 @@ every forward pass at one fixed shape of ``micro_batch`` rows, padding the last 
 ``micro_batch=1`` (the default) needs no such assumption: each row runs alone, so it
 is the strict setting; larger values are verified on the tiny models only.
 
+Output checks: ``ImageGenerator.generate_checked`` returns the same images as
+``generate`` plus the rows that are not ok: NaN/inf (retried once with a float32 VAE),
+flagged by the model folder's own safety checker (``models.safety``), or all black.
+The checks run per fixed-size chunk too, so a row's verdict does not depend on its batch.
+
 Example:
     >>> from models.store import resolve_model_path
     >>> path = resolve_model_path("builtin:tiny-sd", cache_dir="/tmp/pixelmill-cache")
@@ -267,9 +272,9 @@ class ImageGenerator:
         A micro-batch with a NaN/inf image is run again with the VAE in float32 (when
         it is not already: fp16 VAEs overflow); its rows that were finite keep their
         first bytes, so healthy rows always match ``generate`` byte for byte. The retry
-        re-runs the whole chunk through the pipeline (denoising included: it is the only
-        way that stays the pipeline's own decode for every family), so it doubles that
-        chunk's cost.
+        re-runs the whole chunk through the pipeline, denoising included, so that the
+        decode stays the pipeline's own for every family (SD, SDXL, FLUX); it doubles
+        that chunk's cost.
 
         Args:
             embeds, seeds, width, height, steps, guidance, micro_batch: as for ``generate``.

@@ -44,14 +44,18 @@ class SafetyChecker:
         dtype: dtype of ``clip_input`` (the pipeline's weights dtype).
     """
 
-    def __init__(self, checker: Any, feature_extractor: Any, *, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, checker: Any, feature_extractor: Any, *, device: torch.device, dtype: torch.dtype
+    ) -> None:
         self.checker = checker
         self.feature_extractor = feature_extractor
         self.device = device
         self.dtype = dtype
 
     @classmethod
-    def detach_from(cls, pipe: DiffusionPipeline, *, device: torch.device, dtype: torch.dtype) -> SafetyChecker | None:
+    def detach_from(
+        cls, pipe: DiffusionPipeline, *, device: torch.device, dtype: torch.dtype
+    ) -> SafetyChecker | None:
         """Take the safety components out of ``pipe`` (set to None there) and wrap them.
 
         Returns:

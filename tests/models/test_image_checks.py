@@ -76,7 +76,9 @@ def _embeds(model_path: str) -> dict[str, np.ndarray]:
 
 
 @contextmanager
-def _decoder_output(generator: ImageGenerator, change: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+def _decoder_output(
+    generator: ImageGenerator, change: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
     """Inside the block, the VAE decoder's output goes through ``change``."""
     handle = generator.pipe.vae.decoder.register_forward_hook(lambda _module, _args, output: change(output))
     try:
@@ -105,7 +107,8 @@ def test_healthy_rows_have_no_problems_and_the_bytes_of_generate(request, model:
 
 # SDXL's pipeline upcasts an fp16 VAE by itself (force_upcast); bf16 it decodes as is
 @pytest.mark.parametrize(
-    "model, dtype", [("tiny_sd_path", "float16"), ("tiny_sdxl_path", "bfloat16"), ("tiny_flux_path", "bfloat16")]
+    "model, dtype",
+    [("tiny_sd_path", "float16"), ("tiny_sdxl_path", "bfloat16"), ("tiny_flux_path", "bfloat16")],
 )
 def test_nan_in_reduced_precision_is_fixed_by_a_float32_decode(request, model: str, dtype: str) -> None:
     path = request.getfixturevalue(model)
@@ -162,7 +165,12 @@ def _with_safety_checker(model_path: str, folder: Path, *, threshold: float) -> 
 
     shutil.copytree(model_path, folder)
     config = CLIPConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
+        text_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+        },
         vision_config={
             "hidden_size": 16,
             "intermediate_size": 32,
