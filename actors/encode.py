@@ -59,6 +59,10 @@ class EncodeStage:
 
         results, errors = run_isolating(compute, healthy)
         mark_errors(batch, errors, stage="encode")
+        # Prompts longer than the text encoder's window are truncated by it: say so per row.
+        tokens = self.encoder.token_counts([str(p) for p in batch["prompt"]]) if size else []
+        batch["prompt_tokens"] = np.asarray(tokens, dtype=np.int64)
+        batch["prompt_truncated"] = batch["prompt_tokens"] > self.encoder.max_tokens
         for key, zeros in self.templates.items():
             batch[EMBED_PREFIX + key] = np.stack([results[i][key] if i in results else zeros for i in range(size)])
         batch["encode_s"] = np.full(size, (time.perf_counter() - start) / max(size, 1))

@@ -58,10 +58,10 @@ class GenerateStage:
         images: dict[int, np.ndarray] = {}
         for (width, height, steps, guidance), rows in self._groups(batch).items():
 
-            def compute(subset: list[int]) -> np.ndarray:
+            def compute(subset: list[int]) -> list[tuple[np.ndarray, tuple[str, str] | None]]:
                 inject("stage:generate", prompts=[str(batch["prompt"][i]) for i in subset])
                 embeds = {name[len(EMBED_PREFIX):]: batch[name][subset] for name in embed_columns}
-                return self.generator.generate(
+                generated, problems = self.generator.generate_checked(
                     embeds,
                     seeds=[int(batch["seed"][i]) for i in subset],
                     width=width,
@@ -70,10 +70,15 @@ class GenerateStage:
                     guidance=guidance,
                     micro_batch=self.micro_batch,
                 )
+                return [(generated[n], problems.get(n)) for n in range(len(subset))]
 
             results, errors = run_isolating(compute, rows)
-            images.update(results)
             mark_errors(batch, errors, stage="generate")
+            # Rows the checks caught: non-finite or blank images (errors), safety-checker hits (filtered).
+            for status in ("error", "filtered"):
+                caught = {i: problem[1] for i, (_, problem) in results.items() if problem and problem[0] == status}
+                mark_errors(batch, caught, stage="generate", status=status)
+            images.update({i: image for i, (image, problem) in results.items() if problem is None})
         for name in embed_columns:
             del batch[name]
         batch[IMAGE_COLUMN] = _image_column(images, batch)

@@ -65,7 +65,7 @@ def ray_session(moto_endpoint: str) -> Iterator[None]:
 
 
 @pytest.fixture
-def s3(moto_endpoint: str) -> Iterator["s3fs.S3FileSystem"]:  # noqa: F821
+def s3(moto_endpoint: str):
     """An s3fs filesystem on the moto server with a clean state and a ``pixelmill`` bucket."""
     import requests
     import s3fs

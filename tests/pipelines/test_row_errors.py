@@ -80,6 +80,8 @@ def test_poisoned_input_keeps_every_good_row(ray_session, tmp_path: Path, model_
     images = {s["json"]["id"]: s for s in out["samples"]}
     assert {"long", "emoji"} <= set(images)
     assert images["emoji"]["txt"] == "a 🐱 cat\x07 with \u202e control \x00 chars"
+    assert images["long"]["json"]["prompt_truncated"] and images["long"]["json"]["prompt_tokens"] > 77
+    assert not images["emoji"]["json"]["prompt_truncated"]
     assert summary.errors_by_stage == {"input": 4, "generate": 1}
 
 
@@ -143,3 +145,24 @@ def test_stats_record_filtered_and_errors_separately(mode: str) -> None:
     summary.balance()
     assert not summary.balanced and "!=" in summary.equation
     assert summary.success_rate == pytest.approx(5 / 7)
+
+
+def test_safety_checker_hits_are_filtered_not_images(ray_session, write_prompts, tmp_path: Path, model_cache: str) -> None:
+    from models.store import resolve_model_path
+    from tests.models.test_image_checks import _with_safety_checker
+
+    model = _with_safety_checker(
+        resolve_model_path("builtin:tiny-sd", cache_dir=model_cache), tmp_path / "checked-model", threshold=-2.0
+    )
+    rows = [{"id": f"f{i}", "prompt": f"a shape {i}"} for i in range(3)] + [{"id": "bad", "prompt": ""}]
+    spec = _spec(str(write_prompts(rows, "prompts.jsonl")), str(tmp_path / "out"), model_cache, model={
+        "uri": model, "cache_dir": model_cache})
+    summary = run_job(spec)
+    assert (summary.images, summary.errors, summary.filtered) == (0, 1, 3) and summary.balanced
+    out = read_output(str(tmp_path / "out"))
+    check_exactly_once(out, [row["id"] for row in rows])
+    assert out["samples"] == []  # filtered images never reach the tar
+    filtered = [row for row in out["rows"] if row["status"] == "filtered"]
+    assert {row["error"] for row in filtered} == {"safety checker flagged the image"}
+    assert sum(stats["filtered"] for stats in out["stats"].values()) == 3
+    assert summary.success_rate == 0.0  # the one attempted row failed; filtered rows are not attempts
