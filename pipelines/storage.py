@@ -90,6 +90,7 @@ def write_once(fs: fsspec.AbstractFileSystem, path: str, *, staging_dir: str) ->
         yield f
     except BaseException:
         f.discard()
+        f.closed = True  # else its finalizer's close() would try to upload the discarded buffer
         raise
     f.close()
     f.commit()

@@ -289,7 +289,7 @@ class FlakyS3Proxy:
         self.host = host
         self.port = port
         self.timeout = timeout
-        self.fail_methods = None if fail_methods is None else frozenset(m.upper() for m in fail_methods)
+        self.fail_methods = fail_methods
         self.max_consecutive_failures = max_consecutive_failures
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -361,6 +361,15 @@ class FlakyS3Proxy:
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"fail_rate must be within [0, 1], got {value}")
         self._fail_rate = value
+
+    @property
+    def fail_methods(self) -> frozenset[str] | None:
+        """HTTP methods that may be failed (upper case); ``None`` = all. Settable at runtime."""
+        return self._fail_methods
+
+    @fail_methods.setter
+    def fail_methods(self, methods: Iterable[str] | None) -> None:
+        self._fail_methods = None if methods is None else frozenset(m.upper() for m in methods)
 
     @contextlib.contextmanager
     def faults(self, fail_rate: float) -> Iterator["FlakyS3Proxy"]:

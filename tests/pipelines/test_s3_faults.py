@@ -1,0 +1,74 @@
+"""S3 that throttles: a share of reads and writes answered 503 SlowDown, through a real proxy to moto."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipelines.runner import run_job
+from pipelines.spec import load_spec
+from tests.pipelines.readback import check_exactly_once, read_output
+from tests.s3faults import READ_METHODS, WRITE_METHODS, FlakyS3Proxy
+
+
+def test_run_survives_503_slowdown_on_reads_and_writes(
+    ray_session, s3, moto_endpoint: str, write_prompts, model_cache: str
+) -> None:
+    rows = [{"id": f"s{i:02d}", "prompt": f"a shape number {i}"} for i in range(12)] + [{"id": "e", "prompt": ""}]
+    s3.put(str(write_prompts(rows, "prompts.jsonl")), "pixelmill/in/prompts.jsonl")
+    # Never the same request failed more than 3 times in a row: below the client's 10 attempts.
+    with FlakyS3Proxy(moto_endpoint, fail_rate=0.3, seed=3, max_consecutive_failures=3) as proxy:
+        spec = load_spec(raw={
+            "input": {"uri": "s3://pixelmill/in/prompts.jsonl"},
+            "output": {"uri": "s3://pixelmill/flaky", "samples_per_shard": 4},
+            "model": {"cache_dir": model_cache},
+            "defaults": {"width": 32, "height": 32, "steps": 1},
+            "stages": {"encode": {"batch_size": 4}, "generate": {"batch_size": 4}},
+            # No retry settings here: pixelmill adds the client retries to every s3:// filesystem.
+            "storage_options": {"client_kwargs": {"endpoint_url": proxy.endpoint_url}},
+        })
+        first = run_job(spec)
+        again = run_job(spec)  # resume through the flaky endpoint: reads committed ids, skips them all
+        failed = proxy.failed_by_method()
+    assert first.balanced and (first.images, first.errors) == (12, 1), first.equation
+    assert again.balanced and (again.rows, again.skipped) == (0, 13), again.equation
+    assert sum(failed.get(m, 0) for m in READ_METHODS) > 0 and sum(failed.get(m, 0) for m in WRITE_METHODS) > 0
+    out = read_output("s3://pixelmill/flaky")
+    check_exactly_once(out, [row["id"] for row in rows])
+    assert len(out["tars"]) == 4 and not s3.exists("pixelmill/flaky/_tmp")
+
+
+def test_local_write_once_leaves_nothing_on_error(tmp_path: Path) -> None:
+    import fsspec
+    import pytest
+
+    from pipelines.storage import write_once
+
+    fs = fsspec.filesystem("file")
+    target = tmp_path / "00000.tar"
+    with pytest.raises(RuntimeError):
+        with write_once(fs, str(target), staging_dir=str(tmp_path / "_tmp")) as f:
+            f.write(b"half a shard")
+            raise RuntimeError("the writer died")
+    assert not target.exists() and list((tmp_path / "_tmp").iterdir()) == []
+    with write_once(fs, str(target), staging_dir=str(tmp_path / "_tmp")) as f:
+        f.write(b"a whole shard")
+    assert target.read_bytes() == b"a whole shard"
+
+
+def test_s3_write_once_leaves_nothing_on_error(s3) -> None:
+    import pytest
+
+    from pipelines.storage import filesystem, write_once
+
+    fs, _ = filesystem("s3://pixelmill/x")
+    with pytest.raises(RuntimeError):
+        with write_once(fs, "pixelmill/w/00000.tar", staging_dir="unused") as f:
+            f.write(b"x" * (6 << 20))  # past one multipart block: parts were uploaded
+            f.flush()
+            raise RuntimeError("the writer died")
+    fs.invalidate_cache()
+    assert not fs.exists("pixelmill/w/00000.tar")
+    assert s3.call_s3("list_multipart_uploads", Bucket="pixelmill").get("Uploads", []) == []  # aborted
+    with write_once(fs, "pixelmill/w/00000.tar", staging_dir="unused") as f:
+        f.write(b"a whole shard")
+    assert fs.cat_file("pixelmill/w/00000.tar") == b"a whole shard"
