@@ -171,7 +171,7 @@ class StyleStage:
         images = batch[IMAGE_COLUMN]
 
         def compute(rows: list[int]) -> list[np.ndarray]:
-            inject("stage:style", prompts=[str(batch["prompt"][i]) for i in rows])
+            inject("stage:style", prompts=[str(batch["prompt"][i]) for i in rows] if "prompt" in batch else [])
             styled = self.backend.stylize_batch([images[i] for i in rows], [refs[i] for i in rows])
             out = []
             for i, image in zip(rows, styled):
