@@ -36,7 +36,7 @@ from functools import lru_cache
 from typing import Literal
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 __all__ = [
     "COLOURS",
@@ -75,7 +75,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "white": (245, 245, 245),
     "black": (20, 20, 20),
 }
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star")
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 # Size name -> extent (bounding-box side) as a fraction of the canvas side.
 SIZES: dict[str, float] = {"small": 0.2, "large": 0.38}
 # Position name -> anchor (x, y) as fractions of the canvas (x right, y down).
@@ -98,7 +98,6 @@ POSITION_PAIRS: tuple[tuple[str, str], ...] = (("left", "right"), ("top", "botto
 HELD_OUT_MODULUS = 8
 MAX_SHAPES = 2
 _SUPERSAMPLE = 4  # shapes are drawn 4x larger and box-filtered down (anti-aliasing)
-_STAR_INNER_RATIO = 0.5  # inner / outer radius of the five-pointed star
 
 
 @dataclass(frozen=True)
@@ -229,13 +228,10 @@ def draw_kind(
         draw.polygon([(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)], fill=fill)
     elif kind == "diamond":
         draw.polygon([(cx, cy - half), (cx + half, cy), (cx, cy + half), (cx - half, cy)], fill=fill)
-    elif kind == "star":  # five points, one up; centred on its circumcircle
-        points = []
-        for i in range(10):
-            radius = half if i % 2 == 0 else half * _STAR_INNER_RATIO
-            angle = np.pi * i / 5
-            points.append((cx + radius * np.sin(angle), cy - radius * np.cos(angle)))
-        draw.polygon(points, fill=fill)
+    elif kind == "cross":  # an upright plus sign, arms a third of the extent wide
+        arm = extent / 6
+        draw.rectangle((cx - half, cy - arm, cx + half, cy + arm), fill=fill)
+        draw.rectangle((cx - arm, cy - half, cx + arm, cy + half), fill=fill)
     else:
         raise ValueError(f"unknown shape kind {kind!r}; expected one of {SHAPES}")
 
@@ -265,7 +261,15 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
 
 
-def kind_mask(kind: str, centre: tuple[float, float], extent: float, size: int) -> np.ndarray:
+def kind_mask(
+    kind: str,
+    centre: tuple[float, float],
+    extent: float,
+    size: int,
+    *,
+    blur: float = 0.0,
+    supersample: int = _SUPERSAMPLE,
+) -> np.ndarray:
     """Pixels of a ``size`` x ``size`` image covered (at least half) by a shape of ``kind``.
 
     Args:
@@ -273,16 +277,22 @@ def kind_mask(kind: str, centre: tuple[float, float], extent: float, size: int) 
         centre: bounding-box centre in pixels of the ``size`` image (x, y).
         extent: bounding-box side in pixels.
         size: image side in pixels.
+        blur: Gaussian blur (standard deviation, pixels of the ``size`` image) applied
+            to the coverage before the half threshold: the shape as a blurred image
+            of it looks when each pixel is given its nearest colour.
+        supersample: drawing resolution factor (anti-aliasing).
 
     Returns:
         bool array ``[size, size]``.
     """
-    big = size * _SUPERSAMPLE
+    big = size * supersample
     image = Image.new("L", (big, big), 0)
     draw_kind(
-        ImageDraw.Draw(image), kind, (centre[0] * _SUPERSAMPLE, centre[1] * _SUPERSAMPLE),
-        extent * _SUPERSAMPLE, 255,
+        ImageDraw.Draw(image), kind, (centre[0] * supersample, centre[1] * supersample),
+        extent * supersample, 255,
     )
+    if blur > 0:
+        image = image.filter(ImageFilter.GaussianBlur(blur * supersample))
     return np.asarray(image.resize((size, size), Image.Resampling.BOX)) >= 128
 
 

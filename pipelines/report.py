@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.storage import filesystem, is_local, join, write_once
@@ -312,8 +311,11 @@ def _throughput_chart(timings: list[StageTiming]) -> str | None:
         return None
     figure, axes = _figure(height=0.6 + 0.45 * len(rated))
     labels = [t.stage for t in rated]
-    axes.barh(labels, [t.rows_per_s for t in rated], color="#4c72b0")
+    rates = [t.rows_per_s for t in rated]
+    axes.barh(labels, rates, color="#4c72b0")
     axes.invert_yaxis()
+    if max(rates) / min(rates) > 50:  # stages often differ by orders of magnitude
+        axes.set_xscale("log")
     axes.set_xlabel("rows per second (one worker)")
     axes.set_title("Per-stage throughput")
     return _svg(figure, "throughput")
