@@ -4,20 +4,24 @@ No model is involved: the caption is parsed back into a scene
 (:func:`models.world.parse_caption`) and the image is checked against it with fixed
 pixel rules, so the measure cannot share the blind spots of the model being judged.
 
-The image is resized to 64 x 64 and every pixel is classified as the nearest named
-colour (:data:`models.world.COLOURS`) in CIELAB.  Then:
+The image is resized to 64 x 64 and every pixel is given the nearest named colour
+(:data:`models.world.COLOURS`, RGB distance; see :func:`classify_colours`).  Then:
 
 - **background**: the most common colour of the 2-pixel border must be the named
-  background and cover at least half of the border.
-- **colour + position** (per shape, all must pass): among the pixels of the named
-  colour, the largest 4-connected blob is the shape.  It must be *solid* (at least
-  :data:`MIN_SOLIDITY` of it survives a 3 x 3 opening, so blur fringes and noise
-  specks do not count), hold at least :data:`MIN_CONCENTRATION` of all the solid
-  pixels of that colour, have its centroid within :data:`POSITION_TOLERANCE` (in x
-  and y) of the named position's anchor, and a bounding-box side in the named size's
-  range (:func:`size_ranges`; shape-independent, so a wrong shape does not fail it).
-- **shape** (separate, optional): the blob is compared with each shape kind drawn
-  with the blob's area and centroid; the kind of highest IoU must be the named one.
+  background and cover at least :data:`MIN_BACKGROUND_SHARE` of the border.
+- **colour + position** (per shape; all shapes must pass): of the pixels of the
+  named colour, the 4-connected blob with the most *solid* pixels (those that survive
+  a 3 x 3 opening) is the shape.  It is *found* when at least :data:`MIN_SOLIDITY` of
+  it is solid (blur fringes, where two colours mix into a third, and noise specks are
+  not) and it holds at least :data:`MIN_CONCENTRATION` of all the solid pixels of
+  that colour.  A found blob passes when its centroid is within
+  :data:`POSITION_TOLERANCE` (in x and in y) of the named position's anchor and its
+  bounding-box side is in the named size's range (:func:`size_ranges`).  Nothing here
+  depends on the shape's kind, so a wrong shape does not fail colour + position.
+- **shape** (reported apart, optional): a found blob's coverage map (how much of
+  each pixel is shape colour rather than surroundings) is compared with every kind
+  drawn with the same area and centroid at a few blur levels (:data:`TEMPLATE_BLURS`);
+  the kind of least squared difference must be the named one.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from models.world import COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape, kind_mask, parse_caption
+from models.world import COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape, kind_coverage, parse_caption
 
 __all__ = [
     "ANALYSIS_SIZE",
@@ -51,32 +55,25 @@ MIN_BACKGROUND_SHARE = 0.5  # the background colour must cover this share of the
 POSITION_TOLERANCE = 0.12  # max |centroid - anchor| per axis, fraction of the side (anchors are 0.25 apart)
 MIN_SOLIDITY = 0.3  # share of the blob that survives a 3x3 opening
 MIN_CONCENTRATION = 0.6  # share of the colour's solid pixels that lie in the blob
-_MIN_JUDGED_PIXELS = 6  # smaller blobs get no shape judgement
-TEMPLATE_BLURS = (0.0, 1.0, 2.0)  # blur levels (pixels at 64 x 64) of the shape templates
+_MIN_BLOB_PIXELS = 6  # a blob needs this many pixels to count as found
+TEMPLATE_BLURS = (0.0, 0.75, 1.5, 2.25)  # blur levels (pixels at 64 x 64) of the shape templates
 
 _PALETTE_NAMES = tuple(COLOURS)
 
 
-def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """CIELAB (D65) of sRGB values in 0..255, shape ``[..., 3]``."""
-    c = np.asarray(rgb, dtype=np.float64) / 255.0
-    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    to_xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
-    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
-    delta = 6 / 29
-    f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta**2) + 4 / 29)
-    return np.stack(
-        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1
-    )
-
-
-_PALETTE_LAB = _srgb_to_lab(np.array([COLOURS[name] for name in _PALETTE_NAMES]))
+_PALETTE_RGB = np.array([COLOURS[name] for name in _PALETTE_NAMES], dtype=np.float32)
 
 
 def classify_colours(image: np.ndarray) -> np.ndarray:
-    """Index into ``tuple(COLOURS)`` of the nearest named colour (CIELAB) for each pixel; ``[H, W]``."""
-    lab = _srgb_to_lab(image)
-    distances = ((lab[..., None, :] - _PALETTE_LAB) ** 2).sum(axis=-1)
+    """Index into ``tuple(COLOURS)`` of the nearest named colour (RGB distance) per pixel; ``[H, W]``.
+
+    RGB rather than CIELAB: blur mixes colours linearly in RGB, so the nearest-colour
+    edge of a blurred shape stays half-way across the blur and its size is kept.  In
+    CIELAB, which stretches dark colours, shapes on a black background grew by a
+    pixel or two a side and small ones were measured as large.
+    """
+    pixels = np.asarray(image, dtype=np.float32)
+    distances = ((pixels[..., None, :] - _PALETTE_RGB) ** 2).sum(axis=-1)
     return distances.argmin(axis=-1)
 
 
@@ -116,10 +113,8 @@ def _opening(mask: np.ndarray) -> np.ndarray:
     return _dilate(_erode(mask)) & mask
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 4-connected component of ``mask`` (all False when ``mask`` is empty)."""
-    if not mask.any():
-        return mask.copy()
+def _components(mask: np.ndarray) -> np.ndarray:
+    """4-connected component labels of ``mask``: one int per component, ``-1`` outside ``mask``."""
     h, w = mask.shape
     none = h * w
     labels = np.where(mask, np.arange(h * w).reshape(h, w), none)
@@ -134,8 +129,19 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
         if np.array_equal(merged, labels):
             break
         labels = merged
-    counts = np.bincount(labels[mask])
-    return labels == counts.argmax()
+    return np.where(mask, labels, -1)
+
+
+def _main_blob(mask: np.ndarray, solid: np.ndarray) -> np.ndarray:
+    """The component of ``mask`` with the most ``solid`` pixels (ties: the largest); all False if empty."""
+    if not mask.any():
+        return np.zeros_like(mask)
+    labels = _components(mask)
+    inside = labels[mask]
+    area = np.bincount(inside)
+    solid_area = np.bincount(labels[solid & mask], minlength=area.size)
+    best = np.lexsort((area, solid_area))[-1]
+    return labels == best
 
 
 def size_ranges() -> dict[str, tuple[float, float]]:
@@ -160,35 +166,75 @@ _SIZE_RANGES = size_ranges()
 def _kind_geometry(kind: str) -> tuple[float, float, float]:
     """(area / extent**2, centroid x offset / extent, centroid y offset / extent) of a kind."""
     side, extent = 256, 200.0
-    mask = kind_mask(kind, (side / 2, side / 2), extent, side)
-    ys, xs = np.nonzero(mask)
-    return mask.sum() / extent**2, (xs.mean() + 0.5 - side / 2) / extent, (ys.mean() + 0.5 - side / 2) / extent
+    cover = kind_coverage(kind, (side / 2, side / 2), extent, side).astype(np.float64)
+    total = cover.sum()
+    centres = np.arange(side) + 0.5 - side / 2
+    return (
+        total / extent**2,
+        (cover.sum(axis=0) @ centres) / total / extent,
+        (cover.sum(axis=1) @ centres) / total / extent,
+    )
 
 
-def _best_kind(blob: np.ndarray, centroid_px: tuple[float, float]) -> str:
-    """The shape kind that, drawn with the blob's area and centroid, overlaps it best (IoU).
+def _coverage_map(image: np.ndarray, blob: np.ndarray, solid: np.ndarray, colour: str) -> np.ndarray:
+    """How much of each pixel near ``blob`` is shape rather than its surroundings, in [0, 1].
 
-    Each kind is also tried blurred (:data:`TEMPLATE_BLURS`), so a soft image's rounded
-    corners match the kind they came from rather than a circle.
+    A pixel is modelled as a mix of the shape's colour and the surrounding colour (the
+    median of a ring 5-6 pixels outside the blob), and its share of the shape colour
+    is its projection on the line between the two.  The shape's colour is the farther
+    (from the surroundings) of the blob's median solid colour and the named colour
+    shifted by the surroundings' offset from their nearest named colour: a small
+    blurred shape never reaches its pure colour, and a colour cast moves both.
+    Pixels farther than 3 pixels from the blob are 0 (they belong to other things).
     """
-    area = float(blob.sum())
+    grown = [blob]  # grown[k]: pixels within k (chessboard distance) of the blob
+    for _ in range(6):
+        grown.append(_dilate(grown[-1]))
+    near, ring = grown[3], grown[6] & ~grown[4]
+    pixels = image.astype(np.float64)
+    outside = np.median(pixels[ring], axis=0) if ring.any() else np.zeros(3)
+    cast = outside - _PALETTE_RGB[int(classify_colours(outside[None, None])[0, 0])]
+    core = solid & blob if (solid & blob).any() else blob
+    candidates = (np.median(pixels[core], axis=0), _PALETTE_RGB[_PALETTE_NAMES.index(colour)] + cast)
+    inside = max(candidates, key=lambda candidate: float(((candidate - outside) ** 2).sum()))
+    direction = inside - outside
+    if direction @ direction < 1.0:
+        return blob.astype(np.float64)
+    share = np.clip((pixels - outside) @ direction / (direction @ direction), 0.0, 1.0)
+    return np.where(near, share, 0.0)
+
+
+def _best_kind(image: np.ndarray, blob: np.ndarray, solid: np.ndarray, colour: str) -> str:
+    """The shape kind whose drawing best explains the blob's coverage map (least squares).
+
+    Each kind is drawn with the coverage map's area and centroid (both unchanged by
+    blur) and blurred by each of :data:`TEMPLATE_BLURS`; the kind of the closest
+    drawing wins.
+    """
+    cover = _coverage_map(image, blob, solid, colour)
+    area = cover.sum()
     ys, xs = np.nonzero(blob)
-    margin = 4
+    margin = 5
     window = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 + 2 * margin
     x0 = (xs.min() + xs.max() + 1 - window) // 2
     y0 = (ys.min() + ys.max() + 1 - window) // 2
-    crop = np.zeros((window, window), dtype=bool)
-    crop[ys - y0, xs - x0] = True
-    best, best_iou = SHAPES[0], -1.0
+    crop = np.zeros((window, window))
+    y_lo, x_lo = max(y0, 0), max(x0, 0)
+    y_hi, x_hi = min(y0 + window, cover.shape[0]), min(x0 + window, cover.shape[1])
+    crop[y_lo - y0 : y_hi - y0, x_lo - x0 : x_hi - x0] = cover[y_lo:y_hi, x_lo:x_hi]
+    centres = np.arange(window) + 0.5
+    cx = crop.sum(axis=0) @ centres / area
+    cy = crop.sum(axis=1) @ centres / area
+    best, best_error = SHAPES[0], np.inf
     for kind in SHAPES:
         fill, offset_x, offset_y = _kind_geometry(kind)
         extent = np.sqrt(area / fill)
-        centre = (centroid_px[0] - offset_x * extent - x0, centroid_px[1] - offset_y * extent - y0)
+        centre = (cx - offset_x * extent, cy - offset_y * extent)
         for blur in TEMPLATE_BLURS:
-            template = kind_mask(kind, centre, extent, window, blur=blur, supersample=2)
-            iou = (crop & template).sum() / max((crop | template).sum(), 1)
-            if iou > best_iou:
-                best, best_iou = kind, iou
+            template = kind_coverage(kind, centre, extent, window, blur=blur, supersample=2)
+            error = ((crop - template) ** 2).sum()
+            if error < best_error:
+                best, best_error = kind, error
     return best
 
 
@@ -198,7 +244,8 @@ class ShapeFinding:
 
     Attributes:
         shape: the named shape.
-        centroid: (x, y) of the blob as fractions of the image side; None when no blob.
+        centroid: (x, y) of the blob as fractions of the image side; None when the
+            named colour is nowhere in the image.
         extent: bounding-box side of the blob (larger of width and height), fraction.
         area: blob pixels as a fraction of the image.
         solidity: share of the blob surviving a 3 x 3 opening.
@@ -207,8 +254,10 @@ class ShapeFinding:
         size_ok: extent within the named size's range.
         colour_position_ok: a solid, concentrated blob of the named colour, at the
             named place and of the named size.
-        predicted_kind: best-matching shape kind; None when not judged or no blob.
-        kind_ok: ``predicted_kind == shape.kind``; None when shape is not judged.
+        predicted_kind: best-matching shape kind; None when not judged or no blob
+            was found.
+        kind_ok: ``predicted_kind == shape.kind`` (False when no blob was found);
+            None when shape is not judged.
     """
 
     shape: Shape
@@ -252,15 +301,15 @@ class AdherenceResult:
         return self.background_ok and self.colour_position_ok and self.shape_ok is not False
 
 
-def _find_shape(labels: np.ndarray, shape: Shape, judge_shape: bool) -> ShapeFinding:
+def _find_shape(image: np.ndarray, labels: np.ndarray, shape: Shape, judge_shape: bool) -> ShapeFinding:
     side = labels.shape[0]
     colour_mask = labels == _PALETTE_NAMES.index(shape.colour)
-    blob = _largest_component(colour_mask)
+    solid = _opening(colour_mask)
+    blob = _main_blob(colour_mask, solid)
     blob_area = int(blob.sum())
     if blob_area == 0:
         return ShapeFinding(shape, None, 0.0, 0.0, 0.0, 0.0, False, False, False, None,
                             False if judge_shape else None)
-    solid = _opening(colour_mask)
     solidity = (solid & blob).sum() / blob_area
     concentration = (solid & blob).sum() / max(int(solid.sum()), 1)
     ys, xs = np.nonzero(blob)
@@ -271,12 +320,11 @@ def _find_shape(labels: np.ndarray, shape: Shape, judge_shape: bool) -> ShapeFin
     position_ok = all(abs(c - a) <= POSITION_TOLERANCE for c, a in zip(centroid, anchor))
     low, high = _SIZE_RANGES[shape.size]
     size_ok = low <= extent <= high
-    colour_position_ok = bool(
-        position_ok and size_ok and solidity >= MIN_SOLIDITY and concentration >= MIN_CONCENTRATION
-    )
+    found = solidity >= MIN_SOLIDITY and concentration >= MIN_CONCENTRATION and blob_area >= _MIN_BLOB_PIXELS
+    colour_position_ok = bool(found and position_ok and size_ok)
     predicted = kind_ok = None
     if judge_shape:
-        predicted = _best_kind(blob, centroid_px) if blob_area >= _MIN_JUDGED_PIXELS else None
+        predicted = _best_kind(image, blob, solid, shape.colour) if found else None
         kind_ok = predicted == shape.kind
     return ShapeFinding(
         shape=shape,
@@ -307,13 +355,14 @@ def score(caption: str | Scene, image: np.ndarray, *, judge_shape: bool = True) 
     scene = caption if isinstance(caption, Scene) else parse_caption(caption)
     if scene is None:
         raise ValueError(f"not a world caption: {caption!r}")
-    labels = classify_colours(_to_analysis_size(image))
+    image = _to_analysis_size(image)
+    labels = classify_colours(image)
     border = np.ones(labels.shape, dtype=bool)
     border[BORDER_PIXELS:-BORDER_PIXELS, BORDER_PIXELS:-BORDER_PIXELS] = False
     counts = np.bincount(labels[border], minlength=len(_PALETTE_NAMES))
     detected = _PALETTE_NAMES[int(counts.argmax())]
     share = counts.max() / counts.sum()
-    findings = tuple(_find_shape(labels, shape, judge_shape) for shape in scene.shapes)
+    findings = tuple(_find_shape(image, labels, shape, judge_shape) for shape in scene.shapes)
     return AdherenceResult(
         scene=scene,
         background_ok=bool(detected == scene.background and share >= MIN_BACKGROUND_SHARE),

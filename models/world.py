@@ -52,6 +52,7 @@ __all__ = [
     "parse_caption",
     "render",
     "draw_kind",
+    "kind_coverage",
     "kind_mask",
     "shape_mask",
     "sample_scene",
@@ -77,7 +78,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "cross")
 # Size name -> extent (bounding-box side) as a fraction of the canvas side.
-SIZES: dict[str, float] = {"small": 0.2, "large": 0.38}
+SIZES: dict[str, float] = {"small": 0.24, "large": 0.4}
 # Position name -> anchor (x, y) as fractions of the canvas (x right, y down).
 POSITIONS: dict[str, tuple[float, float]] = {
     "left": (0.25, 0.5),
@@ -261,7 +262,7 @@ def render(scene: Scene, size: int = 64) -> np.ndarray:
     return np.asarray(image.resize((size, size), Image.Resampling.BOX), dtype=np.uint8)
 
 
-def kind_mask(
+def kind_coverage(
     kind: str,
     centre: tuple[float, float],
     extent: float,
@@ -270,7 +271,7 @@ def kind_mask(
     blur: float = 0.0,
     supersample: int = _SUPERSAMPLE,
 ) -> np.ndarray:
-    """Pixels of a ``size`` x ``size`` image covered (at least half) by a shape of ``kind``.
+    """Share of each pixel of a ``size`` x ``size`` image that a shape of ``kind`` covers.
 
     Args:
         kind: one of :data:`SHAPES`.
@@ -278,12 +279,11 @@ def kind_mask(
         extent: bounding-box side in pixels.
         size: image side in pixels.
         blur: Gaussian blur (standard deviation, pixels of the ``size`` image) applied
-            to the coverage before the half threshold: the shape as a blurred image
-            of it looks when each pixel is given its nearest colour.
+            to the coverage, as a blurred image of the shape would show it.
         supersample: drawing resolution factor (anti-aliasing).
 
     Returns:
-        bool array ``[size, size]``.
+        float32 array ``[size, size]`` in [0, 1].
     """
     big = size * supersample
     image = Image.new("L", (big, big), 0)
@@ -293,7 +293,12 @@ def kind_mask(
     )
     if blur > 0:
         image = image.filter(ImageFilter.GaussianBlur(blur * supersample))
-    return np.asarray(image.resize((size, size), Image.Resampling.BOX)) >= 128
+    return np.asarray(image.resize((size, size), Image.Resampling.BOX), dtype=np.float32) / 255
+
+
+def kind_mask(kind: str, centre: tuple[float, float], extent: float, size: int) -> np.ndarray:
+    """Pixels at least half covered by a shape of ``kind`` (arguments as :func:`kind_coverage`); bool."""
+    return kind_coverage(kind, centre, extent, size) >= 0.5
 
 
 def shape_mask(shape: Shape, size: int = 64) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""The ``pixelmill`` command: ``validate`` and ``run`` a job spec, ``retry-errors`` of an output.
+"""The ``pixelmill`` command: ``validate`` and ``run`` a job spec; ``retry-errors`` and ``report`` of an output.
 
 Exit codes (for schedulers):
     0  the run finished, balanced, at or above ``--min-success-rate``;
@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     retry.add_argument("--spec", help="job YAML to use (default: the spec recorded in OUT/_run.json)")
     _add_overrides(retry)
     _add_min_success_rate(retry)
+    report = commands.add_parser("report", help="write OUT/report.html, a self-contained report of the output")
+    report.add_argument("output_uri", metavar="OUT", help="the output of a run")
     return parser
 
 
@@ -98,6 +100,10 @@ def _root_cause(error: BaseException) -> BaseException:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pixelmill`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.command == "report":
+        from pipelines.report import report_main
+
+        return report_main(args.output_uri)
     try:
         spec = _load(args)
     except (SpecError, OSError) as error:

@@ -29,6 +29,7 @@ def test_run_survives_503_slowdown_on_reads_and_writes(
         first = run_job(spec)
         again = run_job(spec)  # resume through the flaky endpoint: reads committed ids, skips them all
         failed = proxy.failed_by_method()
+        print(f"503 SlowDown answers injected: {failed}, requests forwarded: {proxy.forwarded}")
     assert first.balanced and (first.images, first.errors) == (12, 1), first.equation
     assert again.balanced and (again.rows, again.skipped) == (0, 13), again.equation
     assert sum(failed.get(m, 0) for m in READ_METHODS) > 0 and sum(failed.get(m, 0) for m in WRITE_METHODS) > 0
