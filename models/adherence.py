@@ -13,8 +13,8 @@ The image is resized to 64 x 64 and every pixel is given the nearest named colou
   named colour, the 4-connected blob with the most *solid* pixels (those that survive
   a 3 x 3 opening) is the shape.  It is *found* when at least :data:`MIN_SOLIDITY` of
   it is solid (blur fringes, where two colours mix into a third, and noise specks are
-  not) and it holds at least :data:`MIN_CONCENTRATION` of all the solid pixels of
-  that colour.  A found blob passes when its centroid is within
+  not), it holds at least :data:`MIN_CONCENTRATION` of all the solid pixels of that
+  colour, and it covers at most :data:`MAX_BLOB_AREA` of the image.  A found blob passes when its centroid is within
   :data:`POSITION_TOLERANCE` (in x and in y) of the named position's anchor and its
   bounding-box side is in the named size's range (:func:`size_ranges`).  Nothing here
   depends on the shape's kind, so a wrong shape does not fail colour + position.
@@ -31,12 +31,23 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFilter
 
-from models.world import COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape, kind_coverage, parse_caption
+from models.world import (
+    COLOURS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    Shape,
+    draw_kind,
+    kind_coverage,
+    parse_caption,
+)
 
 __all__ = [
     "ANALYSIS_SIZE",
+    "MAX_BLOB_AREA",
     "MIN_BACKGROUND_SHARE",
     "MIN_CONCENTRATION",
     "MIN_SOLIDITY",
@@ -52,15 +63,18 @@ __all__ = [
 ANALYSIS_SIZE = 64  # every image is judged at this resolution
 BORDER_PIXELS = 2  # width of the border ring that defines the background
 MIN_BACKGROUND_SHARE = 0.5  # the background colour must cover this share of the border
-POSITION_TOLERANCE = 0.12  # max |centroid - anchor| per axis, fraction of the side (anchors are 0.25 apart)
+POSITION_TOLERANCE = 0.12  # max |centroid - anchor| per axis, fraction of the side (anchors: 0.25 apart)
 MIN_SOLIDITY = 0.3  # share of the blob that survives a 3x3 opening
 MIN_CONCENTRATION = 0.6  # share of the colour's solid pixels that lie in the blob
 _MIN_BLOB_PIXELS = 6  # a blob needs this many pixels to count as found
-TEMPLATE_BLURS = (0.0, 0.75, 1.5, 2.25)  # blur levels (pixels at 64 x 64) of the shape templates
+MAX_BLOB_AREA = 0.5  # a blob over this share of the image is a background, not a shape
+# Blur levels (pixels at 64 x 64) of the shape templates.  Stronger or more levels let a
+# wrong kind, blurred, fit as well as the right one (on sigma-2 images: 0.80 right with
+# (0, 0.75, 1.5, 2.25), 0.88 with these two).
+TEMPLATE_BLURS = (0.0, 1.5)
+_TEMPLATE_SUPERSAMPLE = 2
 
 _PALETTE_NAMES = tuple(COLOURS)
-
-
 _PALETTE_RGB = np.array([COLOURS[name] for name in _PALETTE_NAMES], dtype=np.float32)
 
 
@@ -73,11 +87,13 @@ def classify_colours(image: np.ndarray) -> np.ndarray:
     pixel or two a side and small ones were measured as large.
     """
     pixels = np.asarray(image, dtype=np.float32)
-    distances = ((pixels[..., None, :] - _PALETTE_RGB) ** 2).sum(axis=-1)
+    # |p - c|^2 = |p|^2 - 2 p.c + |c|^2, and |p|^2 is the same for every c
+    distances = (_PALETTE_RGB**2).sum(axis=-1) - 2 * pixels @ _PALETTE_RGB.T
     return distances.argmin(axis=-1)
 
 
 def _to_analysis_size(image: np.ndarray) -> np.ndarray:
+    """``image`` as uint8 ``[64, 64, 3]`` (box filter when shrinking, bilinear when growing)."""
     array = np.asarray(image)
     if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
         raise ValueError(f"expected a uint8 [H, W, 3] image, got {array.dtype} {array.shape}")
@@ -89,6 +105,7 @@ def _to_analysis_size(image: np.ndarray) -> np.ndarray:
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
+    """3 x 3 erosion; the image edge does not erode."""
     padded = np.pad(mask, 1, mode="edge")
     h, w = mask.shape
     out = np.ones_like(mask)
@@ -99,6 +116,7 @@ def _erode(mask: np.ndarray) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
+    """3 x 3 dilation."""
     padded = np.pad(mask, 1)
     h, w = mask.shape
     out = np.zeros_like(mask)
@@ -204,15 +222,29 @@ def _coverage_map(image: np.ndarray, blob: np.ndarray, solid: np.ndarray, colour
     return np.where(near, share, 0.0)
 
 
-def _best_kind(image: np.ndarray, blob: np.ndarray, solid: np.ndarray, colour: str) -> str:
+def _templates(kind: str, centre: tuple[float, float], extent: float, side: int) -> list[np.ndarray]:
+    """Coverage of a ``side`` x ``side`` window by ``kind``, once per blur of :data:`TEMPLATE_BLURS`."""
+    scale = _TEMPLATE_SUPERSAMPLE
+    drawing = Image.new("L", (side * scale, side * scale), 0)
+    draw_kind(ImageDraw.Draw(drawing), kind, (centre[0] * scale, centre[1] * scale), extent * scale, 255)
+    templates = []
+    for blur in TEMPLATE_BLURS:
+        blurred = drawing.filter(ImageFilter.GaussianBlur(blur * scale)) if blur > 0 else drawing
+        templates.append(np.asarray(blurred.resize((side, side), Image.Resampling.BOX), np.float64) / 255)
+    return templates
+
+
+def _best_kind(image: np.ndarray, blob: np.ndarray, solid: np.ndarray, colour: str) -> str | None:
     """The shape kind whose drawing best explains the blob's coverage map (least squares).
 
     Each kind is drawn with the coverage map's area and centroid (both unchanged by
     blur) and blurred by each of :data:`TEMPLATE_BLURS`; the kind of the closest
-    drawing wins.
+    drawing wins.  None when the map is empty.
     """
     cover = _coverage_map(image, blob, solid, colour)
     area = cover.sum()
+    if area <= 0:
+        return None
     ys, xs = np.nonzero(blob)
     margin = 5
     window = max(xs.max() - xs.min(), ys.max() - ys.min()) + 1 + 2 * margin
@@ -230,8 +262,7 @@ def _best_kind(image: np.ndarray, blob: np.ndarray, solid: np.ndarray, colour: s
         fill, offset_x, offset_y = _kind_geometry(kind)
         extent = np.sqrt(area / fill)
         centre = (cx - offset_x * extent, cy - offset_y * extent)
-        for blur in TEMPLATE_BLURS:
-            template = kind_coverage(kind, centre, extent, window, blur=blur, supersample=2)
+        for template in _templates(kind, centre, extent, window):
             error = ((crop - template) ** 2).sum()
             if error < best_error:
                 best, best_error = kind, error
@@ -302,14 +333,18 @@ class AdherenceResult:
 
 
 def _find_shape(image: np.ndarray, labels: np.ndarray, shape: Shape, judge_shape: bool) -> ShapeFinding:
+    """Look for ``shape`` in a 64 x 64 ``image`` whose pixels have the named-colour ``labels``."""
     side = labels.shape[0]
     colour_mask = labels == _PALETTE_NAMES.index(shape.colour)
     solid = _opening(colour_mask)
     blob = _main_blob(colour_mask, solid)
     blob_area = int(blob.sum())
     if blob_area == 0:
-        return ShapeFinding(shape, None, 0.0, 0.0, 0.0, 0.0, False, False, False, None,
-                            False if judge_shape else None)
+        return ShapeFinding(
+            shape=shape, centroid=None, extent=0.0, area=0.0, solidity=0.0, concentration=0.0,
+            position_ok=False, size_ok=False, colour_position_ok=False, predicted_kind=None,
+            kind_ok=False if judge_shape else None,
+        )
     solidity = (solid & blob).sum() / blob_area
     concentration = (solid & blob).sum() / max(int(solid.sum()), 1)
     ys, xs = np.nonzero(blob)
@@ -320,7 +355,11 @@ def _find_shape(image: np.ndarray, labels: np.ndarray, shape: Shape, judge_shape
     position_ok = all(abs(c - a) <= POSITION_TOLERANCE for c, a in zip(centroid, anchor))
     low, high = _SIZE_RANGES[shape.size]
     size_ok = low <= extent <= high
-    found = solidity >= MIN_SOLIDITY and concentration >= MIN_CONCENTRATION and blob_area >= _MIN_BLOB_PIXELS
+    found = (
+        solidity >= MIN_SOLIDITY
+        and concentration >= MIN_CONCENTRATION
+        and _MIN_BLOB_PIXELS <= blob_area <= MAX_BLOB_AREA * side**2
+    )
     colour_position_ok = bool(found and position_ok and size_ok)
     predicted = kind_ok = None
     if judge_shape:
@@ -346,7 +385,8 @@ def score(caption: str | Scene, image: np.ndarray, *, judge_shape: bool = True) 
 
     Args:
         caption: a ``models.world`` caption (or the scene itself).
-        image: uint8 ``[H, W, 3]``, any size (judged at 64 x 64).
+        image: uint8 ``[H, W, 3]``, any size (resized to 64 x 64, so a non-square
+            image is judged squashed into a square).
         judge_shape: also recognise each shape's kind (``shape_ok``); else it is None.
 
     Raises:

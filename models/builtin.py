@@ -162,9 +162,54 @@ def build_tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
     )
 
 
-BUILTIN_MODELS: dict[str, Callable[[], DiffusionPipeline]] = {
+class _ClipFolder:
+    """A ``CLIPModel`` with its tokenizer and image processor, saved into one folder like hub checkpoints."""
+
+    def __init__(self, model, tokenizer, image_processor) -> None:
+        self.parts = (model, tokenizer, image_processor)
+
+    def save_pretrained(self, folder: str, **kwargs: Any) -> None:
+        model, tokenizer, image_processor = self.parts
+        model.save_pretrained(folder, **kwargs)
+        tokenizer.save_pretrained(folder)
+        image_processor.save_pretrained(folder)
+
+
+def build_tiny_clip() -> _ClipFolder:
+    """Build a tiny ``CLIPModel`` (32-wide towers, 32x32 input) with seeded weights."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    tokenizer = _tokenizer()
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": TEXT_HIDDEN,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": tokenizer.model_max_length,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": TEXT_HIDDEN,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=TEXT_HIDDEN,
+    )
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return _ClipFolder(_seeded(CLIPModel, config=config), tokenizer, processor)
+
+
+BUILTIN_MODELS: dict[str, Callable[[], Any]] = {
     "tiny-sd": build_tiny_sd_pipeline,
     "tiny-sdxl": build_tiny_sdxl_pipeline,
+    "tiny-clip": build_tiny_clip,
 }
 
 

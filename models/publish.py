@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 MARKER = "model_index.json"
+# A folder is complete when it holds a diffusers pipeline index or a transformers model config.
+MARKERS = (MARKER, "config.json")
 
 
 @contextmanager
@@ -29,8 +31,8 @@ def exclusive_lock(lock_path: str) -> Iterator[None]:
 
 
 def is_complete(folder: str) -> bool:
-    """Whether ``folder`` holds a finished diffusers pipeline (its ``model_index.json``)."""
-    return os.path.isfile(os.path.join(folder, MARKER))
+    """Whether ``folder`` holds a finished model: a diffusers ``model_index.json`` or a transformers ``config.json``."""
+    return any(os.path.isfile(os.path.join(folder, marker)) for marker in MARKERS)
 
 
 def publish_once(target: str, fill: Callable[[str], None]) -> str:
@@ -49,7 +51,7 @@ def publish_once(target: str, fill: Callable[[str], None]) -> str:
         ``target``.
 
     Raises:
-        RuntimeError: if ``fill`` finished without writing ``model_index.json``.
+        RuntimeError: if ``fill`` finished without writing a marker file (``MARKERS``).
     """
     if is_complete(target):  # fast path: no lock once the folder exists
         return target
@@ -62,7 +64,7 @@ def publish_once(target: str, fill: Callable[[str], None]) -> str:
         try:
             fill(tmp)
             if not is_complete(tmp):
-                raise RuntimeError(f"no {MARKER} was written for {target!r}")
+                raise RuntimeError(f"no {' or '.join(MARKERS)} was written for {target!r}")
             if os.path.isdir(target):  # leftover without a marker from a crash
                 shutil.rmtree(target)
             os.rename(tmp, target)

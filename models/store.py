@@ -17,7 +17,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from models.builtin import ensure_builtin_model
-from models.publish import MARKER, is_complete, publish_once
+from models.publish import MARKERS, is_complete, publish_once
 
 BUILTIN_PREFIX = "builtin:"
 CONFIG_SUFFIXES = (".json", ".txt")
@@ -43,7 +43,7 @@ def resolve_model_path(uri: str, *, cache_dir: str, storage_options: dict | None
     fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
     if isinstance(fs, LocalFileSystem):
         if not is_complete(root):
-            raise FileNotFoundError(f"model {uri!r} is not a diffusers folder: no {MARKER} in {root!r}")
+            raise FileNotFoundError(f"model {uri!r} is not a model folder: no {' or '.join(MARKERS)} in {root!r}")
         return root
     return _copy_remote(fs, root, uri=uri, cache_dir=cache_dir)
 
@@ -54,8 +54,8 @@ def _copy_remote(fs: fsspec.AbstractFileSystem, root: str, *, uri: str, cache_di
     if is_complete(target):  # cache hit: no network access at all
         return target
     root = root.rstrip("/")
-    if not fs.exists(f"{root}/{MARKER}"):
-        raise FileNotFoundError(f"model {uri!r} is not a diffusers folder: no {MARKER} under it")
+    if not any(fs.exists(f"{root}/{marker}") for marker in MARKERS):
+        raise FileNotFoundError(f"model {uri!r} is not a model folder: no {' or '.join(MARKERS)} under it")
 
     def fill(folder: str) -> None:
         # A trailing slash on the source copies its content into ``folder``, not a subfolder.

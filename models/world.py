@@ -14,23 +14,24 @@ Geometry (fractions of the canvas side, so any image size means the same scene):
 - a shape's *extent* (bounding-box side) is set by its size (:data:`SIZES`);
 - its bounding box is centred on the anchor of its position (:data:`POSITIONS`);
   anchors are 0.25 apart, so even two large shapes (left + right, or top + bottom,
-  the only pairs allowed, :data:`POSITION_PAIRS`) keep a clear gap between them and
-  a margin to the image border.
+  the only pairs allowed, :data:`POSITION_PAIRS`) keep a gap of 0.1 between them and
+  a margin of 0.05 to the image border, and no shape reaches another position's anchor.
 
 Held-out rule (:func:`split`): a (colour, shape, position) triple is held out when
 the first 4 bytes of ``sha256("colour shape position")``, read big-endian, are
 divisible by :data:`HELD_OUT_MODULUS` (8): about one triple in eight.  A scene is
 ``"test"`` when any of its shapes is a held-out triple, else ``"train"``.  Training
-scenes therefore never show e.g. a red star on the left, while red things, stars and
-left-hand shapes all appear in training: the test prompts measure composition.
-Size and background play no part in the rule.
+scenes therefore never show e.g. a red cross on the left (a held-out triple), while
+red things, crosses and left-hand shapes all appear in training: test prompts measure
+composition.  Size and background play no part in the rule.  Draw training data with
+``pairs(..., split_name="train")`` and test prompts with :func:`held_out`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -144,12 +145,13 @@ class Scene:
     shapes: tuple[Shape, ...]
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "shapes", tuple(self.shapes))  # a list is accepted, stored as a tuple
         if self.background not in COLOURS:
             raise ValueError(f"unknown background {self.background!r}; expected one of {sorted(COLOURS)}")
         if not 1 <= len(self.shapes) <= MAX_SHAPES:
             raise ValueError(f"a scene has 1 to {MAX_SHAPES} shapes, got {len(self.shapes)}")
         if any(not isinstance(shape, Shape) for shape in self.shapes):
-            raise TypeError("shapes must be a tuple of Shape")
+            raise TypeError("shapes must be Shape objects")
         if any(shape.colour == self.background for shape in self.shapes):
             raise ValueError("a shape cannot have the background colour")
         if len(self.shapes) == 2:
@@ -170,8 +172,9 @@ def caption(scene: Scene) -> str:
     return f"{' and '.join(parts)}, {scene.background} background"
 
 
-def _word(vocabulary: object) -> str:
-    return "(" + "|".join(re.escape(name) for name in vocabulary) + ")"  # type: ignore[union-attr]
+def _word(vocabulary: Iterable[str]) -> str:
+    """A regex group matching exactly one of ``vocabulary``."""
+    return "(" + "|".join(re.escape(name) for name in vocabulary) + ")"
 
 
 _PHRASE_TO_POSITION = {phrase: name for name, phrase in POSITION_PHRASES.items()}
@@ -366,6 +369,8 @@ def scenes(
         max_shapes: 1 or 2.
         split_name: keep only scenes of this split (others are drawn and skipped).
     """
+    if split_name not in (None, "train", "test"):
+        raise ValueError(f"split_name must be 'train', 'test' or None, got {split_name!r}")
     rng = np.random.default_rng(seed)
     made = 0
     while n is None or made < n:

@@ -1,4 +1,4 @@
-"""The Ray Data plan: read -> prepare rows -> encode -> generate -> encode images -> shards."""
+"""The Ray Data plan: read -> prepare rows -> encode -> generate -> [style] -> [score] -> encode images -> shards."""
 
 from __future__ import annotations
 
@@ -100,6 +100,14 @@ def process_rows(
             StyleStage,
             fn_constructor_kwargs={"style": spec.style, "stage": spec.stages.style, "storage_options": options},
             **pool_options(spec.stages.style),
+        )
+    if spec.score is not None:
+        from actors.score import ScoreStage
+
+        ds = ds.map_batches(
+            ScoreStage,
+            fn_constructor_kwargs={"score": spec.score, "stage": spec.stages.score, "storage_options": options},
+            **pool_options(spec.stages.score),
         )
     ds = ds.map_batches(
         encode_images,

@@ -26,7 +26,7 @@ RESERVED_COLUMNS = frozenset(
         "key", "id", "prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance",
         "status", "stage", "error", "source", "source_row", "model", "model_hash", "scheduler",
         "pipeline", "sha256", "style_hash", "style_backend", "image_format", "shard", "encode_s", "generate_s", "style_s", "image_encode_s",
-        "prompt_tokens", "prompt_truncated",
+        "prompt_tokens", "prompt_truncated", "clip_score", "score_s",
     }
 )
 # Columns the stages and the sink add; dropped when error records become input again.
@@ -34,7 +34,7 @@ OUTPUT_COLUMNS = frozenset(
     {
         "key", "shard", "status", "stage", "error", "model", "model_hash", "scheduler", "pipeline",
         "sha256", "style_hash", "style_backend", "image_format", "encode_s", "generate_s", "style_s",
-        "image_encode_s", "prompt_tokens", "prompt_truncated",
+        "image_encode_s", "prompt_tokens", "prompt_truncated", "clip_score", "score_s",
     }
 )
 _INT_FIELDS = ("width", "height", "steps")

@@ -137,6 +137,7 @@ class Stages(_Strict):
     encode: StageSpec = StageSpec(batch_size=32)
     generate: StageSpec = StageSpec(batch_size=8)
     style: StageSpec = StageSpec(batch_size=8)
+    score: StageSpec = StageSpec(batch_size=32)
 
 
 class AdaINWeights(_Strict):
@@ -166,6 +167,19 @@ class StyleSpec(_Strict):
         return self
 
 
+class ScoreSpec(_Strict):
+    """The score stage: CLIP score of every image against its prompt.
+
+    ``model`` is any transformers ``CLIPModel`` folder (with tokenizer and image
+    processor): ``builtin:tiny-clip``, a local path or an object-storage URI.
+    Rows scoring below ``min_score`` get status ``filtered``: kept in the
+    Parquet with their score, left out of the tar, counted apart from errors.
+    """
+
+    model: ModelSpec = ModelSpec(uri="builtin:tiny-clip")
+    min_score: Annotated[float, Field(ge=0, le=100)] | None = None
+
+
 class RaySpec(_Strict):
     """How to reach Ray: ``None`` starts a local runtime."""
 
@@ -185,6 +199,7 @@ class JobSpec(_Strict):
     defaults: GenerationDefaults = GenerationDefaults()
     stages: Stages = Stages()
     style: StyleSpec | None = None
+    score: ScoreSpec | None = ScoreSpec()
     ray: RaySpec = RaySpec()
     seed: int = 0
     limit: PositiveInt | None = None
