@@ -14,14 +14,16 @@ The image is resized to 64 x 64 and every pixel is given the nearest named colou
   a 3 x 3 opening) is the shape.  It is *found* when at least :data:`MIN_SOLIDITY` of
   it is solid (blur fringes, where two colours mix into a third, and noise specks are
   not), it holds at least :data:`MIN_CONCENTRATION` of all the solid pixels of that
-  colour, and it covers at most :data:`MAX_BLOB_AREA` of the image.  A found blob passes when its centroid is within
-  :data:`POSITION_TOLERANCE` (in x and in y) of the named position's anchor and its
-  bounding-box side is in the named size's range (:func:`size_ranges`).  Nothing here
-  depends on the shape's kind, so a wrong shape does not fail colour + position.
+  colour, and it covers at most :data:`MAX_BLOB_AREA` of the image.  A found blob
+  passes when its centroid is within :data:`POSITION_TOLERANCE` (in x and in y) of
+  the named position's anchor and its bounding-box side is in the named size's range
+  (:func:`size_ranges`).  Nothing here depends on the shape's kind, so a wrong shape
+  does not fail colour + position.
 - **shape** (reported apart, optional): a found blob's coverage map (how much of
   each pixel is shape colour rather than surroundings) is compared with every kind
-  drawn with the same area and centroid at a few blur levels (:data:`TEMPLATE_BLURS`);
-  the kind of least squared difference must be the named one.
+  drawn at the map's centroid, at a few sizes and blur levels
+  (:data:`TEMPLATE_SCALES`, :data:`TEMPLATE_BLURS`); the kind of least squared
+  difference must be the named one.
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ MAX_BLOB_AREA = 0.5  # a blob over this share of the image is a background, not 
 # wrong kind, blurred, fit as well as the right one (on sigma-2 images: 0.80 right with
 # (0, 0.75, 1.5, 2.25), 0.88 with these two).
 TEMPLATE_BLURS = (0.0, 1.5)
+# Template extents relative to the one that matches the coverage map's area; the spread
+# and a free contrast factor keep a muted image (30% desaturated: 0.86 -> 0.995 right).
+TEMPLATE_SCALES = (0.9, 1.0, 1.1)
 _TEMPLATE_SUPERSAMPLE = 2
 
 _PALETTE_NAMES = tuple(COLOURS)
@@ -237,9 +242,11 @@ def _templates(kind: str, centre: tuple[float, float], extent: float, side: int)
 def _best_kind(image: np.ndarray, blob: np.ndarray, solid: np.ndarray, colour: str) -> str | None:
     """The shape kind whose drawing best explains the blob's coverage map (least squares).
 
-    Each kind is drawn with the coverage map's area and centroid (both unchanged by
-    blur) and blurred by each of :data:`TEMPLATE_BLURS`; the kind of the closest
-    drawing wins.  None when the map is empty.
+    Each kind is drawn centred on the map's centroid (which blur does not move), with
+    the extent that gives the map's area times each of :data:`TEMPLATE_SCALES`, and
+    blurred by each of :data:`TEMPLATE_BLURS`; each drawing is scaled by its best
+    contrast factor (a muted image's map never reaches 1), and the kind of the
+    closest drawing wins.  None when the map is empty.
     """
     cover = _coverage_map(image, blob, solid, colour)
     area = cover.sum()
@@ -257,15 +264,17 @@ def _best_kind(image: np.ndarray, blob: np.ndarray, solid: np.ndarray, colour: s
     centres = np.arange(window) + 0.5
     cx = crop.sum(axis=0) @ centres / area
     cy = crop.sum(axis=1) @ centres / area
-    best, best_error = SHAPES[0], np.inf
+    best, best_error = None, np.inf
     for kind in SHAPES:
         fill, offset_x, offset_y = _kind_geometry(kind)
-        extent = np.sqrt(area / fill)
-        centre = (cx - offset_x * extent, cy - offset_y * extent)
-        for template in _templates(kind, centre, extent, window):
-            error = ((crop - template) ** 2).sum()
-            if error < best_error:
-                best, best_error = kind, error
+        for scale in TEMPLATE_SCALES:
+            extent = np.sqrt(area / fill) * scale
+            centre = (cx - offset_x * extent, cy - offset_y * extent)
+            for template in _templates(kind, centre, extent, window):
+                contrast = (crop * template).sum() / max((template * template).sum(), 1e-9)
+                error = ((crop - contrast * template) ** 2).sum()
+                if error < best_error:
+                    best, best_error = kind, error
     return best
 
 

@@ -51,6 +51,18 @@ def test_blurred_off_colour_noisy_images_score_high(scenes: list[Scene]) -> None
     assert all(value >= 0.95 for value in rates.values()), rates
 
 
+def test_muted_colours_score_high(scenes: list[Scene]) -> None:
+    rng = np.random.default_rng(8)
+    images = []
+    for scene in scenes[:100]:
+        pixels = degrade(world.render(scene), rng).astype(np.float64)
+        grey = pixels.mean(axis=-1, keepdims=True)
+        images.append(np.round(0.7 * pixels + 0.3 * grey).astype(np.uint8))  # 30% desaturated
+    rates = adherence.rate(scenes[:100], images)
+    assert rates["background"] >= 0.95 and rates["colour_position"] >= 0.95, rates
+    assert rates["shape"] >= 0.9, rates
+
+
 def test_any_image_size_is_judged(scenes: list[Scene]) -> None:
     rng = np.random.default_rng(1)
     subset = scenes[:30]
