@@ -268,9 +268,21 @@ def _summarize(
     summary.spec = redact(spec.model_dump(mode="json"))
     _write_json(spec, "_run.json", asdict(summary))
     _remove_tmp(spec)
+    if spec.output.report:
+        _write_report(spec)
     if not summary.balanced:
         logger.error("pixelmill: the run does not balance: %s", summary.equation)
     return summary
+
+
+def _write_report(spec: JobSpec) -> None:
+    """Write ``report.html``; a report that fails is logged, never a failed run (the data is written)."""
+    from pipelines.report import build_report
+
+    try:
+        logger.info("pixelmill: report %s", build_report(spec.output.uri, spec.storage_options))
+    except Exception as error:  # noqa: BLE001
+        logger.warning("pixelmill: could not write report.html: %s: %s", type(error).__name__, error)
 
 
 def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:

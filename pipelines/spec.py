@@ -66,6 +66,8 @@ class OutputSpec(_Strict):
     samples_per_shard: PositiveInt = 1000
     image_format: Literal["png", "jpg", "webp"] = "png"
     image_quality: Annotated[int, Field(ge=1, le=100)] = 95
+    # Write report.html (contact sheet, counts, throughput, scores) next to the shards after each run.
+    report: bool = True
 
 
 class ModelSpec(_Strict):

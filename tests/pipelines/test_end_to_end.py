@@ -64,6 +64,8 @@ def _check_output(out: dict, *, input_rows: list[dict]) -> None:
         assert sample["url"].endswith(f"{rows[row_id]['shard']:05d}.tar")
         assert sample["json"]["sha256"] == rows[row_id]["sha256"]
         assert sample["json"]["campaign"] == by_id[row_id]["campaign"]
+        assert 0 <= sample["json"]["clip_score"] <= 100
+        assert sample["json"]["clip_score"] == rows[row_id]["clip_score"]
     # Three rows per shard -> shards 00000..00002, each with its stats file.
     assert [p.rsplit("/", 1)[-1] for p in out["tars"]] == ["00000.tar", "00001.tar", "00002.tar"]
     assert sorted(out["stats"]) == ["00000_stats.json", "00001_stats.json", "00002_stats.json"]
@@ -72,6 +74,7 @@ def _check_output(out: dict, *, input_rows: list[dict]) -> None:
     assert out["run"]["rows"] == len(input_rows)
     assert out["run"]["images"] == len(GOOD_IDS) and out["run"]["errors"] == 2
     assert not any("/_tmp" in p for p in out["all_files"])
+    assert any(p.endswith("/report.html") for p in out["all_files"])
 
 
 def test_local_folder_end_to_end(ray_session, write_prompts, tmp_path: Path, model_cache: str) -> None:

@@ -1,0 +1,51 @@
+"""The score stage on a real (tiny, built-in) CLIP model, called the way Ray calls it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from actors.generate import IMAGE_COLUMN
+from actors.score import ScoreStage
+from pipelines.spec import ModelSpec, ScoreSpec, StageSpec
+
+
+def _batch(statuses: list[str]) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    images = np.empty(len(statuses), dtype=object)
+    for i, status in enumerate(statuses):
+        images[i] = rng.integers(0, 255, (64, 48, 3), dtype=np.uint8) if status == "ok" else np.zeros((0, 0, 3), np.uint8)
+    return {
+        "prompt": np.array([f"a red circle {i}" for i in range(len(statuses))], dtype=object),
+        "status": np.array(statuses, dtype=object),
+        "stage": np.array(["" if s == "ok" else "input" for s in statuses], dtype=object),
+        "error": np.array(["" if s == "ok" else "prompt is empty" for s in statuses], dtype=object),
+        IMAGE_COLUMN: images,
+    }
+
+
+@pytest.fixture(scope="module")
+def spec_model(tmp_path_factory: pytest.TempPathFactory) -> ModelSpec:
+    return ModelSpec(uri="builtin:tiny-clip", cache_dir=str(tmp_path_factory.mktemp("clip-cache")))
+
+
+def test_scores_every_image_and_only_images(spec_model: ModelSpec) -> None:
+    stage = ScoreStage(score=ScoreSpec(model=spec_model), stage=StageSpec(micro_batch_size=2))
+    out = stage(_batch(["ok", "error", "ok", "ok"]))
+    scores = out["clip_score"]
+    assert np.isnan(scores[1]) and np.isfinite(scores[[0, 2, 3]]).all()
+    assert ((scores[[0, 2, 3]] >= 0) & (scores[[0, 2, 3]] <= 100)).all()
+    assert list(out["status"]) == ["ok", "error", "ok", "ok"]
+    again = stage(_batch(["ok", "error", "ok", "ok"]))["clip_score"]
+    np.testing.assert_allclose(again[[0, 2, 3]], scores[[0, 2, 3]], rtol=1e-5)
+
+
+def test_min_score_marks_low_rows_filtered(spec_model: ModelSpec) -> None:
+    probe = ScoreStage(score=ScoreSpec(model=spec_model), stage=StageSpec())(_batch(["ok"] * 4))["clip_score"]
+    threshold = float(np.median(probe))
+    out = ScoreStage(score=ScoreSpec(model=spec_model, min_score=threshold), stage=StageSpec())(_batch(["ok"] * 4))
+    low = probe < threshold
+    assert low.any() and not low.all()
+    assert list(out["status"]) == ["filtered" if is_low else "ok" for is_low in low]
+    for i in np.flatnonzero(low):
+        assert out["stage"][i] == "score" and "below min_score" in out["error"][i]
