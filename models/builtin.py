@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from models.publish import publish_once
+from models.publish import is_complete, publish_once
 from models.tiny_tokenizer import build_clip_tokenizer
 
 if TYPE_CHECKING:
@@ -213,8 +213,15 @@ BUILTIN_MODELS: dict[str, Callable[[], Any]] = {
 }
 
 
+# Trained models shipped inside the package (``models/zoo/<name>``, save_pretrained layout); used in place.
+ZOO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zoo")
+SHIPPED_MODELS = ("shapes-sd", "shapes-clip")
+
+
 def ensure_builtin_model(name: str, *, cache_dir: str) -> str:
-    """Return ``cache_dir/builtin/<name>``, building and saving the pipeline there once.
+    """Return the folder of a built-in model: a shipped one in place, a code-built one under ``cache_dir``.
+
+    Code-built models are saved to ``cache_dir/builtin/<name>`` once.
 
     Args:
         name: a key of ``BUILTIN_MODELS``.
@@ -226,8 +233,13 @@ def ensure_builtin_model(name: str, *, cache_dir: str) -> str:
     Raises:
         ValueError: if ``name`` is not a known built-in model.
     """
+    if name in SHIPPED_MODELS:
+        folder = os.path.join(ZOO_DIR, name)
+        if not is_complete(folder):
+            raise FileNotFoundError(f"built-in model {name!r} is missing from this installation ({folder})")
+        return folder
     if name not in BUILTIN_MODELS:
-        known = ", ".join(sorted(BUILTIN_MODELS))
+        known = ", ".join(sorted([*BUILTIN_MODELS, *SHIPPED_MODELS]))
         raise ValueError(f"unknown built-in model {name!r}; known: {known}")
 
     def fill(folder: str) -> None:
