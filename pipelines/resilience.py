@@ -79,7 +79,11 @@ _S3_RETRIES = {"max_attempts": 10, "mode": "standard"}
 
 
 def stage_remote_args() -> dict[str, Any]:
-    """Return the Ray actor options for every stage's actor pool."""
+    """Return the Ray actor options for every stage's actor pool.
+
+    Ray Data 2.60 takes them only as ``**ray_remote_args`` of ``map_batches``
+    (deprecated for 2.64, with no named parameter for restarts yet).
+    """
     return {"max_restarts": -1, "max_task_retries": ACTOR_TASK_RETRIES}
 
 
