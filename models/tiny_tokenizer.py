@@ -81,8 +81,14 @@ def _bpe(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
     return pieces
 
 
-def build_vocab_and_merges(words: list[str] | None = None) -> tuple[dict[str, int], list[str]]:
+def build_vocab_and_merges(
+    words: list[str] | None = None, extra_words: list[str] | None = None
+) -> tuple[dict[str, int], list[str]]:
     """Return ``(vocab, merges)`` for a byte-level CLIP BPE with one token per word in ``words``.
+
+    ``extra_words`` are added after ``words`` (default :data:`COMMON_WORDS`), so the
+    tokens and merges of ``words`` keep their ids and ranks; without them the result
+    is unchanged.
 
     Words are added one at a time: the word is segmented with the merges so far and the
     first two pieces are joined by a new merge ranked after all existing ones, until the
@@ -94,7 +100,8 @@ def build_vocab_and_merges(words: list[str] | None = None) -> tuple[dict[str, in
     tokens: list[str] = symbols + [symbol + "</w>" for symbol in symbols]
     known = set(tokens)
     ranks: dict[tuple[str, str], int] = {}
-    for word in dict.fromkeys(words if words is not None else COMMON_WORDS):
+    base = list(words if words is not None else COMMON_WORDS)
+    for word in dict.fromkeys(base + list(extra_words or [])):
         # Re-segment after each new merge: it may fire more than once ("v i" in "vivid").
         while len(pieces := _bpe(word, ranks)) > 1:
             ranks[(pieces[0], pieces[1])] = len(ranks)
@@ -106,18 +113,24 @@ def build_vocab_and_merges(words: list[str] | None = None) -> tuple[dict[str, in
     return {token: index for index, token in enumerate(tokens)}, merges
 
 
-def write_tokenizer_files(folder: str) -> None:
-    """Write ``vocab.json`` and ``merges.txt`` (CLIP's on-disk format) into ``folder``."""
-    vocab, merges = build_vocab_and_merges()
+def write_tokenizer_files(folder: str, extra_words: list[str] | None = None) -> None:
+    """Write ``vocab.json`` and ``merges.txt`` (CLIP's on-disk format) into ``folder``.
+
+    ``extra_words``: more whole-word tokens, after the common ones (see :func:`build_vocab_and_merges`).
+    """
+    vocab, merges = build_vocab_and_merges(extra_words=extra_words)
     with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as handle:
         json.dump(vocab, handle, ensure_ascii=False)
     with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as handle:
         handle.write("#version: 0.2\n" + "\n".join(merges) + "\n")
 
 
-def build_clip_tokenizer(folder: str):  # -> transformers.CLIPTokenizer (kept lazy)
-    """Write the vocabulary into ``folder`` and load it as a ``transformers.CLIPTokenizer``."""
+def build_clip_tokenizer(folder: str, extra_words: list[str] | None = None):  # -> transformers.CLIPTokenizer
+    """Write the vocabulary into ``folder`` and load it as a ``transformers.CLIPTokenizer``.
+
+    ``extra_words``: more whole-word tokens (see :func:`build_vocab_and_merges`).
+    """
     from transformers import CLIPTokenizer
 
-    write_tokenizer_files(folder)
+    write_tokenizer_files(folder, extra_words)
     return CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_LENGTH)

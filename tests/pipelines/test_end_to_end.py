@@ -132,10 +132,10 @@ def test_output_modes(ray_session, write_prompts, tmp_path: Path, model_cache: s
     out_dir = tmp_path / "out"
     spec = _spec(str(path), str(out_dir), model_cache, **{"output.samples_per_shard": 2})
     run_job(spec)
-    before = {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name != "_run.json"}
+    before = {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name not in ("_run.json", "report.html")}
     again = run_job(spec)  # resume of a finished job: nothing to do
     assert (again.rows, again.skipped, again.shards) == (0, 3, [])
-    assert {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name != "_run.json"} == before
+    assert {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name not in ("_run.json", "report.html")} == before
     appended = run_job(spec, mode="append")
     assert appended.shards == ["00002", "00003"]
     assert len(read_output(str(out_dir))["rows"]) == 6
