@@ -17,7 +17,7 @@ from models.publish import is_complete, publish_once
 from models.tiny_tokenizer import build_clip_tokenizer
 
 if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 # Shared by every tiny model: 64x64 images = latent sample_size 32 x vae_scale_factor 2
 # (the VAE has two blocks, so it downsamples once).
