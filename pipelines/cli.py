@@ -91,12 +91,6 @@ def _load(args: argparse.Namespace):
     return load_spec(args.spec, sets=args.sets, input_uri=args.input_uri, output_uri=args.output_uri, limit=args.limit)
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    """Return the user-facing error inside a Ray task error (its ``cause``), or the error itself."""
-    cause = getattr(error, "cause", None)
-    return cause if isinstance(cause, BaseException) else error
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pixelmill`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -113,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pixelmill: {args.spec} is valid (input {spec.input.uri} -> output {spec.output.uri})")
         return EXIT_OK
 
-    from pipelines.runner import PreflightError, RunStalled, retry_errors, run_job
+    from pipelines.runner import PreflightError, RunStalled, first_line, retry_errors, root_cause, run_job
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -125,9 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pixelmill: {error}", file=sys.stderr)
         return EXIT_STALLED
     except Exception as error:  # noqa: BLE001 - the scheduler needs an exit code and one clear line
-        cause = _root_cause(error)
-        first_line = str(cause).strip().split("\n", 1)[0]
-        print(f"pixelmill: the run failed: {type(cause).__name__}: {first_line}", file=sys.stderr)
+        cause = root_cause(error)
+        print(f"pixelmill: the run failed: {type(cause).__name__}: {first_line(cause)}", file=sys.stderr)
         return EXIT_RUN_FAILED
     print(summary.line())
     print(f"pixelmill: {summary.equation}")

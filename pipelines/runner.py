@@ -365,6 +365,17 @@ def retry_errors(spec: JobSpec) -> RunSummary:
     )
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """Return the user-facing error inside a Ray task error (its ``cause``), or the error itself."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, BaseException) else error
+
+
+def first_line(error: BaseException) -> str:
+    """Return an error's first message line (Ray appends retry hints on further lines)."""
+    return str(error).strip().split("\n", 1)[0] or type(error).__name__
+
+
 @contextmanager
 def _preflight() -> Iterator[None]:
     """Turn any error of the steps before work starts into a ``PreflightError`` with its root message."""
@@ -373,10 +384,7 @@ def _preflight() -> Iterator[None]:
     except PreflightError:
         raise
     except Exception as error:  # noqa: BLE001 - reported to the user as one line, nothing was done
-        cause = getattr(error, "cause", None)
-        cause = cause if isinstance(cause, BaseException) else error
-        # Ray appends retry hints on further lines; the first line is the error itself.
-        raise PreflightError(str(cause).strip().split("\n", 1)[0] or type(cause).__name__) from error
+        raise PreflightError(first_line(root_cause(error))) from error
 
 
 def check_output_reachable(spec: JobSpec) -> None:
