@@ -73,8 +73,13 @@ def _log(step: int, total: int, start: float, **values: float) -> None:
     print(f"step {step}/{total} {time.time() - start:.0f}s {parts}", flush=True)
 
 
-def build_sd_components(tokenizer):
-    """Untrained (seeded by the caller) VAE, text encoder, UNet and scheduler of shapes-sd."""
+def build_sd_components(tokenizer, unet_channels: tuple[int, ...] = (32, 64, 64)):
+    """Untrained (seeded by the caller) VAE, text encoder, UNet and scheduler of shapes-sd.
+
+    The UNet's deepest level must see the whole latent (16 -> 8 -> 4 for three levels): at
+    t = 999 its input is almost pure noise, so where to put a shape ("on the left") can only
+    come from the caption and the zero padding, which two levels saw too little of.
+    """
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -91,9 +96,9 @@ def build_sd_components(tokenizer):
     ))
     unet = UNet2DConditionModel(
         sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=tuple(unet_channels),
+        down_block_types=("CrossAttnDownBlock2D",) * len(unet_channels),
+        up_block_types=("CrossAttnUpBlock2D",) * len(unet_channels),
         cross_attention_dim=TEXT_HIDDEN, attention_head_dim=4, norm_num_groups=32,
     )
     scheduler = EulerDiscreteScheduler(
@@ -112,13 +117,25 @@ def train_sd(args: argparse.Namespace) -> None:
     captions, pixels = _data(args.pool, args.seed)
     tokenizer = _tokenizer()
     ids = _token_ids(tokenizer, captions)
-    vae, text_encoder, unet, scheduler = build_sd_components(tokenizer)
-    if args.init:  # continue from a saved shapes-sd folder (same architecture)
+    vae, text_encoder, unet, scheduler = build_sd_components(tokenizer, args.unet_channels)
+    if args.init:  # continue from a saved shapes-sd folder; its UNet only when the architecture matches
         init = StableDiffusionPipeline.from_pretrained(args.init)
-        vae, text_encoder, unet = init.vae, init.text_encoder, init.unet
+        vae, text_encoder = init.vae, init.text_encoder
+        if tuple(init.unet.config.block_out_channels) == tuple(args.unet_channels):
+            unet = init.unet
+        else:
+            print(f"--init: new UNet {tuple(args.unet_channels)} (saved one is "
+                  f"{tuple(init.unet.config.block_out_channels)})", flush=True)
 
-    # 1. VAE: reconstruction (MSE + L1) of the posterior mean + a small KL term
-    optimiser = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    # 1. VAE: reconstruction (MSE + L1) of the posterior mean + a small KL term.  With
+    # --vae-decoder-only the encoder is frozen, so the latents (and a UNet trained on them) stay
+    # valid: the decoder fine-tune Stable Diffusion's ft-MSE VAE did.
+    if args.vae_decoder_only:
+        vae.requires_grad_(False)
+        vae.decoder.requires_grad_(True)
+        vae.post_quant_conv.requires_grad_(True)
+    trainable = [p for p in vae.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=args.vae_lr, weight_decay=0.0)
     vae.train()
     for step in range(args.vae_steps):
         batch = pixels[rng.integers(len(pixels), size=args.vae_batch)]
@@ -139,7 +156,8 @@ def train_sd(args: argparse.Namespace) -> None:
     # 2. Latents of the pool (posterior means); scaling factor from their std
     with torch.no_grad():
         means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(512)])
-    vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+    if not args.init or (args.vae_steps and not args.vae_decoder_only):  # the encoder changed
+        vae.register_to_config(scaling_factor=float(1.0 / means.std()))
     scale = vae.config.scaling_factor
     print(f"latent std {means.std():.4f}, scaling_factor {scale:.4f}", flush=True)
 
@@ -325,11 +343,15 @@ def main(argv: list[str] | None = None) -> None:
     sd.add_argument("--vae-steps", type=int, default=600)
     sd.add_argument("--steps", type=int, default=3000, help="text encoder + UNet steps")
     sd.add_argument("--vae-batch", type=int, default=16)
+    sd.add_argument("--vae-decoder-only", action="store_true",
+                    help="train only the VAE decoder (latents unchanged; use with --init)")
     sd.add_argument("--batch", type=int, default=32)
     sd.add_argument("--vae-lr", type=float, default=1e-3)
     sd.add_argument("--lr", type=float, default=6e-4)
     sd.add_argument("--kl-weight", type=float, default=1e-4)
     sd.add_argument("--init", help="a shapes-sd folder to continue training from (use with --vae-steps 0)")
+    sd.add_argument("--unet-channels", type=int, nargs="+", default=[32, 64, 64],
+                    help="UNet block_out_channels, one per level (cross-attention at every level)")
     sd.add_argument("--few-step-share", type=float, default=0.0,
                     help="share of timesteps drawn from {249, 499, 749, 999} instead of uniform")
     clip = commands.add_parser("clip", help="train the shapes-clip model")

@@ -73,7 +73,7 @@ class OutputSpec(_Strict):
 class ModelSpec(_Strict):
     """A diffusers pipeline folder: ``builtin:NAME``, a local path or an object-storage URI."""
 
-    uri: str = "builtin:tiny-sd"
+    uri: str = "builtin:shapes-sd"
     cache_dir: str = "~/.cache/pixelmill/models"
 
     def local_cache_dir(self) -> str:
@@ -173,12 +173,12 @@ class ScoreSpec(_Strict):
     """The score stage: CLIP score of every image against its prompt.
 
     ``model`` is any transformers ``CLIPModel`` folder (with tokenizer and image
-    processor): ``builtin:tiny-clip``, a local path or an object-storage URI.
+    processor): ``builtin:shapes-clip`` (the default), a local path or an object-storage URI.
     Rows scoring below ``min_score`` get status ``filtered``: kept in the
     Parquet with their score, left out of the tar, counted apart from errors.
     """
 
-    model: ModelSpec = ModelSpec(uri="builtin:tiny-clip")
+    model: ModelSpec = ModelSpec(uri="builtin:shapes-clip")
     min_score: Annotated[float, Field(ge=0, le=100)] | None = None
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from actors.generate import IMAGE_COLUMN
 from actors.score import ScoreStage
+from models import world
 from pipelines.spec import ModelSpec, ScoreSpec, StageSpec
 
 
@@ -49,3 +50,25 @@ def test_min_score_marks_low_rows_filtered(spec_model: ModelSpec) -> None:
     assert list(out["status"]) == ["filtered" if is_low else "ok" for is_low in low]
     for i in np.flatnonzero(low):
         assert out["stage"][i] == "score" and "below min_score" in out["error"][i]
+
+
+def _world_batch(prompts: list[str], images: list[np.ndarray]) -> dict[str, np.ndarray]:
+    batch = _batch(["ok"] * len(prompts))
+    batch["prompt"] = np.array(prompts, dtype=object)
+    batch[IMAGE_COLUMN] = np.empty(len(images), dtype=object)
+    for i, image in enumerate(images):
+        batch[IMAGE_COLUMN][i] = image
+    return batch
+
+
+def test_default_clip_scores_matched_pairs_above_shuffled(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The default score model (the shipped shapes-clip) through the stage, on held-out world pairs."""
+    default_uri = ScoreSpec().model.uri
+    score = ScoreSpec(model=ModelSpec(uri=default_uri, cache_dir=str(tmp_path_factory.mktemp("default-clip"))))
+    stage = ScoreStage(score=score, stage=StageSpec(micro_batch_size=4))
+    pairs = list(world.held_out(8, 3))
+    prompts, images = [text for text, _, _ in pairs], [image for _, image, _ in pairs]
+    matched = stage(_world_batch(prompts, images))["clip_score"]
+    shuffled = stage(_world_batch(prompts[1:] + prompts[:1], images))["clip_score"]
+    assert matched.mean() > shuffled.mean() + 20, (matched, shuffled)
+    assert (matched > shuffled).sum() >= 7, (matched, shuffled)

@@ -46,7 +46,7 @@ def _check_output(out: dict, *, input_rows: list[dict]) -> None:
         assert row["status"] == "ok", row
         assert row["prompt"] == by_id[row_id]["prompt"]
         assert row["campaign"] == by_id[row_id]["campaign"]
-        assert row["model"] == "builtin:tiny-sd" and len(row["model_hash"]) == 16
+        assert row["model"] == "builtin:shapes-sd" and len(row["model_hash"]) == 16
         assert row["scheduler"] and row["steps"] == 2 and row["guidance"] == 1.0
         assert row["generate_s"] > 0
     assert rows["r1"]["seed"] == 7

@@ -22,7 +22,8 @@ def _raw(**sections) -> dict:
 def test_minimal_spec_gets_defaults() -> None:
     spec = load_spec(raw=_raw())
     assert isinstance(spec, JobSpec)
-    assert spec.model.uri == "builtin:tiny-sd"
+    assert spec.model.uri == "builtin:shapes-sd"
+    assert spec.score is not None and spec.score.model.uri == "builtin:shapes-clip"
     assert spec.output.samples_per_shard == 1000
     assert spec.stages.generate.concurrency == 1
 
