@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ __all__ = ["EncodeStage", "EMBED_PREFIX"]
 # Embedding columns travel between the encode and generate stages only.
 EMBED_PREFIX = "_pm_emb_"
 
+logger = logging.getLogger(__name__)
+
 
 class EncodeStage:
     """Callable class for ``map_batches``: adds one ``_pm_emb_*`` column per embedding.
@@ -25,18 +28,25 @@ class EncodeStage:
     whose ``status`` is not ``ok`` get zero embeddings and are left alone.
 
     Args:
-        model: which pipeline to load.
+        model: which pipeline to load, and its fast paths (``model.performance``: the
+            weights dtype matters here; the tiny VAE belongs to the generate stage).
         stage: device, dtype and batch settings of this stage.
         storage_options: fsspec options for a model in object storage.
     """
 
     def __init__(self, *, model: ModelSpec, stage: StageSpec, storage_options: dict[str, Any] | None = None) -> None:
         from models.diffusion import PromptEncoder
+        from models.fastpaths import FastPaths
 
         self.micro_batch = stage.micro_batch_size
+        performance = model.performance
         self.encoder = PromptEncoder(
-            local_model_path(model, storage_options), device=stage_device(stage), dtype=stage.dtype
+            local_model_path(model, storage_options),
+            device=stage_device(stage),
+            dtype=performance.explicit_dtype(stage),
+            fast_paths=FastPaths(**{**performance.model_dump(), "tiny_vae": None}),
         )
+        logger.info("encode stage fast paths: %s", self.encoder.fast_paths_applied)
         # Shapes of each embedding for one row, so rows that failed earlier
         # still get columns of the same shape and blocks keep one schema.
         template = self.encoder.encode([""], [""], guidance=[1.0], micro_batch=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -19,6 +20,8 @@ __all__ = ["GenerateStage", "IMAGE_COLUMN"]
 # The decoded image, ``uint8 [H, W, 3]``, from here to the image-encoding task.
 IMAGE_COLUMN = "_pm_image"
 
+logger = logging.getLogger(__name__)
+
 
 class GenerateStage:
     """Callable class for ``map_batches``: denoises from the encode stage's embeddings.
@@ -29,17 +32,28 @@ class GenerateStage:
     depend on the batch it lands in.
 
     Args:
-        model: which pipeline to load.
+        model: which pipeline to load, and its fast paths (``model.performance``; a
+            ``tiny_vae`` URI is resolved through the model store like ``model.uri``).
         stage: device, dtype and batch settings of this stage.
         storage_options: fsspec options for a model in object storage.
     """
 
     def __init__(self, *, model: ModelSpec, stage: StageSpec, storage_options: dict[str, Any] | None = None) -> None:
         from models.diffusion import ImageGenerator
+        from models.fastpaths import FastPaths
+        from models.store import resolve_model_path
 
+        performance = model.performance
+        tiny_vae = performance.tiny_vae
+        if tiny_vae is not None:
+            tiny_vae = resolve_model_path(tiny_vae, cache_dir=model.local_cache_dir(), storage_options=storage_options)
         self.generator = ImageGenerator(
-            local_model_path(model, storage_options), device=stage_device(stage), dtype=stage.dtype
+            local_model_path(model, storage_options),
+            device=stage_device(stage),
+            dtype=performance.explicit_dtype(stage),
+            fast_paths=FastPaths(**{**performance.model_dump(), "tiny_vae": tiny_vae}),
         )
+        logger.info("generate stage fast paths: %s", self.generator.fast_paths_applied)
         self.model_uri = model.uri
         self.micro_batch = stage.micro_batch_size
 

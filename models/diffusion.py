@@ -26,6 +26,13 @@ Output checks: ``ImageGenerator.generate_checked`` returns the same images as
 flagged by the model folder's own safety checker (``models.safety``), or all black.
 The checks run per fixed-size chunk too, so a row's verdict does not depend on its batch.
 
+Fast paths (``models.fastpaths``): both halves take a ``FastPaths`` (default: the spec's
+defaults) that picks the weights dtype when none is given (bf16 on CUDA) and, on CUDA only,
+sets SDPA attention, channels_last and optionally ``torch.compile``; a tiny VAE
+(``AutoencoderTiny``) can replace the pipeline's VAE on any device. Images become uint8 on
+the device and cross to the host through pinned memory. On CPU, without a tiny VAE, every
+byte is what it was without fast paths.
+
 Example:
     >>> from models.store import resolve_model_path
     >>> path = resolve_model_path("builtin:tiny-sd", cache_dir="/tmp/pixelmill-cache")
@@ -38,6 +45,7 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +56,7 @@ from diffusers import DiffusionPipeline
 
 from models.batching import in_fixed_chunks
 from models.families import PipelineFamily, family_for, none_overrides
+from models.fastpaths import FastPaths, apply_fast_paths, eager_if_compiled, to_host_uint8, weights_dtype
 from models.safety import SAFETY_COMPONENTS, SafetyChecker, has_safety_checker
 from models.store import model_fingerprint
 
@@ -65,14 +74,25 @@ def _torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def _load_half(model_path: str, drop: tuple[str, ...], *, device: str, dtype: str) -> DiffusionPipeline:
-    """Load the pipeline at ``model_path`` without the components in ``drop``."""
+def _load_half(
+    model_path: str, drop: tuple[str, ...], *, device: str, dtype: str, fast_paths: FastPaths
+) -> tuple[DiffusionPipeline, dict]:
+    """Load the pipeline at ``model_path`` without the components in ``drop``, fast paths applied.
+
+    Returns:
+        ``(pipeline, applied)``, ``applied`` as ``models.fastpaths.apply_fast_paths`` reports it.
+    """
     pipe = DiffusionPipeline.from_pretrained(
         model_path, dtype=_torch_dtype(dtype), **none_overrides(model_path, drop)
     )
     pipe.set_progress_bar_config(disable=True)
-    _contiguous_group_norm_inputs(pipe)
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    applied = apply_fast_paths(pipe, fast_paths, device)
+    if not applied["channels_last"]:
+        # With channels_last (CUDA) the hook would copy every GroupNorm input back to NCHW
+        # and undo the layout; the batch invariance it buys was measured on CPU kernels only.
+        _contiguous_group_norm_inputs(pipe)
+    return pipe, applied
 
 
 def _contiguous_group_norm_inputs(pipe: DiffusionPipeline) -> None:
@@ -97,13 +117,32 @@ class PromptEncoder:
     Args:
         model_path: local diffusers folder (see ``models.store.resolve_model_path``).
         device: torch device to run on.
-        dtype: weights dtype name (``float32``, ``float16``, ``bfloat16``).
+        dtype: weights dtype name (``float32``, ``float16``, ``bfloat16``); None: chosen by
+            ``fast_paths.dtype`` (float32 on CPU, bf16 on CUDA by default).
+        fast_paths: fast-path settings (``models.fastpaths``); None: the defaults.
+
+    Attributes:
+        fast_paths_applied: what ``apply_fast_paths`` applied and skipped, for logs.
     """
 
-    def __init__(self, model_path: str, *, device: str = "cpu", dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str = "cpu",
+        dtype: str | None = None,
+        fast_paths: FastPaths | None = None,
+    ) -> None:
         self.pipeline_class, self.family = family_for(model_path)
         self.device = torch.device(device)
-        self.pipe = _load_half(model_path, self.family.text_only_drop, device=device, dtype=dtype)
+        fast_paths = fast_paths or FastPaths()
+        self.pipe, self.fast_paths_applied = _load_half(
+            model_path,
+            self.family.text_only_drop,
+            device=device,
+            dtype=weights_dtype(fast_paths, device, dtype),
+            fast_paths=fast_paths,
+        )
 
     @torch.no_grad()
     def encode(
@@ -187,30 +226,47 @@ class ImageGenerator:
     Args:
         model_path: local diffusers folder (see ``models.store.resolve_model_path``).
         device: torch device to run on.
-        dtype: weights dtype name (``float32``, ``float16``, ``bfloat16``).
+        dtype: weights dtype name (``float32``, ``float16``, ``bfloat16``); None: chosen by
+            ``fast_paths.dtype`` (float32 on CPU, bf16 on CUDA by default).
+        fast_paths: fast-path settings (``models.fastpaths``); None: the defaults.
+            ``fast_paths.tiny_vae`` is a local folder (resolve URIs with the model store).
 
     Attributes:
-        info: ``model_hash``, ``scheduler`` and ``pipeline`` (class names), for provenance.
+        info: ``model_hash`` (of the model folder, and of the tiny VAE when one decodes),
+            ``scheduler`` and ``pipeline`` (class names), for provenance.
+        fast_paths_applied: what ``apply_fast_paths`` applied and skipped, for logs.
         safety_checker: the model folder's own safety checker (``models.safety``), kept
             outside ``pipe`` and used by ``generate_checked`` only; None when it has none.
         fp32_decode_retries: micro-batches ``generate_checked`` re-ran with a float32 VAE
-            because they decoded to NaN/inf (cumulative).
+            (the pipeline's or the tiny one) because they decoded to NaN/inf (cumulative).
     """
 
-    def __init__(self, model_path: str, *, device: str = "cpu", dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str = "cpu",
+        dtype: str | None = None,
+        fast_paths: FastPaths | None = None,
+    ) -> None:
         self.pipeline_class, self.family = family_for(model_path)
         self.device = torch.device(device)
+        fast_paths = fast_paths or FastPaths()
+        dtype = weights_dtype(fast_paths, device, dtype)
         self.dtype = _torch_dtype(dtype)
         drop = self.family.image_only_drop
         if has_safety_checker(model_path):
             # Load the checker with the image half, then hold it outside the pipeline, so the
             # pipeline ``generate`` calls is the same with or without one
             drop = tuple(name for name in drop if name not in SAFETY_COMPONENTS)
-        self.pipe = _load_half(model_path, drop, device=device, dtype=dtype)
+        self.pipe, self.fast_paths_applied = _load_half(
+            model_path, drop, device=device, dtype=dtype, fast_paths=fast_paths
+        )
+        self.pinned_transfer = bool(self.fast_paths_applied["pinned_transfer"])
         self.safety_checker = SafetyChecker.detach_from(self.pipe, device=self.device, dtype=self.dtype)
         self.fp32_decode_retries = 0
         self.info: dict[str, str] = {
-            "model_hash": model_fingerprint(model_path),
+            "model_hash": _model_hash(model_path, fast_paths.tiny_vae),
             "scheduler": type(self.pipe.scheduler).__name__,
             "pipeline": type(self.pipe).__name__,
         }
@@ -248,12 +304,12 @@ class ImageGenerator:
         tensors = self._to_tensors(embeds)
 
         def compute(rows: np.ndarray) -> np.ndarray:
-            return self._run_chunk(
+            images = self._run_chunk(
                 tensors, rows, seeds, width=width, height=height, steps=steps, guidance=guidance
             )
+            return to_host_uint8(images, pinned=self.pinned_transfer)
 
-        images = in_fixed_chunks(compute, batch, micro_batch)
-        return _to_uint8(images)
+        return in_fixed_chunks(compute, batch, micro_batch)
 
     @torch.no_grad()
     def generate_checked(
@@ -295,27 +351,33 @@ class ImageGenerator:
         call = {"width": width, "height": height, "steps": steps, "guidance": guidance}
 
         def compute(rows: np.ndarray) -> dict[str, np.ndarray]:
-            # 3. The chunk as generate computes it; the padding (a repeat of the last row)
-            #    never triggers a retry on its own
+            # 3. The chunk as generate computes it, still on the device; the padding (a
+            #    repeat of the last row) never triggers a retry on its own
             images = self._run_chunk(tensors, rows, seeds, **call)
-            padding = np.concatenate([[False], rows[1:] == rows[:-1]])
-            non_finite = ~np.isfinite(images).all(axis=(1, 2, 3)) & ~padding
-            # 4. NaN/inf (fp16 VAE overflow): decode the chunk again in float32
+            padding = torch.from_numpy(np.concatenate([[False], rows[1:] == rows[:-1]])).to(images.device)
+            non_finite = ~torch.isfinite(images).flatten(1).all(dim=1) & ~padding
+            # 4. NaN/inf (fp16 VAE overflow, pipeline or tiny VAE): decode the chunk again in float32
             if non_finite.any() and self.pipe.vae.dtype != torch.float32:
                 self.fp32_decode_retries += 1
-                with _float32_vae(self.pipe.vae):
+                with _float32_vae(self.pipe.vae), eager_if_compiled(self.fast_paths_applied):
                     retried = self._run_chunk(tensors, rows, seeds, **call)
-                images[non_finite] = retried[non_finite]
-                non_finite = ~np.isfinite(images).all(axis=(1, 2, 3)) & ~padding
-            images = np.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
-            # 5. The model's own safety checker (blacks out the rows it flags)
+                images = images.float()
+                images[non_finite] = retried[non_finite].float()
+                non_finite = ~torch.isfinite(images).flatten(1).all(dim=1) & ~padding
+            images = torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
+            # 5. The model's own safety checker (blacks out the rows it flags), on the host
             flagged = np.zeros(len(rows), dtype=bool)
             if self.safety_checker is not None:
-                images, flagged = self.safety_checker.check(images)
-            return {"images": images, "non_finite": non_finite, "flagged": flagged}
+                checked_images, flagged = self.safety_checker.check(images.float().cpu().numpy())
+                images = torch.from_numpy(checked_images)
+            return {
+                "images": to_host_uint8(images, pinned=self.pinned_transfer),
+                "non_finite": non_finite.cpu().numpy(),
+                "flagged": flagged,
+            }
 
         checked = in_fixed_chunks(compute, batch, micro_batch)
-        images = _to_uint8(checked["images"])
+        images = checked["images"]
         # 6. One status per row that is not ok, the first that applies
         blank = ~images.any(axis=(1, 2, 3))
         problems: dict[int, tuple[str, str]] = {}
@@ -346,8 +408,9 @@ class ImageGenerator:
         height: int,
         steps: int,
         guidance: float,
-    ) -> np.ndarray:
-        """Denoise + decode one fixed-size chunk; float32 ``[len(rows), H, W, 3]`` in [0, 1]."""
+    ) -> torch.Tensor:
+        """Denoise + decode one fixed-size chunk: ``[len(rows), H, W, 3]`` in [0, 1] (NaN/inf
+        where the decode overflowed), in the VAE's dtype, on the device."""
         index = torch.as_tensor(rows, device=self.device)
         # A fresh generator per row, even for a padding duplicate: a shared one would be
         # advanced twice (ancestral schedulers also draw noise in every step)
@@ -359,13 +422,16 @@ class ImageGenerator:
             height=height,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            output_type="np",
-        ).images
+            output_type="pt",  # stays on the device: checks and uint8 conversion happen there
+        ).images.permute(0, 2, 3, 1)
 
 
-def _to_uint8(images: np.ndarray) -> np.ndarray:
-    """float [0, 1] -> uint8 with rounding, as diffusers' ``numpy_to_pil`` does."""
-    return (np.clip(images, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+def _model_hash(model_path: str, tiny_vae: str | None) -> str:
+    """``model_fingerprint`` of the model folder, combined with the tiny VAE's when one decodes."""
+    fingerprint = model_fingerprint(model_path)
+    if tiny_vae is None:
+        return fingerprint
+    return hashlib.sha256(f"{fingerprint}+tiny_vae:{model_fingerprint(tiny_vae)}".encode()).hexdigest()[:16]
 
 
 def _cast_inputs_to_float32(_module: torch.nn.Module, args: tuple) -> tuple:

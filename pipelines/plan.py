@@ -77,44 +77,68 @@ def process_rows(
         done_ids: ids already committed (resume); those rows are dropped by a
             distributed anti-join before any model runs.
     """
-    options = spec.storage_options
     if done_ids is not None:
         # One hash partition per ~16 committed shards keeps each partition's id set small.
         partitions = max(1, min(64, len(done_ids.input_files()) // 16 + 1))
         ds = ds.join(done_ids, join_type="left_anti", num_partitions=partitions, on=("id",))
+    for stage_class, kwargs, resources in _placed_stages(spec):
+        ds = ds.map_batches(stage_class, fn_constructor_kwargs=kwargs, **pool_options(resources))
+    if spec.placement.encode_images == "task":
+        ds = ds.map_batches(
+            encode_images,
+            fn_kwargs=_image_encoding_kwargs(spec),
+            batch_size=min(64, spec.output.samples_per_shard),
+        )
+    return ds.repartition(target_num_rows_per_block=spec.output.samples_per_shard, strict=True)
+
+
+def _model_stages(spec: JobSpec) -> list[tuple[str, type, dict[str, Any], StageSpec]]:
+    """The model stages of a job in order: ``(name, actor class, constructor kwargs, resources)``."""
+    options = spec.storage_options
     stage_args = {"model": spec.model, "storage_options": options}
-    ds = ds.map_batches(
-        EncodeStage,
-        fn_constructor_kwargs={**stage_args, "stage": spec.stages.encode},
-        **pool_options(spec.stages.encode),
-    )
-    ds = ds.map_batches(
-        GenerateStage,
-        fn_constructor_kwargs={**stage_args, "stage": spec.stages.generate},
-        **pool_options(spec.stages.generate),
-    )
+    stages = [
+        ("encode", EncodeStage, {**stage_args, "stage": spec.stages.encode}, spec.stages.encode),
+        ("generate", GenerateStage, {**stage_args, "stage": spec.stages.generate}, spec.stages.generate),
+    ]
     if spec.style is not None:
         from actors.style import StyleStage
 
-        ds = ds.map_batches(
-            StyleStage,
-            fn_constructor_kwargs={"style": spec.style, "stage": spec.stages.style, "storage_options": options},
-            **pool_options(spec.stages.style),
-        )
+        stages.append(("style", StyleStage, {"style": spec.style, "stage": spec.stages.style,
+                                             "storage_options": options}, spec.stages.style))
     if spec.score is not None:
         from actors.score import ScoreStage
 
-        ds = ds.map_batches(
-            ScoreStage,
-            fn_constructor_kwargs={"score": spec.score, "stage": spec.stages.score, "storage_options": options},
-            **pool_options(spec.stages.score),
-        )
-    ds = ds.map_batches(
-        encode_images,
-        fn_kwargs={"image_format": spec.output.image_format, "quality": spec.output.image_quality},
-        batch_size=min(64, spec.output.samples_per_shard),
-    )
-    return ds.repartition(target_num_rows_per_block=spec.output.samples_per_shard, strict=True)
+        stages.append(("score", ScoreStage, {"score": spec.score, "stage": spec.stages.score,
+                                             "storage_options": options}, spec.stages.score))
+    return stages
+
+
+def _image_encoding_kwargs(spec: JobSpec) -> dict[str, Any]:
+    return {"image_format": spec.output.image_format, "quality": spec.output.image_quality}
+
+
+def _placed_stages(spec: JobSpec) -> list[tuple[type, dict[str, Any], StageSpec]]:
+    """The actor pools to run, after ``spec.placement``: each ``(class, constructor kwargs, resources)``.
+
+    Without fusion every model stage is its own pool.  ``fuse_encode_generate`` runs the
+    encode stage inside the generate pool (its resources, one ``FusedStage`` actor);
+    ``encode_images: last_stage`` runs PNG/JPEG/WebP encoding inside the last model actor.
+    """
+    from actors.fused import FusedStage
+
+    pools: list[tuple[list[tuple[type, dict[str, Any]]], StageSpec]] = []
+    for name, stage_class, kwargs, resources in _model_stages(spec):
+        if name == "generate" and spec.placement.fuse_encode_generate:
+            pools[-1] = (pools[-1][0] + [(stage_class, kwargs)], resources)
+        else:
+            pools.append(([(stage_class, kwargs)], resources))
+    if spec.placement.encode_images == "last_stage":
+        steps, resources = pools[-1]
+        pools[-1] = (steps + [(encode_images, _image_encoding_kwargs(spec))], resources)
+    return [
+        (steps[0][0], steps[0][1], resources) if len(steps) == 1 else (FusedStage, {"steps": steps}, resources)
+        for steps, resources in pools
+    ]
 
 
 def build_dataset(

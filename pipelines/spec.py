@@ -70,11 +70,49 @@ class OutputSpec(_Strict):
     report: bool = True
 
 
+class PerformanceSpec(_Strict):
+    """GPU fast paths of the encode and generate stages (``model.performance``).
+
+    Every field except ``tiny_vae`` acts on CUDA stages only and is ignored on CPU, so
+    CPU runs keep their exact output bytes. On CUDA they change the bytes (another
+    dtype, other kernels). ``models.fastpaths`` applies them and reports what it
+    applied; the score stage's model ignores this section.
+    """
+
+    # Weights dtype of CUDA stages. auto: bfloat16 where the GPU supports it, else
+    # float32. A dtype set explicitly under stages.<stage>.dtype wins over this one.
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # PyTorch scaled-dot-product attention (diffusers AttnProcessor2_0), set explicitly on
+    # every classic attention layer of the UNet and VAE; other processors are left alone.
+    sdpa: bool = True
+    # UNet and VAE weights in channels_last memory format (faster tensor-core convolutions).
+    channels_last: bool = True
+    # torch.compile the denoiser and the VAE decoder. Each new batch shape compiles first
+    # (minutes with the max-autotune modes), so it pays off on long runs only.
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = (
+        "max-autotune-no-cudagraphs"
+    )
+    # A diffusers AutoencoderTiny folder (local path or object-storage URI, cached like
+    # model.uri) that decodes instead of the pipeline's VAE, on every device: the main
+    # lever for one-step models, at some cost in detail. null keeps the pipeline's VAE.
+    # Its latent channels and upsampling factor must match the pipeline's VAE.
+    tiny_vae: Annotated[str, Field(min_length=1)] | None = None
+    # Copy images to the host through pinned (page-locked) memory, as uint8 made on the GPU.
+    pinned_transfer: bool = True
+
+    def explicit_dtype(self, stage: StageSpec) -> str | None:
+        """Return the stage's dtype when the spec sets it (it wins over ``dtype``), else None."""
+        return stage.dtype if "dtype" in stage.model_fields_set else None
+
+
 class ModelSpec(_Strict):
     """A diffusers pipeline folder: ``builtin:NAME``, a local path or an object-storage URI."""
 
     uri: str = "builtin:shapes-sd"
     cache_dir: str = "~/.cache/pixelmill/models"
+    # How the encode and generate stages run the pipeline on GPUs (see PerformanceSpec).
+    performance: PerformanceSpec = PerformanceSpec()
 
     def local_cache_dir(self) -> str:
         """Return the cache folder with ``~`` expanded (resolved on each node)."""
@@ -169,6 +207,9 @@ class StyleSpec(_Strict):
         return self
 
 
+DEFAULT_SCORE_MODEL = "builtin:shapes-clip"
+
+
 class ScoreSpec(_Strict):
     """The score stage: CLIP score of every image against its prompt.
 
@@ -178,8 +219,14 @@ class ScoreSpec(_Strict):
     Parquet with their score, left out of the tar, counted apart from errors.
     """
 
-    model: ModelSpec = ModelSpec(uri="builtin:shapes-clip")
+    model: ModelSpec = ModelSpec(uri=DEFAULT_SCORE_MODEL)
     min_score: Annotated[float, Field(ge=0, le=100)] | None = None
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _score_model_default(cls, value: Any) -> Any:
+        """``model: {cache_dir: ...}`` keeps the CLIP default, not ``ModelSpec``'s diffusion one."""
+        return {"uri": DEFAULT_SCORE_MODEL, **value} if isinstance(value, dict) else value
 
 
 class RaySpec(_Strict):
@@ -192,6 +239,19 @@ class RaySpec(_Strict):
     stall_timeout_s: Annotated[float, Field(ge=0)] = 3600.0
 
 
+class PlacementSpec(_Strict):
+    """Where stages run; output bytes are the same either way (``bench/placement.py`` measures them).
+
+    ``fuse_encode_generate`` runs the text encoder inside the generate stage's actors (one pool
+    with the generate stage's resources) instead of its own pool; ``encode_images`` runs
+    PNG/JPEG/WebP encoding in Ray tasks after the model stages (``task``) or inside the last
+    model stage's actor (``last_stage``).
+    """
+
+    fuse_encode_generate: bool = False
+    encode_images: Literal["task", "last_stage"] = "task"
+
+
 class JobSpec(_Strict):
     """A whole pixelmill job."""
 
@@ -202,6 +262,7 @@ class JobSpec(_Strict):
     stages: Stages = Stages()
     style: StyleSpec | None = None
     score: ScoreSpec | None = ScoreSpec()
+    placement: PlacementSpec = PlacementSpec()
     ray: RaySpec = RaySpec()
     seed: int = 0
     limit: PositiveInt | None = None

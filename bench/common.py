@@ -1,0 +1,201 @@
+"""What every benchmark shares: a moto S3 server, prompt tables, job specs, memory probes, the result table.
+
+Benchmarks compare two ways of doing the same work measured side by side in one process
+run, and print the ratio; absolute times are reported, never asserted (the machines are
+shared and noisy).  Each benchmark writes its numbers as JSON under ``bench/results/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+BUCKET = "bench"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def moto_s3() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 with a ``bench`` bucket; ``AWS_*`` variables point at it.
+
+    Set before Ray starts, the variables reach every worker (the runner forwards them).
+    """
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {key: os.environ.get(key) for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    try:
+        s3().mkdir(BUCKET)
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def s3():
+    """An s3fs filesystem on the current ``AWS_ENDPOINT_URL`` (a fresh instance each call)."""
+    import s3fs
+
+    return s3fs.S3FileSystem(client_kwargs={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}, skip_instance_cache=True)
+
+
+def world_prompts(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` prompt rows with captions of the built-in world (what the built-in model draws)."""
+    from models import world
+
+    return [
+        {"id": f"row-{i:06d}", "prompt": world.caption(scene)}
+        for i, scene in enumerate(world.scenes(n, seed))
+    ]
+
+
+def write_prompt_table(uri: str, rows: list[dict[str, Any]]) -> str:
+    """Write ``rows`` as one Parquet file at ``uri`` (local or ``s3://``) and return the URI."""
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with fsspec.open(uri, "wb") as handle:
+        pq.write_table(pa.Table.from_pylist(rows), handle)
+    return uri
+
+
+def job_spec(input_uri: str, output_uri: str, *sets: str, **sections: Any):
+    """A validated ``JobSpec`` for a benchmark run: built-in shapes model, 64x64, 2 steps, no report."""
+    from pipelines.spec import load_spec
+
+    raw = {
+        "input": {"uri": input_uri},
+        "output": {"uri": output_uri, "samples_per_shard": 256, "report": False},
+        "model": {"uri": "builtin:shapes-sd"},
+        "defaults": {"width": 64, "height": 64, "steps": 2},
+        "ray": {"stall_timeout_s": 0},
+        **sections,
+    }
+    return load_spec(raw=raw, sets=list(sets))
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """One local Ray runtime for the whole benchmark process (started once, like the test session)."""
+    import ray
+
+    if not ray.is_initialized():
+        from pipelines.storage import storage_env_vars
+
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        ray.init(
+            num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
+            runtime_env={"env_vars": storage_env_vars()}, log_to_driver=False,
+        )
+
+
+class MemoryProbe:
+    """Peak resident memory (RSS) of this process and of all Ray worker processes, sampled every 0.2 s.
+
+    Ray's workers are separate processes (``ray::`` in their command line); their peak is
+    the largest sum of their RSS seen in one sample, and the largest single worker.
+    """
+
+    def __init__(self, interval_s: float = 0.2) -> None:
+        self.interval_s = interval_s
+        self.driver_peak = 0
+        self.workers_peak = 0
+        self.worker_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        self.driver_peak = max(self.driver_peak, me.memory_info().rss)
+        total = 0
+        for process in psutil.process_iter(["cmdline", "memory_info"]):
+            cmdline = process.info["cmdline"] or []
+            if cmdline and cmdline[0].startswith("ray::") and process.info["memory_info"] is not None:
+                rss = process.info["memory_info"].rss
+                total += rss
+                self.worker_peak = max(self.worker_peak, rss)
+        self.workers_peak = max(self.workers_peak, total)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                self._sample()
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "MemoryProbe":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def as_mib(self) -> dict[str, float]:
+        return {
+            "driver_peak_mib": round(self.driver_peak / 2**20, 1),
+            "workers_peak_mib": round(self.workers_peak / 2**20, 1),
+            "largest_worker_peak_mib": round(self.worker_peak / 2**20, 1),
+        }
+
+
+@contextlib.contextmanager
+def timed(into: dict[str, float], key: str) -> Iterator[None]:
+    """Store the wall time of the block in ``into[key]`` (seconds)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        into[key] = time.perf_counter() - start
+
+
+def report(name: str, rows: list[dict[str, Any]], ratios: dict[str, dict[str, Any]], extra: dict | None = None) -> dict:
+    """Print a table of ``rows`` and the ratios against their targets; write ``results/<name>.json``.
+
+    Args:
+        rows: one dict per measured variant (same keys in each).
+        ratios: name -> ``{"value": float, "target": str, "met": bool}``.
+    """
+    print(f"\n== {name} ==")
+    if rows:
+        keys = list(rows[0])
+        widths = {k: max(len(k), *(len(_cell(r.get(k))) for r in rows)) for k in keys}
+        print("  ".join(k.ljust(widths[k]) for k in keys))
+        for row in rows:
+            print("  ".join(_cell(row.get(k)).ljust(widths[k]) for k in keys))
+    for label, ratio in ratios.items():
+        verdict = "met" if ratio["met"] else "MISSED"
+        print(f"{label}: {ratio['value']:.2f} (target {ratio['target']}: {verdict})")
+    payload = {"benchmark": name, "rows": rows, "ratios": ratios, "cpus": os.cpu_count(), **(extra or {})}
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(os.path.join(RESULTS_DIR, f"{name}.json"), "w") as handle:
+        json.dump(payload, handle, indent=1)
+    return payload
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)

@@ -1,0 +1,137 @@
+"""Pipeline efficiency: full pixelmill images/s over a bare loop of its bottleneck stage's model.
+
+Usage: python -m bench.efficiency [--rows 384] [--batch 16]
+
+Side by side in one process, on the same prompts:
+
+- **pixelmill**: ``run_job`` on the built-in shapes model (read Parquet from moto S3 ->
+  encode -> generate -> score -> encode PNG -> commit shards to moto S3), one actor per
+  stage.  Images/s is counted over the whole run, start-up included, and over the run
+  after its first committed shard (steady state).
+- **bare loop**: the generate stage's model alone (``models.diffusion.ImageGenerator``) on
+  the same batches and embeddings, same threads as the stage's actor (Ray gives an actor
+  one thread per CPU it holds), no Ray, no I/O.
+
+Target: pixelmill / bare >= 0.9.  On a CPU-only machine every stage shares the same cores
+as the bottleneck, which a GPU node does not do; the per-stage seconds per row printed
+below say where the time went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from bench.common import BUCKET, MemoryProbe, init_ray, job_spec, moto_s3, report, world_prompts, write_prompt_table
+
+
+def bare_generate_loop(spec, prompts: list[str], seeds: list[int], threads: int) -> float:
+    """Images/s of the generate model alone, batches as the stage gets them; embeddings precomputed."""
+    from models.diffusion import ImageGenerator, PromptEncoder
+    from models.store import resolve_model_path
+
+    path = resolve_model_path(spec.model.uri, cache_dir=spec.model.local_cache_dir())
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        embeds = PromptEncoder(path).encode(prompts, None, guidance=[1.0] * len(prompts), micro_batch=16)
+        generator = ImageGenerator(path)
+        stage = spec.stages.generate
+        kwargs = {"width": spec.defaults.width, "height": spec.defaults.height, "steps": spec.defaults.steps,
+                  "guidance": spec.defaults.guidance, "micro_batch": stage.micro_batch_size}
+        first = {name: value[: stage.batch_size] for name, value in embeds.items()}
+        generator.generate_checked(first, seeds=seeds[: stage.batch_size], **kwargs)  # warm-up
+        start = time.perf_counter()
+        for lo in range(0, len(prompts), stage.batch_size):
+            batch = {name: value[lo : lo + stage.batch_size] for name, value in embeds.items()}
+            generator.generate_checked(batch, seeds=seeds[lo : lo + stage.batch_size], **kwargs)
+        return len(prompts) / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def steady_state_rate(output_uri: str) -> float | None:
+    """Images/s between the first and the last shard commit (from the stats files' times)."""
+    import json
+
+    from bench.common import s3
+
+    fs = s3()
+    stats = [json.loads(fs.cat(path)) for path in fs.glob(output_uri.removeprefix("s3://") + "/*_stats.json")]
+    if len(stats) < 2:
+        return None
+    stats.sort(key=lambda s: s["end_time"])
+    images = sum(s["successes"] for s in stats[1:])
+    span = _seconds(stats[-1]["end_time"]) - _seconds(stats[0]["end_time"])
+    return images / span if span > 0 else None
+
+
+def _seconds(stamp: str | float) -> float:
+    import datetime as dt
+
+    return stamp if isinstance(stamp, float) else dt.datetime.fromisoformat(stamp).timestamp()
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=384)
+    parser.add_argument("--batch", type=int, default=16, help="generate batch size (rows per call)")
+    args = parser.parse_args(argv)
+    with moto_s3():
+        init_ray()
+        rows = world_prompts(args.rows, seed=11)
+        source = write_prompt_table(f"s3://{BUCKET}/efficiency/prompts.parquet", rows)
+        output = f"s3://{BUCKET}/efficiency/out"
+        spec = job_spec(
+            source, output, f"stages.generate.batch_size={args.batch}", "output.samples_per_shard=64",
+        )
+        from pipelines.runner import run_job
+
+        with MemoryProbe() as memory:
+            start = time.perf_counter()
+            summary = run_job(spec, mode="overwrite")
+            wall = time.perf_counter() - start
+        pipeline_rate = summary.images / wall
+        steady = steady_state_rate(output)
+        # The row seeds the pipeline used: sha256(job seed, id), as pipelines.rows derives them.
+        from pipelines.rows import derive_seed
+
+        seeds = [derive_seed(spec.seed, row["id"]) for row in rows]
+        threads = max(1, int(spec.stages.generate.num_cpus))
+        bare_rate = bare_generate_loop(spec, [row["prompt"] for row in rows], seeds, threads)
+    table = [
+        {"variant": "pixelmill run_job (whole run)", "images": summary.images, "wall_s": wall, "images_per_s": pipeline_rate},
+        {"variant": "pixelmill (after first shard)", "images": "", "wall_s": "", "images_per_s": steady or float("nan")},
+        {"variant": "bare generate loop", "images": len(rows), "wall_s": len(rows) / bare_rate, "images_per_s": bare_rate},
+    ]
+    ratios = {
+        "efficiency (whole run / bare)": {"value": pipeline_rate / bare_rate, "target": ">= 0.9",
+                                          "met": pipeline_rate / bare_rate >= 0.9},
+    }
+    if steady:
+        ratios["efficiency (steady state / bare)"] = {"value": steady / bare_rate, "target": ">= 0.9",
+                                                      "met": steady / bare_rate >= 0.9}
+    return report("efficiency", table, ratios, extra={
+        "memory": memory.as_mib(), "stage_s_per_row": summary_stage_times(output), "threads": threads,
+        "rows": args.rows, "generate_batch": args.batch,
+    })
+
+
+def summary_stage_times(output_uri: str) -> dict[str, float]:
+    """Mean seconds per row of each stage (the ``*_s`` columns of the Parquet)."""
+    import pyarrow.dataset as pads
+
+    from bench.common import s3
+
+    table = pads.dataset(output_uri.removeprefix("s3://"), filesystem=s3(), format="parquet").to_table()
+    return {
+        name: float(np.nanmean(table[name].to_numpy(zero_copy_only=False)))
+        for name in table.column_names if name.endswith("_s")
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Memory and time as the input grows: 1k, 10k and 50k rows from moto S3, each run in a fresh process.
+
+Usage: python -m bench.scaling [--sizes 1000 10000 50000] [--side 16] [--steps 1]
+
+Each size runs in its own Python process (a fresh driver and a fresh local Ray, so one
+run's memory cannot hide in another's), reading a Parquet prompt table from moto S3 and
+writing shards back there, with the built-in shapes model at a small image size so 50k rows
+fit in minutes on 2 cores (the pipeline's per-row work is the same at any size).  Peak
+resident memory is sampled every 0.2 s for the driver and for all Ray workers together.
+Time per 1,000 rows is given for the whole run and for its steady state (between the
+first and the last shard commit: start-up, model loading and the final shard are fixed
+costs that a 1k-row run cannot amortise).
+
+Targets: peak memory at the largest size <= 1.2 x at the smallest (driver and workers);
+steady-state time per row within 15% of the smallest size's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+from bench.common import BUCKET, MemoryProbe, init_ray, job_spec, moto_s3, report, world_prompts, write_prompt_table
+
+
+def one_size(rows: int, side: int, steps: int) -> dict:
+    """Run ``rows`` rows end to end in this process and return time and memory."""
+    from bench.efficiency import steady_state_rate
+    from pipelines.runner import run_job
+
+    with moto_s3():
+        init_ray()
+        source = write_prompt_table(f"s3://{BUCKET}/scaling/prompts.parquet", world_prompts(rows, seed=rows))
+        output = f"s3://{BUCKET}/scaling/out"
+        spec = job_spec(
+            source, output, f"defaults.width={side}", f"defaults.height={side}", f"defaults.steps={steps}",
+            "stages.generate.batch_size=64", "stages.generate.micro_batch_size=16", "output.samples_per_shard=1000",
+            score=None,
+        )
+        with MemoryProbe() as memory:
+            start = time.perf_counter()
+            summary = run_job(spec, mode="overwrite")
+            wall = time.perf_counter() - start
+        steady = steady_state_rate(output)
+    return {
+        "rows": rows, "images": summary.images, "balanced": summary.balanced, "wall_s": round(wall, 1),
+        "s_per_1k_rows": round(1000 * wall / rows, 2),
+        "steady_s_per_1k_rows": round(1000 / steady, 2) if steady else None,
+        **memory.as_mib(),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 50000])
+    parser.add_argument("--side", type=int, default=16, help="image side (multiple of 8; the UNet needs >= 16)")
+    parser.add_argument("--steps", type=int, default=1)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: run one size, print JSON
+    args = parser.parse_args(argv)
+    if args.one:
+        print("RESULT " + json.dumps(one_size(args.one, args.side, args.steps)), flush=True)
+        return {}
+    results = []
+    for rows in args.sizes:
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.scaling", "--one", str(rows), "--side", str(args.side), "--steps", str(args.steps)],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
+        print(f"{rows} rows: {results[-1]}", flush=True)
+    first, last = results[0], results[-1]
+    ratios = {}
+    for key in ("driver_peak_mib", "workers_peak_mib"):
+        value = last[key] / first[key]
+        ratios[f"{key} {last['rows']} / {first['rows']}"] = {"value": value, "target": "<= 1.2", "met": value <= 1.2}
+    if first["steady_s_per_1k_rows"] and last["steady_s_per_1k_rows"]:
+        value = last["steady_s_per_1k_rows"] / first["steady_s_per_1k_rows"]
+        ratios[f"steady time per row {last['rows']} / {first['rows']}"] = {
+            "value": value, "target": "within 15% (0.85-1.15)", "met": 0.85 <= value <= 1.15,
+        }
+    value = last["s_per_1k_rows"] / first["s_per_1k_rows"]
+    ratios[f"whole-run time per row {last['rows']} / {first['rows']}"] = {
+        "value": value, "target": "within 15% (0.85-1.15)", "met": 0.85 <= value <= 1.15,
+    }
+    return report("scaling", results, ratios, extra={"side": args.side, "steps": args.steps})
+
+
+if __name__ == "__main__":
+    main()
