@@ -1,4 +1,5 @@
-"""The ``pixelmill`` command: ``validate`` and ``run`` a job spec; ``retry-errors`` and ``report`` of an output.
+"""The ``pixelmill`` command: ``validate`` and ``run`` a job spec; ``retry-errors`` and ``report`` of an output;
+``submit``/``status``/``logs``/``stop`` a job on a Ray cluster; ``cluster render`` its Kubernetes manifests.
 
 Exit codes (for schedulers):
     0  the run finished, balanced, at or above ``--min-success-rate``;
@@ -6,6 +7,8 @@ Exit codes (for schedulers):
        balance (everything it could do is written), or it failed mid-run;
     2  nothing was done: bad spec, missing input, unreachable output;
     3  the watchdog stopped a run that made no progress (rerun to resume).
+``submit --wait`` exits with the cluster run's code; the job commands exit 2
+when the job server cannot be reached or refuses the request (token).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from pipelines.spec import SpecError, load_spec
@@ -39,6 +43,48 @@ def _add_min_success_rate(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_address(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--address", metavar="URL",
+        help="the Ray job server (dashboard), e.g. http://head:8265 "
+        "(default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, else http://127.0.0.1:8265)",
+    )
+
+
+def _add_job_commands(commands: Any) -> None:
+    submit = commands.add_parser("submit", help="submit a job spec to a Ray cluster (Ray Job Submission API)")
+    submit.add_argument("spec", help="path to the job YAML")
+    submit.add_argument("--output", dest="output_uri", help="override output.uri")
+    _add_overrides(submit)
+    _add_address(submit)
+    submit.add_argument("--mode", choices=("resume", "overwrite", "append"), default="resume", help="as for run")
+    _add_min_success_rate(submit)
+    submit.add_argument(
+        "--env-var", dest="env_vars", action="append", default=[], metavar="NAME",
+        help="forward this variable's value from here to the job, by name (repeatable; "
+        "the AWS_* storage variables are always forwarded when set)",
+    )
+    submit.add_argument("--submission-id", help="a chosen job id (a second submission with it is refused)")
+    submit.add_argument("--wait", action="store_true", help="follow the logs and exit with the run's exit code")
+    for name, text in (("status", "show a submitted job's status"), ("logs", "print a job's logs"),
+                       ("stop", "stop a submitted job")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("job_id", metavar="JOB_ID", help="the id printed by submit")
+        _add_address(command)
+    commands.choices["logs"].add_argument("--follow", action="store_true", help="stream until the job ends")
+    cluster = commands.add_parser("cluster", help="Kubernetes manifests for a job spec")
+    render = cluster.add_subparsers(dest="cluster_command", required=True).add_parser(
+        "render", help="write the KubeRay RayCluster/RayJob (and with --schedule a CronJob) for a spec"
+    )
+    render.add_argument("spec", help="path to the job YAML")
+    render.add_argument("--output", dest="output_uri", help="override output.uri")
+    _add_overrides(render)
+    render.add_argument("--schedule", metavar="CRON", help='also write a nightly CronJob, e.g. "0 2 * * *" (UTC)')
+    render.add_argument("--image", help="the pixelmill image built from cluster/Dockerfile")
+    render.add_argument("--gpus-per-pod", type=int, help="GPUs of one GPU worker pod (default: the largest stage's)")
+    render.add_argument("--out", default="out/cluster", metavar="DIR", help="where to write (default out/cluster)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelmill", description="Turn prompt tables into image datasets on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -61,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_min_success_rate(retry)
     report = commands.add_parser("report", help="write OUT/report.html, a self-contained report of the output")
     report.add_argument("output_uri", metavar="OUT", help="the output of a run")
+    _add_job_commands(commands)
     return parser
 
 
@@ -91,6 +138,74 @@ def _load(args: argparse.Namespace):
     return load_spec(args.spec, sets=args.sets, input_uri=args.input_uri, output_uri=args.output_uri, limit=args.limit)
 
 
+def _submit(args: argparse.Namespace, spec: Any) -> int:
+    """``pixelmill submit``: print the job id (alone on stdout); with ``--wait`` follow it to the end."""
+    from pipelines import jobs
+
+    address = args.address or jobs.default_address()
+    if "://" not in spec.output.uri or spec.output.uri.startswith("file://"):
+        print(f"pixelmill: output {spec.output.uri} is a path on the cluster's nodes; "
+              "use object storage (s3://...) on a multi-node cluster", file=sys.stderr)
+    job_id = None
+    try:
+        env_vars, missing = jobs.forwarded_env(args.env_vars)
+        for name in missing:
+            print(f"pixelmill: --env-var {name} is not set here; not forwarded", file=sys.stderr)
+        if env_vars:  # names only: values never reach the terminal or a log
+            print(f"pixelmill: forwarding {', '.join(sorted(env_vars))} to the job", file=sys.stderr)
+        job_id = jobs.submit_job(
+            spec, address=address, env_vars=env_vars, mode=args.mode,
+            min_success_rate=args.min_success_rate, submission_id=args.submission_id,
+        )
+        print(job_id, flush=True)
+        print(f"pixelmill: submitted to {address}; `pixelmill logs {job_id} --follow` streams it", file=sys.stderr)
+        if not args.wait:
+            return EXIT_OK
+        state = jobs.follow_logs(job_id, address=address)
+    except jobs.JobsError as error:
+        print(f"pixelmill: {error}", file=sys.stderr)
+        return EXIT_NOTHING_DONE if job_id is None else EXIT_RUN_FAILED
+    print(f"pixelmill: {state.line()}", file=sys.stderr)
+    return jobs.exit_code(state)
+
+
+def _job_command(args: argparse.Namespace) -> int:
+    """``pixelmill status|logs|stop JOB_ID``."""
+    from pipelines import jobs
+
+    address = args.address or jobs.default_address()
+    try:
+        if args.command == "status":
+            print(jobs.job_state(args.job_id, address=address).line())
+        elif args.command == "logs" and args.follow:
+            jobs.follow_logs(args.job_id, address=address)
+        elif args.command == "logs":
+            sys.stdout.write(jobs.job_logs(args.job_id, address=address))
+        else:
+            stopped = jobs.stop_job(args.job_id, address=address)
+            print(f"pixelmill: {'stop requested for' if stopped else 'not running:'} {args.job_id}")
+    except jobs.JobsError as error:
+        print(f"pixelmill: {error}", file=sys.stderr)
+        return EXIT_NOTHING_DONE
+    return EXIT_OK
+
+
+def _render(args: argparse.Namespace, spec: Any) -> int:
+    """``pixelmill cluster render``: write the manifests and name them."""
+    from pipelines.manifests import render_files
+    from pipelines.storage import redact
+
+    if redact(spec.storage_options) != spec.storage_options:
+        print("pixelmill: storage_options holds secret-looking values, which the manifests carry in a ConfigMap; "
+              "put credentials in the pixelmill-storage Secret instead", file=sys.stderr)
+    for path in render_files(
+        spec, name=Path(args.spec).stem, out_dir=Path(args.out), image=args.image,
+        schedule=args.schedule, gpus_per_pod=args.gpus_per_pod,
+    ):
+        print(f"pixelmill: wrote {path}")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pixelmill`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
@@ -98,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.report import report_main
 
         return report_main(args.output_uri)
+    if args.command in ("status", "logs", "stop"):
+        return _job_command(args)
     try:
         spec = _load(args)
     except (SpecError, OSError) as error:
@@ -106,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         print(f"pixelmill: {args.spec} is valid (input {spec.input.uri} -> output {spec.output.uri})")
         return EXIT_OK
+    if args.command == "submit":
+        return _submit(args, spec)
+    if args.command == "cluster":
+        return _render(args, spec)
 
     from pipelines.runner import PreflightError, RunStalled, first_line, retry_errors, root_cause, run_job
 
