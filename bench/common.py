@@ -34,8 +34,11 @@ def moto_s3() -> Iterator[str]:
 
     Set before Ray starts, the variables reach every worker (the runner forwards them).
     """
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()

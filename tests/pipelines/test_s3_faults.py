@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 from pipelines.runner import run_job
@@ -56,20 +58,25 @@ def test_local_write_once_leaves_nothing_on_error(tmp_path: Path) -> None:
     assert target.read_bytes() == b"a whole shard"
 
 
-def test_s3_write_once_leaves_nothing_on_error(s3) -> None:
-    import pytest
+@pytest.mark.parametrize("single_put_limit", [64 << 20, 1 << 20], ids=["one-put", "multipart"])
+def test_s3_write_once_leaves_nothing_on_error(s3, monkeypatch, single_put_limit: int) -> None:
+    from pipelines import storage
 
-    from pipelines.storage import filesystem, write_once
-
-    fs, _ = filesystem("s3://pixelmill/x")
+    monkeypatch.setattr(storage, "SINGLE_PUT_LIMIT", single_put_limit)
+    fs, _ = storage.filesystem("s3://pixelmill/x")
     with pytest.raises(RuntimeError):
-        with write_once(fs, "pixelmill/w/00000.tar", staging_dir="unused") as f:
-            f.write(b"x" * (6 << 20))  # past one multipart block: parts were uploaded
+        with storage.write_once(fs, "pixelmill/w/00000.tar", staging_dir="unused") as f:
+            f.write(b"x" * (6 << 20))
             f.flush()
+            assert (f.upload is not None) == (single_put_limit < (6 << 20))  # streaming as a multipart upload
             raise RuntimeError("the writer died")
     fs.invalidate_cache()
     assert not fs.exists("pixelmill/w/00000.tar")
     assert s3.call_s3("list_multipart_uploads", Bucket="pixelmill").get("Uploads", []) == []  # aborted
-    with write_once(fs, "pixelmill/w/00000.tar", staging_dir="unused") as f:
-        f.write(b"a whole shard")
-    assert fs.cat_file("pixelmill/w/00000.tar") == b"a whole shard"
+    whole = b"a whole shard" * (1 << 17)  # 1.6 MiB: past the 1 MiB limit, under the default
+    with storage.write_once(fs, "pixelmill/w/00000.tar", staging_dir="unused") as f:
+        f.write(whole[:100])
+        f.write(memoryview(whole)[100:])
+        assert f.tell() == len(whole)
+    fs.invalidate_cache()
+    assert fs.cat_file("pixelmill/w/00000.tar") == whole
