@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,30 +34,47 @@ def _free_port() -> int:
 def moto_s3() -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 with a ``bench`` bucket; ``AWS_*`` variables point at it.
 
-    Set before Ray starts, the variables reach every worker (the runner forwards them).
+    The server is its own process (``moto_server``), like a real endpoint: in the driver's
+    process its request threads would compete for the GIL with Ray Data's executor and
+    with the driver's own uploads.  Set before Ray starts, the variables reach every
+    worker (the runner forwards them).
     """
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
     port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     saved = {key: os.environ.get(key) for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench-secret")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     try:
+        _wait_for(endpoint, server)
         s3().mkdir(BUCKET)
         yield endpoint
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=30)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _wait_for(endpoint: str, server: subprocess.Popen, timeout_s: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"moto_server exited with {server.returncode}")
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"moto_server did not answer at {endpoint} within {timeout_s} s")
 
 
 def s3():
