@@ -210,7 +210,7 @@ def report(name: str, rows: list[dict[str, Any]], ratios: dict[str, dict[str, An
     for label, ratio in ratios.items():
         verdict = "met" if ratio["met"] else "MISSED"
         print(f"{label}: {ratio['value']:.2f} (target {ratio['target']}: {verdict})")
-    payload = {"benchmark": name, "rows": rows, "ratios": ratios, "cpus": os.cpu_count(), **(extra or {})}
+    payload = {"benchmark": name, "cpus": os.cpu_count(), **(extra or {}), "table": rows, "ratios": ratios}
     os.makedirs(RESULTS_DIR, exist_ok=True)
     with open(os.path.join(RESULTS_DIR, f"{name}.json"), "w") as handle:
         json.dump(payload, handle, indent=1)
