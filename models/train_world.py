@@ -1,10 +1,13 @@
 """Train the ``shapes-sd`` and ``shapes-clip`` models on the procedural world (``models.world``).
 
-Usage::
+Usage (the four stages that made the shipped ``shapes-sd``; see its model card)::
 
-    python -m models.train_world sd --out models/zoo/shapes-sd --seed 0 --pool 12000 --vae-steps 900 --steps 1600 --lr 1e-3
+    python -m models.train_world sd --out runs/s1 --seed 0 --pool 12000 --vae-steps 900 --steps 1600 --lr 1e-3 --unet-channels 32 64
+    python -m models.train_world sd --out runs/s2 --init runs/s1 --seed 1 --pool 12000 --vae-steps 0 --steps 800 --lr 5e-4 --few-step-share 0.5 --unet-channels 32 64
+    python -m models.train_world sd --out runs/vae --init runs/s2 --seed 4 --pool 12000 --vae-steps 3000 --vae-lr 5e-4 --vae-decoder-only --steps 0 --unet-channels 32 64
+    python -m models.train_world sd --out models/zoo/shapes-sd --init runs/s2 --vae-from runs/vae --seed 2 --pool 12000 --vae-steps 0 --steps 6000 --lr 1e-3 --few-step-share 0.8
     python -m models.train_world clip --out models/zoo/shapes-clip --seed 0 --pool 12000 --steps 700 --batch 96
-    python -m models.train_world evaluate --sd models/zoo/shapes-sd --clip models/zoo/shapes-clip
+    python -m models.train_world evaluate --sd models/zoo/shapes-sd --clip models/zoo/shapes-clip --steps 1 2 4
 
 ``sd`` trains a small ``AutoencoderKL`` (64x64 RGB <-> 16x16x4 latents) on world images,
 then a CLIP text encoder and a cross-attention ``UNet2DConditionModel`` together with the
@@ -14,7 +17,7 @@ trains a small ``CLIPModel`` (64x64 input) contrastively on world pairs, with mi
 noise on half of the images.  Both train on ``world.pairs(..., split_name="train")`` only;
 ``evaluate`` generates from held-out captions (``world.held_out``) and prints adherence
 rates and CLIP scores as JSON.  A run is deterministic for its seed (fixed data order,
-``torch.manual_seed``, 2 threads) on a given machine and library build.
+``torch.manual_seed``, 1 thread by default) on a given machine and library build.
 """
 
 from __future__ import annotations
@@ -121,6 +124,10 @@ def train_sd(args: argparse.Namespace) -> None:
     if args.init:  # continue from a saved shapes-sd folder; its UNet only when the architecture matches
         init = StableDiffusionPipeline.from_pretrained(args.init)
         vae, text_encoder = init.vae, init.text_encoder
+    if args.vae_from:  # e.g. a decoder fine-tune of the same encoder: same latents, better pixels
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae")
         if tuple(init.unet.config.block_out_channels) == tuple(args.unet_channels):
             unet = init.unet
         else:
@@ -156,7 +163,7 @@ def train_sd(args: argparse.Namespace) -> None:
     # 2. Latents of the pool (posterior means); scaling factor from their std
     with torch.no_grad():
         means = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in pixels.split(512)])
-    if not args.init or (args.vae_steps and not args.vae_decoder_only):  # the encoder changed
+    if not args.vae_decoder_only:  # a decoder fine-tune keeps the latents, so their scale stays
         vae.register_to_config(scaling_factor=float(1.0 / means.std()))
     scale = vae.config.scaling_factor
     print(f"latent std {means.std():.4f}, scaling_factor {scale:.4f}", flush=True)
@@ -343,6 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     sd.add_argument("--vae-steps", type=int, default=600)
     sd.add_argument("--steps", type=int, default=3000, help="text encoder + UNet steps")
     sd.add_argument("--vae-batch", type=int, default=16)
+    sd.add_argument("--vae-from", help="a shapes-sd folder whose VAE replaces --init's (same encoder)")
     sd.add_argument("--vae-decoder-only", action="store_true",
                     help="train only the VAE decoder (latents unchanged; use with --init)")
     sd.add_argument("--batch", type=int, default=32)

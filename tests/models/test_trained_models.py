@@ -27,12 +27,12 @@ SD_FOLDER = os.path.abspath(os.path.join(ZOO, "shapes-sd"))
 CLIP_FOLDER = os.path.abspath(os.path.join(ZOO, "shapes-clip"))
 STEPS = 2  # the project's default step count
 CAPTIONS = [text for text, _image, _scene in world.held_out(16, 7)]
-# A floor well below the background rate measured over 200 held-out captions (0.99 at
-# 2 steps, see models/zoo/shapes-sd/README.md); the untrained pipeline (same
-# architecture, text encoder and UNet re-initialised) must stay under it.  The shipped
-# model is under-trained: colour_position is only 0.03 at 2 steps, so it is checked
-# against the untrained pipeline (never better), not against a floor.
+# Floors well below the rates measured over 200 held-out captions at 2 steps (background
+# 1.00, colour + position 0.985, see models/zoo/shapes-sd/README.md), with room for the
+# spread of 16 captions; the untrained pipeline (same architecture, text encoder and UNet
+# re-initialised) must stay under both.
 BACKGROUND_FLOOR = 0.75
+COLOUR_POSITION_FLOOR = 0.75
 
 
 def _generate(path: str, captions: list[str], *, seed: int = 0) -> np.ndarray:
@@ -100,8 +100,9 @@ def test_held_out_adherence_beats_the_untrained_pipeline(
     trained = rate(CAPTIONS, generated, judge_shape=False)
     untrained = rate(CAPTIONS, _generate(untrained_sd_path, CAPTIONS), judge_shape=False)
     assert trained["background"] >= BACKGROUND_FLOOR, trained
+    assert trained["colour_position"] >= COLOUR_POSITION_FLOOR, trained
     assert untrained["background"] < BACKGROUND_FLOOR, untrained
-    assert trained["colour_position"] >= untrained["colour_position"], (trained, untrained)
+    assert untrained["colour_position"] < COLOUR_POSITION_FLOOR, untrained
 
 
 def test_clip_scores_matched_pairs_above_shuffled(model_cache_dir: str, generated: np.ndarray) -> None:
