@@ -13,7 +13,7 @@ from actors.encode import EMBED_PREFIX
 from actors.loading import local_model_path, stage_device
 from actors.rowerrors import mark_errors, run_isolating
 from pipelines.faults import inject
-from pipelines.spec import ModelSpec, StageSpec
+from pipelines.spec import GenerateSpec, ModelSpec, StageSpec
 
 __all__ = ["GenerateStage", "IMAGE_COLUMN"]
 
@@ -24,36 +24,48 @@ logger = logging.getLogger(__name__)
 
 
 class GenerateStage:
-    """Callable class for ``map_batches``: denoises from the encode stage's embeddings.
+    """Callable class for ``map_batches``: draws images from the encode stage's embeddings.
 
-    Loads the pipeline without its text encoders (once per actor).  Rows are
-    grouped by size, steps and guidance so each group is one batched call;
-    every row draws its latents from its own seed, so a row's image does not
-    depend on the batch it lands in.
+    Loads the image half of the model with the backend the spec names
+    (``actors.backends``: a diffusers pipeline without its text encoders, or a GAN
+    generator), once per actor.  Rows are grouped by size, steps and guidance so each
+    group is one batched call; every row draws its latents (or noise) from its own
+    seed, so a row's image does not depend on the batch it lands in.
 
     Args:
-        model: which pipeline to load, and its fast paths (``model.performance``; a
+        model: which model to load, and its fast paths (``model.performance``; a
             ``tiny_vae`` URI is resolved through the model store like ``model.uri``).
         stage: device, dtype and batch settings of this stage.
+        generate: which backend draws (default: diffusers).
         storage_options: fsspec options for a model in object storage.
     """
 
-    def __init__(self, *, model: ModelSpec, stage: StageSpec, storage_options: dict[str, Any] | None = None) -> None:
-        from models.diffusion import ImageGenerator
+    def __init__(
+        self,
+        *,
+        model: ModelSpec,
+        stage: StageSpec,
+        generate: GenerateSpec | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        from actors.backends import GENERATE_BACKENDS, load_backend
         from models.fastpaths import FastPaths
         from models.store import resolve_model_path
 
+        backend = (generate or GenerateSpec()).backend
         performance = model.performance
         tiny_vae = performance.tiny_vae
         if tiny_vae is not None:
             tiny_vae = resolve_model_path(tiny_vae, cache_dir=model.local_cache_dir(), storage_options=storage_options)
-        self.generator = ImageGenerator(
+        self.generator = load_backend(
+            backend,
             local_model_path(model, storage_options),
             device=stage_device(stage),
             dtype=performance.explicit_dtype(stage),
             fast_paths=FastPaths(**{**performance.model_dump(), "tiny_vae": tiny_vae}),
         )
-        logger.info("generate stage fast paths: %s", self.generator.fast_paths_applied)
+        logger.info("generate stage (%s) fast paths: %s", backend, self.generator.fast_paths_applied)
+        self.one_pass = GENERATE_BACKENDS[backend].one_pass
         self.model_uri = model.uri
         self.micro_batch = stage.micro_batch_size
 
@@ -96,6 +108,9 @@ class GenerateStage:
         for name in embed_columns:
             del batch[name]
         batch[IMAGE_COLUMN] = _image_column(images, batch)
+        if self.one_pass:  # what ran: one forward pass, no guidance, whatever the row asked for
+            batch["steps"] = np.ones(size, dtype=np.asarray(batch["steps"]).dtype)
+            batch["guidance"] = np.ones(size, dtype=np.asarray(batch["guidance"]).dtype)
         info = self.generator.info
         batch["model"] = np.full(size, self.model_uri, dtype=object)
         batch["model_hash"] = np.full(size, info["model_hash"], dtype=object)

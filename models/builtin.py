@@ -215,7 +215,7 @@ BUILTIN_MODELS: dict[str, Callable[[], Any]] = {
 
 # Trained models shipped inside the package (``models/zoo/<name>``, save_pretrained layout); used in place.
 ZOO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zoo")
-SHIPPED_MODELS = ("shapes-sd", "shapes-clip")
+SHIPPED_MODELS = ("shapes-sd", "shapes-clip", "shapes-gan")
 
 
 def ensure_builtin_model(name: str, *, cache_dir: str) -> str:

@@ -49,6 +49,7 @@ import hashlib
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 import torch
@@ -75,7 +76,7 @@ def _torch_dtype(name: str) -> torch.dtype:
 
 
 def _load_half(
-    model_path: str, drop: tuple[str, ...], *, device: str, dtype: str, fast_paths: FastPaths
+    model_path: str, *, drop: tuple[str, ...], device: str, dtype: str, fast_paths: FastPaths
 ) -> tuple[DiffusionPipeline, dict]:
     """Load the pipeline at ``model_path`` without the components in ``drop``, fast paths applied.
 
@@ -115,7 +116,8 @@ class PromptEncoder:
     """The text half of a pipeline: prompts in, embeddings out.
 
     Args:
-        model_path: local diffusers folder (see ``models.store.resolve_model_path``).
+        model_path: local diffusers folder (see ``models.store.resolve_model_path``), or a
+            ``models.gan`` folder (its family's ``load_text`` loads the text half).
         device: torch device to run on.
         dtype: weights dtype name (``float32``, ``float16``, ``bfloat16``); None: chosen by
             ``fast_paths.dtype`` (float32 on CPU, bf16 on CUDA by default).
@@ -136,12 +138,9 @@ class PromptEncoder:
         self.pipeline_class, self.family = family_for(model_path)
         self.device = torch.device(device)
         fast_paths = fast_paths or FastPaths()
-        self.pipe, self.fast_paths_applied = _load_half(
-            model_path,
-            self.family.text_only_drop,
-            device=device,
-            dtype=weights_dtype(fast_paths, device, dtype),
-            fast_paths=fast_paths,
+        load = self.family.load_text or partial(_load_half, drop=self.family.text_only_drop)
+        self.pipe, self.fast_paths_applied = load(
+            model_path, device=device, dtype=weights_dtype(fast_paths, device, dtype), fast_paths=fast_paths
         )
 
     @torch.no_grad()
@@ -166,7 +165,7 @@ class PromptEncoder:
         Returns:
             float32 arrays, batch first: ``prompt_embeds`` and, per pipeline family,
             ``negative_prompt_embeds``, ``pooled_prompt_embeds``,
-            ``negative_pooled_prompt_embeds``.
+            ``negative_pooled_prompt_embeds``; for a GAN folder ``text_embeds`` only.
         """
         # 1. Check inputs
         if not prompts:
@@ -220,6 +219,30 @@ SAFETY_FLAGGED = ("filtered", "safety checker flagged the image")
 BLANK = ("error", "blank image: every pixel is black")
 
 
+def row_problems(
+    images: np.ndarray, *, non_finite: np.ndarray, flagged: np.ndarray | None = None
+) -> dict[int, tuple[str, str]]:
+    """The rows of a checked batch that are not ok: ``{row: (status, reason)}``, first check that applies.
+
+    Args:
+        images: uint8 ``[B, H, W, 3]`` as returned (non-finite values already made 0).
+        non_finite: per row, whether the image had NaN/inf (after any retry).
+        flagged: per row, whether a safety checker flagged it; None: no checker.
+
+    Used by ``ImageGenerator.generate_checked`` and by other image backends (``models.gan``).
+    """
+    blank = ~images.any(axis=(1, 2, 3))
+    problems: dict[int, tuple[str, str]] = {}
+    for row in range(len(images)):
+        if non_finite[row]:
+            problems[row] = NON_FINITE
+        elif flagged is not None and flagged[row]:
+            problems[row] = SAFETY_FLAGGED
+        elif blank[row]:
+            problems[row] = BLANK
+    return problems
+
+
 class ImageGenerator:
     """The image half of a pipeline: embeddings + seeds in, uint8 images out.
 
@@ -250,6 +273,10 @@ class ImageGenerator:
         fast_paths: FastPaths | None = None,
     ) -> None:
         self.pipeline_class, self.family = family_for(model_path)
+        if self.family.backend != "diffusers":
+            raise ValueError(
+                f"{model_path!r} is a {self.pipeline_class} ({self.family.backend} backend), not a diffusers pipeline"
+            )
         self.device = torch.device(device)
         fast_paths = fast_paths or FastPaths()
         dtype = weights_dtype(fast_paths, device, dtype)
@@ -260,7 +287,7 @@ class ImageGenerator:
             # pipeline ``generate`` calls is the same with or without one
             drop = tuple(name for name in drop if name not in SAFETY_COMPONENTS)
         self.pipe, self.fast_paths_applied = _load_half(
-            model_path, drop, device=device, dtype=dtype, fast_paths=fast_paths
+            model_path, drop=drop, device=device, dtype=dtype, fast_paths=fast_paths
         )
         self.pinned_transfer = bool(self.fast_paths_applied["pinned_transfer"])
         self.safety_checker = SafetyChecker.detach_from(self.pipe, device=self.device, dtype=self.dtype)
@@ -377,18 +404,10 @@ class ImageGenerator:
             }
 
         checked = in_fixed_chunks(compute, batch, micro_batch)
-        images = checked["images"]
         # 6. One status per row that is not ok, the first that applies
-        blank = ~images.any(axis=(1, 2, 3))
-        problems: dict[int, tuple[str, str]] = {}
-        for row in range(batch):
-            if checked["non_finite"][row]:
-                problems[row] = NON_FINITE
-            elif checked["flagged"][row]:
-                problems[row] = SAFETY_FLAGGED
-            elif blank[row]:
-                problems[row] = BLANK
-        return images, problems
+        return checked["images"], row_problems(
+            checked["images"], non_finite=checked["non_finite"], flagged=checked["flagged"]
+        )
 
     def _to_tensors(self, embeds: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """The family's embeddings as tensors on the pipeline's device and dtype."""

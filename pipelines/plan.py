@@ -98,7 +98,8 @@ def _model_stages(spec: JobSpec) -> list[tuple[str, type, dict[str, Any], StageS
     stage_args = {"model": spec.model, "storage_options": options}
     stages = [
         ("encode", EncodeStage, {**stage_args, "stage": spec.stages.encode}, spec.stages.encode),
-        ("generate", GenerateStage, {**stage_args, "stage": spec.stages.generate}, spec.stages.generate),
+        ("generate", GenerateStage, {**stage_args, "stage": spec.stages.generate, "generate": spec.generate},
+         spec.stages.generate),
     ]
     if spec.style is not None:
         from actors.style import StyleStage

@@ -119,6 +119,23 @@ class ModelSpec(_Strict):
         return os.path.expanduser(self.cache_dir)
 
 
+class GenerateSpec(_Strict):
+    """Which backend draws the images (``actors.backends``): ``diffusers`` (a diffusers pipeline,
+    the default) or ``gan`` (a one-pass text-conditional GAN, ``models.gan``, such as
+    ``builtin:shapes-gan``). A GAN ignores steps and guidance; its rows record ``steps=1``."""
+
+    backend: str = "diffusers"
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        from actors.backends import GENERATE_BACKENDS  # names only: no torch
+
+        if value not in GENERATE_BACKENDS:
+            raise ValueError(f"unknown backend {value!r}; allowed: {', '.join(GENERATE_BACKENDS)}")
+        return value
+
+
 class GenerationDefaults(_Strict):
     """Job-level generation settings; per-row columns override them."""
 
@@ -258,6 +275,7 @@ class JobSpec(_Strict):
     input: InputSpec
     output: OutputSpec
     model: ModelSpec = ModelSpec()
+    generate: GenerateSpec = GenerateSpec()
     defaults: GenerationDefaults = GenerationDefaults()
     stages: Stages = Stages()
     style: StyleSpec | None = None
