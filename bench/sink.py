@@ -1,6 +1,6 @@
 """Sink throughput: committed shards per second to moto S3 against raw s3fs uploads of the same bytes.
 
-Usage: python -m bench.sink [--rows 1200] [--side 128] [--per-shard 100]
+Usage: python -m bench.sink [--rows 4000] [--side 128] [--per-shard 1000]
 
 The rows are made in memory (random-noise PNGs, which do not compress, so the bytes are
 what a real run at that size uploads) and materialised before timing, so only the sink is
@@ -45,9 +45,9 @@ def shard_rows(rows: int, side: int, per_shard: int):
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=1200)
+    parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--side", type=int, default=128, help="image side in pixels")
-    parser.add_argument("--per-shard", type=int, default=100)
+    parser.add_argument("--per-shard", type=int, default=1000, help="rows per shard (the project default)")
     args = parser.parse_args(argv)
     from pipelines.runner import WRITE_TASK_OPTIONS
     from pipelines.sink import ShardDatasink

@@ -181,7 +181,8 @@ def _prepare_output(spec: JobSpec, mode: Mode) -> OutputPlan:
     fs, root = filesystem(spec.output.uri, spec.storage_options)
     fs.makedirs(root, exist_ok=True)
     if mode == "overwrite":
-        for path in fs.ls(root, detail=False):
+        # An object store has no empty folders: a prefix nothing was written to does not exist.
+        for path in fs.ls(root, detail=False) if fs.exists(root) else []:
             fs.rm(path, recursive=True)
         return OutputPlan(shard_offset=0, done_parquet=[], skipped=0)
     committed = _clean_output(spec)

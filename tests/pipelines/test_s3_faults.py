@@ -80,3 +80,12 @@ def test_s3_write_once_leaves_nothing_on_error(s3, monkeypatch, single_put_limit
         assert f.tell() == len(whole)
     fs.invalidate_cache()
     assert fs.cat_file("pixelmill/w/00000.tar") == whole
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "resume", "append"])
+def test_every_mode_starts_on_a_prefix_nothing_was_written_to(s3, mode: str) -> None:
+    from pipelines.runner import _prepare_output
+
+    spec = load_spec(raw={"input": {"uri": "s3://pixelmill/in/p.jsonl"}, "output": {"uri": "s3://pixelmill/never/written"}})
+    plan = _prepare_output(spec, mode)
+    assert (plan.shard_offset, plan.done_parquet, plan.skipped) == (0, [], 0)
