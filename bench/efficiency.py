@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
         seeds = [derive_seed(spec.seed, row["id"]) for row in rows]
         threads = max(1, int(spec.stages.generate.num_cpus))
         bare_rate = bare_generate_loop(spec, [row["prompt"] for row in rows], seeds, threads)
+        stage_times = summary_stage_times(output)
     table = [
         {"variant": "pixelmill run_job (whole run)", "images": summary.images, "wall_s": wall, "images_per_s": pipeline_rate},
         {"variant": "pixelmill (after first shard)", "images": "", "wall_s": "", "images_per_s": steady or float("nan")},
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         ratios["efficiency (steady state / bare)"] = {"value": steady / bare_rate, "target": ">= 0.9",
                                                       "met": steady / bare_rate >= 0.9}
     return report("efficiency", table, ratios, extra={
-        "memory": memory.as_mib(), "stage_s_per_row": summary_stage_times(output), "threads": threads,
+        "memory": memory.as_mib(), "stage_s_per_row": stage_times, "threads": threads,
         "rows": args.rows, "generate_batch": args.batch,
     })
 
@@ -126,7 +127,9 @@ def summary_stage_times(output_uri: str) -> dict[str, float]:
 
     from bench.common import s3
 
-    table = pads.dataset(output_uri.removeprefix("s3://"), filesystem=s3(), format="parquet").to_table()
+    fs = s3()
+    files = fs.glob(output_uri.removeprefix("s3://") + "/*.parquet")
+    table = pads.dataset(files, filesystem=fs, format="parquet").to_table()
     return {
         name: float(np.nanmean(table[name].to_numpy(zero_copy_only=False)))
         for name in table.column_names if name.endswith("_s")
