@@ -14,7 +14,7 @@ import time
 
 from bench.common import RESULTS_DIR
 
-BENCHMARKS = ("sink", "efficiency", "naive", "placement", "scaling")
+BENCHMARKS = ("sink", "efficiency", "naive", "backends", "placement", "scaling")
 
 
 def main(names: list[str]) -> None:
