@@ -69,10 +69,11 @@ def steady_state_rate(output_uri: str) -> float | None:
     return images / span if span > 0 else None
 
 
-def _seconds(stamp: str | float) -> float:
+def _seconds(stamp: str) -> float:
+    """Seconds since the epoch of a stats file's ISO time."""
     import datetime as dt
 
-    return stamp if isinstance(stamp, float) else dt.datetime.fromisoformat(stamp).timestamp()
+    return dt.datetime.fromisoformat(stamp).timestamp()
 
 
 def main(argv: list[str] | None = None) -> dict:
