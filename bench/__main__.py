@@ -1,14 +1,16 @@
 """Run every CPU benchmark in turn and print their ratios together: ``python -m bench [NAME ...]``.
 
-Each benchmark also prints its own table and writes ``bench/results/<name>.json``;
+Each benchmark runs in its own Python process (its own moto server and Ray runtime: a
+Ray runtime started for one benchmark would keep the first moto endpoint in its workers'
+environment), prints its own table and writes ``bench/results/<name>.json``;
 ``bench/results/summary.json`` collects the ratios.  About 10-15 minutes on 2 cores.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -24,7 +26,9 @@ def main(names: list[str]) -> None:
     summary = {}
     for name in names or BENCHMARKS:
         start = time.perf_counter()
-        result = importlib.import_module(f"bench.{name}").main([])
+        subprocess.run([sys.executable, "-m", f"bench.{name}"], check=True)
+        with open(os.path.join(RESULTS_DIR, f"{name}.json")) as handle:
+            result = json.load(handle)
         summary[name] = {"ratios": result.get("ratios", {}), "wall_s": round(time.perf_counter() - start, 1)}
     print("\n== summary ==")
     for name, entry in summary.items():

@@ -20,7 +20,8 @@ from typing import Any
 
 import psutil
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# ``PIXELMILL_BENCH_RESULTS`` moves them (the tests do, so a test run keeps the last real numbers).
+RESULTS_DIR = os.environ.get("PIXELMILL_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 BUCKET = "bench"
 
 
@@ -181,6 +182,33 @@ class MemoryProbe:
             "workers_peak_mib": round(self.workers_peak / 2**20, 1),
             "largest_worker_peak_mib": round(self.worker_peak / 2**20, 1),
         }
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process, by Ray's workers and by moto.
+
+    Sampled before and after a phase, the differences say which process the phase's CPU
+    time went to (Ray workers that exit in between are not counted).
+    """
+    totals = {"driver": 0.0, "ray_workers": 0.0, "moto": 0.0}
+    me = psutil.Process()
+    times = me.cpu_times()
+    totals["driver"] = times.user + times.system
+    for process in psutil.process_iter(["cmdline", "cpu_times"]):
+        cmdline = process.info["cmdline"] or []
+        times = process.info["cpu_times"]
+        if not cmdline or times is None:
+            continue
+        if cmdline[0].startswith("ray::"):
+            totals["ray_workers"] += times.user + times.system
+        elif "moto.server" in cmdline:
+            totals["moto"] += times.user + times.system
+    return totals
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per-process CPU seconds between two :func:`cpu_seconds` samples."""
+    return {name: round(after[name] - before[name], 2) for name in before}
 
 
 @contextlib.contextmanager

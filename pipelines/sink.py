@@ -37,8 +37,9 @@ __all__ = ["ERRORS_DIR", "ShardDatasink", "TMP_DIR", "shard_name"]
 TMP_DIR = "_tmp"
 # The run's errors table: one Parquet of error records per shard that has any.
 ERRORS_DIR = "_errors"
-# A fixed tar member time keeps reruns byte-identical.
-_TAR_MTIME = 0.0
+# A fixed tar member time keeps reruns byte-identical.  An int: tarfile writes a PAX
+# extended header (an extra 1 KiB block) for every member whose mtime is a float.
+_TAR_MTIME = 0
 _NOT_METADATA = ("image",)
 
 

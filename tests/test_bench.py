@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_sink_benchmark_runs_and_writes_its_ratio(tmp_path) -> None:
-    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env = {**os.environ, "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "PIXELMILL_BENCH_RESULTS": str(tmp_path)}
     env.pop("AWS_ENDPOINT_URL", None)  # the benchmark starts its own moto server and Ray
     done = subprocess.run(
         [sys.executable, "-m", "bench.sink", "--rows", "24", "--per-shard", "8", "--side", "16"],
@@ -19,8 +19,10 @@ def test_sink_benchmark_runs_and_writes_its_ratio(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sink / raw MB/s" in done.stdout
-    with open(os.path.join(ROOT, "bench", "results", "sink.json")) as handle:
+    with open(tmp_path / "sink.json") as handle:
         result = json.load(handle)
     sink_row, raw_row = result["table"]
     assert sink_row["files"] == raw_row["files"] == 3 * 3  # tar + Parquet + stats for each of 3 shards
     assert result["ratios"]["sink / raw MB/s"]["value"] > 0
+    assert sink_row["cpu_s_ray_workers"] > 0 and raw_row["cpu_s_moto"] > 0  # the CPU profile was taken
+    assert len(result["task_start_s"]) == 3

@@ -58,17 +58,17 @@ def test_local_write_once_leaves_nothing_on_error(tmp_path: Path) -> None:
     assert target.read_bytes() == b"a whole shard"
 
 
-@pytest.mark.parametrize("single_put_limit", [64 << 20, 1 << 20], ids=["one-put", "multipart"])
-def test_s3_write_once_leaves_nothing_on_error(s3, monkeypatch, single_put_limit: int) -> None:
+@pytest.mark.parametrize("in_memory_limit", [64 << 20, 1 << 20], ids=["in-memory", "streamed-multipart"])
+def test_s3_write_once_leaves_nothing_on_error(s3, monkeypatch, in_memory_limit: int) -> None:
     from pipelines import storage
 
-    monkeypatch.setattr(storage, "SINGLE_PUT_LIMIT", single_put_limit)
+    monkeypatch.setattr(storage, "IN_MEMORY_LIMIT", in_memory_limit)
     fs, _ = storage.filesystem("s3://pixelmill/x")
     with pytest.raises(RuntimeError):
         with storage.write_once(fs, "pixelmill/w/00000.tar", staging_dir="unused") as f:
             f.write(b"x" * (6 << 20))
             f.flush()
-            assert (f.upload is not None) == (single_put_limit < (6 << 20))  # streaming as a multipart upload
+            assert (f.upload is not None) == (in_memory_limit < (6 << 20))  # streaming as a multipart upload
             raise RuntimeError("the writer died")
     fs.invalidate_cache()
     assert not fs.exists("pixelmill/w/00000.tar")
