@@ -11,7 +11,7 @@ from actors.generate import GenerateStage
 from pipelines.images import encode_images
 from pipelines.resilience import stage_remote_args
 from pipelines.rows import INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, check_passthrough_columns, prepare_rows
-from pipelines.sources import read_prompts
+from pipelines.sources import input_columns, list_input_files, read_prompts
 from pipelines.spec import ColumnMap, JobSpec, StageSpec
 
 __all__ = ["build_dataset", "pool_options", "prepared_rows", "process_rows"]
@@ -38,16 +38,20 @@ def prepared_rows(spec: JobSpec, *, listing: tuple | None = None) -> ray.data.Da
     Args:
         listing: the input files as listed by ``list_input_files``, if already known.
     """
+    listing = listing or list_input_files(spec.input, spec.storage_options)
     ds = read_prompts(spec.input, spec.storage_options, listing=listing)
     if spec.limit is not None:
         ds = ds.limit(spec.limit)
-    input_columns = [c for c in ds.schema().names if c not in ("source", "source_row", INPUT_ERROR_COLUMN)]
-    if spec.input.columns.prompt not in input_columns:
+    names = input_columns(listing)
+    if names is None:  # no file has a first batch to show: ask Ray (reads past empty files)
+        names = ds.schema().names
+    found = [c for c in names if c not in ("source", "source_row", INPUT_ERROR_COLUMN)]
+    if spec.input.columns.prompt not in found:
         raise ValueError(
             f"input.columns.prompt: column {spec.input.columns.prompt!r} not in the input "
-            f"{spec.input.uri} (columns: {input_columns})"
+            f"{spec.input.uri} (columns: {found})"
         )
-    check_passthrough_columns(input_columns, spec.input.columns)
+    check_passthrough_columns(found, spec.input.columns)
     return ds.map_batches(
         prepare_rows,
         batch_format="pandas",

@@ -33,8 +33,10 @@ _SHARD_FILE = re.compile(r"(\d{5,})\.(tar|parquet)$")
 RETRY_MANIFEST = "_retry.json"
 # A write task builds its shard's tar and Parquet and uploads them: CPU-bound work.  Sized
 # at one CPU so Ray does not run more of them than there are cores; at half a CPU,
-# ``bench.sink`` on 2 cores ran 12 shards in 17 s against 6.6 s at one CPU.
-WRITE_TASK_OPTIONS = {"num_cpus": 1}
+# ``bench.sink`` on 2 cores ran 12 shards in 17 s against 6.6 s at one CPU.  The retry count,
+# Ray's default written out (a retried write rewrites the same shard names, see pipelines/sink.py) also
+# keeps these args unlike the repartition's, which stops Ray Data fusing the two.
+WRITE_TASK_OPTIONS = {"num_cpus": 1, "max_retries": 3}
 logger = logging.getLogger(__name__)
 
 

@@ -26,7 +26,9 @@ from pipelines.storage import filesystem
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["FORMAT_READERS", "INPUT_ERROR_COLUMN", "PromptTableDatasource", "list_input_files", "read_prompts"]
+__all__ = [
+    "FORMAT_READERS", "INPUT_ERROR_COLUMN", "PromptTableDatasource", "input_columns", "list_input_files", "read_prompts",
+]
 
 _GLOB_CHARS = "*?["
 
@@ -211,6 +213,31 @@ class PromptTableDatasource(FileBasedDatasource):
                 offset += table.num_rows
         except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
             raise ValueError(f"input file {name} could not be read as a prompt table: {error}") from error
+
+
+def input_columns(listing: tuple) -> list[str] | None:
+    """Return the column names of the input's first readable batch, read here on the driver.
+
+    What ``Dataset.schema()`` would say (the schema of the first block), without running a
+    Ray Data execution for it: that costs a few seconds of every job's start-up (a read
+    task, and Ray Data's resource budget starting at zero).  ``None`` when no file has a
+    row or a schema to show.
+
+    Raises:
+        ValueError: the first file cannot be read as a prompt table.
+    """
+    fs, files, root, fmt = listing
+    reader = FORMAT_READERS[fmt][1]
+    for path in files:
+        name = posixpath.relpath(path, root) if root else path
+        try:
+            with fs.open(path, "rb") as handle:
+                first = next(iter(reader(pa.PythonFile(handle, mode="r"))), None)
+        except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"input file {name} could not be read as a prompt table: {error}") from error
+        if first is not None:
+            return first.schema.names
+    return None
 
 
 def read_prompts(
