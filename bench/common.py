@@ -147,6 +147,7 @@ class MemoryProbe:
         self.driver_peak = 0
         self.workers_peak = 0
         self.worker_peak = 0
+        self.peak_by_name: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -160,6 +161,9 @@ class MemoryProbe:
                 rss = process.info["memory_info"].rss
                 total += rss
                 self.worker_peak = max(self.worker_peak, rss)
+                # What the worker runs now (an actor's class, a task's operator, or IDLE).
+                name = cmdline[0].removeprefix("ray::")
+                self.peak_by_name[name] = max(self.peak_by_name.get(name, 0), rss)
         self.workers_peak = max(self.workers_peak, total)
 
     def _run(self) -> None:
@@ -181,6 +185,9 @@ class MemoryProbe:
             "driver_peak_mib": round(self.driver_peak / 2**20, 1),
             "workers_peak_mib": round(self.workers_peak / 2**20, 1),
             "largest_worker_peak_mib": round(self.worker_peak / 2**20, 1),
+            "worker_peak_mib_by_name": {
+                name: round(rss / 2**20, 1) for name, rss in sorted(self.peak_by_name.items(), key=lambda kv: -kv[1])
+            },
         }
 
 

@@ -60,18 +60,6 @@ class GroupShape:
     gpus: int = 0
 
 
-def _pools(spec: JobSpec) -> dict[str, StageSpec]:
-    """The actor pools Ray will start (as ``pipelines.plan._placed_stages`` places them)."""
-    pools = {"generate": spec.stages.generate}
-    if not spec.placement.fuse_encode_generate:  # fused: encode runs in the generate pool's actors
-        pools = {"encode": spec.stages.encode, **pools}
-    if spec.style is not None:
-        pools["style"] = spec.stages.style
-    if spec.score is not None:
-        pools["score"] = spec.stages.score
-    return pools
-
-
 def _size(stage: StageSpec, bound: Bound) -> int:
     if isinstance(stage.concurrency, tuple):
         return stage.concurrency[0 if bound == "min" else 1]
@@ -82,7 +70,7 @@ def _gpu_actors(spec: JobSpec, bound: Bound) -> list[tuple[float, float]]:
     """Return ``(num_gpus, num_cpus)`` of every GPU actor at the pools' ``bound`` size."""
     return [
         (stage.num_gpus, stage.num_cpus)
-        for stage in _pools(spec).values() if stage.num_gpus > 0
+        for stage in spec.pools().values() if stage.num_gpus > 0
         for _ in range(_size(stage, bound))
     ]
 
@@ -120,7 +108,7 @@ def gpu_group(spec: JobSpec, gpus_per_pod: int | None = None) -> GroupShape | No
 
 
 def _cpu_demand(spec: JobSpec, bound: Bound) -> float:
-    actors = sum(s.num_cpus * _size(s, bound) for s in _pools(spec).values() if s.num_gpus == 0)
+    actors = sum(s.num_cpus * _size(s, bound) for s in spec.pools().values() if s.num_gpus == 0)
     return actors + TASK_CPUS_PER_GPU_ACTOR * len(_gpu_actors(spec, bound)) + BASE_TASK_CPUS
 
 

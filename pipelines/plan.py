@@ -133,6 +133,10 @@ def _placed_stages(spec: JobSpec) -> list[tuple[type, dict[str, Any], StageSpec]
 
     pools: list[tuple[list[tuple[type, dict[str, Any]]], StageSpec]] = []
     for name, stage_class, kwargs, resources in _model_stages(spec):
+        if name == "encode" and spec.placement.fuse_encode_generate:
+            # In the generate actors the encoder shares their device: ``device: auto`` follows
+            # the generate stage's GPUs (the encode stage's own num_gpus is 0 when fused).
+            kwargs = {**kwargs, "stage": kwargs["stage"].model_copy(update={"num_gpus": spec.stages.generate.num_gpus})}
         if name == "generate" and spec.placement.fuse_encode_generate:
             pools[-1] = (pools[-1][0] + [(stage_class, kwargs)], resources)
         else:

@@ -128,9 +128,7 @@ def local_cpu_slots(spec: JobSpec) -> int:
     if spec.ray.num_cpus is not None:
         return spec.ray.num_cpus
     actors = 0.0
-    stages = [spec.stages.encode, spec.stages.generate] + ([spec.stages.style] if spec.style else [])
-    stages += [spec.stages.score] if spec.score else []
-    for stage in stages:
+    for stage in spec.pools().values():
         size = stage.concurrency[1] if isinstance(stage.concurrency, tuple) else stage.concurrency
         actors += size * stage.num_cpus
     return max(os.cpu_count() or 1, math.ceil(actors) + 2)

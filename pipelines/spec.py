@@ -263,9 +263,13 @@ class PlacementSpec(_Strict):
     with the generate stage's resources) instead of its own pool; ``encode_images`` runs
     PNG/JPEG/WebP encoding in Ray tasks after the model stages (``task``) or inside the last
     model stage's actor (``last_stage``).
+
+    Fused is the default: ``bench.placement`` on 2 CPU cores measured it 1.25x faster than
+    separate pools (one actor fewer to start and feed, no object-store hop for the prompt
+    embeddings); on a GPU the text encoder is small next to the UNet and shares its device.
     """
 
-    fuse_encode_generate: bool = False
+    fuse_encode_generate: bool = True
     encode_images: Literal["task", "last_stage"] = "task"
 
 
@@ -285,6 +289,36 @@ class JobSpec(_Strict):
     seed: int = 0
     limit: PositiveInt | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    def pools(self) -> dict[str, StageSpec]:
+        """The actor pools Ray starts for this job, by stage name (``pipelines.plan`` places them).
+
+        With ``placement.fuse_encode_generate`` the encode stage has no pool: it runs in the
+        generate pool's actors.
+        """
+        pools = {"generate": self.stages.generate}
+        if not self.placement.fuse_encode_generate:
+            pools = {"encode": self.stages.encode, **pools}
+        if self.style is not None:
+            pools["style"] = self.stages.style
+        if self.score is not None:
+            pools["score"] = self.stages.score
+        return pools
+
+    @model_validator(mode="after")
+    def _fused_encode_has_no_pool(self) -> "JobSpec":
+        if not self.placement.fuse_encode_generate:
+            return self
+        pool_keys = ("concurrency", "num_gpus", "num_cpus")
+        default = StageSpec()
+        changed = [key for key in pool_keys if getattr(self.stages.encode, key) != getattr(default, key)]
+        if changed:
+            raise ValueError(
+                f"stages.encode sets {', '.join(changed)}, but placement.fuse_encode_generate is true: the encode "
+                "stage runs inside the generate stage's actors, with their resources; remove those keys or set "
+                "placement.fuse_encode_generate: false for an encode pool of its own"
+            )
+        return self
 
 
 def _format_error(error: ValidationError) -> str:

@@ -117,9 +117,9 @@ def test_spec_config_map_joins_the_cluster() -> None:
         (["stages.generate.num_gpus=1", "stages.generate.concurrency=[1,8]"], 4, ("4", 1, 2)),
         # first-fit-decreasing: [1, 1] + two 0.5 actors share the third pod; min [1] + 0.5 + 0.5 -> 2 pods
         (["stages.encode.num_gpus=0.5", "stages.generate.num_gpus=1", "stages.generate.concurrency=[1,2]",
-          "stages.score.num_gpus=0.5"], None, ("1", 2, 3)),
+          "stages.score.num_gpus=0.5", "placement.fuse_encode_generate=false"], None, ("1", 2, 3)),
         # fused encode+generate: one pool with the generate stage's resources, no encode pool
-        (["stages.encode.num_gpus=0.5", "stages.generate.num_gpus=1", "stages.generate.concurrency=[1,2]",
+        (["stages.generate.num_gpus=1", "stages.generate.concurrency=[1,2]",
           "placement.fuse_encode_generate=true"], None, ("1", 1, 2)),
     ],
     ids=["1gpu-autoscale", "2gpu-actors", "half-gpu-pack", "4gpu-pods", "mixed-stages", "fused"],
@@ -136,7 +136,7 @@ def test_gpu_group_follows_the_stages(
 
 def test_cpu_requests_follow_num_cpus(tmp_path: Path) -> None:
     sets = ["stages.generate.num_gpus=1", "stages.generate.num_cpus=3", "stages.generate.concurrency=[1,2]",
-            "stages.encode.num_cpus=4", "stages.encode.concurrency=4"]
+            "stages.encode.num_cpus=4", "stages.encode.concurrency=4", "placement.fuse_encode_generate=false"]
     job = _kind(_render(tmp_path, *[arg for item in sets for arg in ("--set", item)])["rayjob.yaml"], "RayJob")
     groups = _groups(job["spec"]["rayClusterSpec"])
     assert _limits(groups["gpu"])["cpu"] == str(3 + manifests.GPU_POD_SPARE_CPUS)

@@ -28,7 +28,9 @@ def _spec(source: Path, out: Path, model_cache: str, **placement):
 
 
 def test_pools_follow_the_placement(tmp_path: Path) -> None:
-    separate = _placed_stages(_spec(tmp_path / "in.jsonl", tmp_path / "o", "/tmp/c"))
+    default = _placed_stages(_spec(tmp_path / "in.jsonl", tmp_path / "o", "/tmp/c"))
+    assert [cls.__name__ for cls, _, _ in default] == ["FusedStage", "ScoreStage"]  # bench.placement's winner
+    separate = _placed_stages(_spec(tmp_path / "in.jsonl", tmp_path / "o", "/tmp/c", fuse_encode_generate=False))
     assert [cls.__name__ for cls, _, _ in separate] == ["EncodeStage", "GenerateStage", "ScoreStage"]
     fused = _placed_stages(_spec(tmp_path / "in.jsonl", tmp_path / "o", "/tmp/c",
                                  fuse_encode_generate=True, encode_images="last_stage"))
@@ -37,6 +39,18 @@ def test_pools_follow_the_placement(tmp_path: Path) -> None:
     assert [step.__name__ for step, _ in first["steps"]] == ["EncodeStage", "GenerateStage"]
     assert first_resources.batch_size == 4  # the fused pool takes the generate stage's resources
     assert [step.__name__ for step, _ in last["steps"]] == ["ScoreStage", "encode_images"]
+
+
+def test_fused_encoder_shares_the_generate_device(tmp_path: Path) -> None:
+    spec = load_spec(raw={"input": {"uri": "in.jsonl"}, "output": {"uri": "o"},
+                          "stages": {"generate": {"num_gpus": 1}}})
+    (_, fused, resources), _ = _placed_stages(spec)
+    (_, encode_kwargs), _ = fused["steps"]
+    assert resources.num_gpus == 1 and encode_kwargs["stage"].resolved_device() == "cuda"
+    separate = load_spec(raw={"input": {"uri": "in.jsonl"}, "output": {"uri": "o"},
+                              "stages": {"generate": {"num_gpus": 1}}, "placement": {"fuse_encode_generate": False}})
+    (_, encode_kwargs, _), *_ = _placed_stages(separate)
+    assert encode_kwargs["stage"].resolved_device() == "cpu"  # its own pool, no GPU asked for
 
 
 @pytest.mark.parametrize("placement", [{"fuse_encode_generate": True, "encode_images": "last_stage"}])

@@ -41,6 +41,8 @@ def test_example_spec_is_valid() -> None:
         (_raw(stages={"encode": {"batch_size": "many"}}), "stages.encode.batch_size", "valid integer"),
         (_raw(stages={"encode": {"concurrency": [4, 2]}}), "stages.encode.concurrency", "larger than max"),
         (_raw(stages={"encode": {"num_gpus": -0.5}}), "stages.encode.num_gpus", "greater than or equal to 0"),
+        # fused (the default), encode has no pool: its pool keys would be silently ignored
+        (_raw(stages={"encode": {"num_gpus": 0.5}}), "(root)", "placement.fuse_encode_generate is true"),
         (_raw(defaults={"width": 100}), "defaults.width", "multiple of 8"),
         (_raw(output={"uri": "o", "image_format": "gif"}), "output.image_format", "'png'"),
         ({"output": {"uri": "o"}}, "input", "required key is missing"),
@@ -61,7 +63,8 @@ def test_overrides_win_over_the_file(tmp_path: Path) -> None:
     path.write_text("input: {uri: a.jsonl}\noutput: {uri: out/2026-11-27}\nstages: {generate: {batch_size: 2}}\n")
     spec = load_spec(
         path,
-        sets=["stages.generate.batch_size=16", "stages.encode.concurrency=[1, 3]", "output.uri=out/2026-11-28"],
+        sets=["stages.generate.batch_size=16", "stages.encode.concurrency=[1, 3]", "output.uri=out/2026-11-28",
+              "placement.fuse_encode_generate=false"],
         input_uri="s3://b/in.parquet",
         limit=5,
     )
