@@ -121,6 +121,20 @@ def job_spec(input_uri: str, output_uri: str, *sets: str, **sections: Any):
     return load_spec(raw=raw, sets=list(sets))
 
 
+def run_pipeline(spec, rows: list[dict], name: str) -> tuple[float, object]:
+    """Wall seconds of one ``run_job`` of ``spec`` over ``rows``, read from and written to ``s3://bench/<name>/``, and its summary."""
+    from pipelines.runner import run_job
+
+    source = write_prompt_table(f"s3://{BUCKET}/{name}/prompts.parquet", rows)
+    run_spec = spec.model_copy(update={
+        "input": spec.input.model_copy(update={"uri": source}),
+        "output": spec.output.model_copy(update={"uri": f"s3://{BUCKET}/{name}/out"}),
+    })
+    start = time.perf_counter()
+    summary = run_job(run_spec, mode="overwrite")
+    return time.perf_counter() - start, summary
+
+
 def init_ray(num_cpus: int | None = None) -> None:
     """One local Ray runtime for the whole benchmark process (started once, like the test session)."""
     import ray
@@ -135,11 +149,28 @@ def init_ray(num_cpus: int | None = None) -> None:
         )
 
 
-class MemoryProbe:
-    """Peak resident memory (RSS) of this process and of all Ray worker processes, sampled every 0.2 s.
+def worker_kind(cmdline0: str) -> str:
+    """What a Ray worker process is, from its ``ray::`` title: an actor's class, or task workers."""
+    name = cmdline0.removeprefix("ray::")
+    if name.startswith("MapWorker("):  # a Ray Data actor: drop the method it runs now
+        return name.split(").", 1)[0] + ")" if ")." in name else name
+    task_like = any(mark in name for mark in "([-") or name in ("IDLE", "Write")  # Ray Data operators
+    internal = name.startswith("_") or (name[:1].isupper() and not task_like)
+    if internal:  # _StatsActor, DashboardAgent, ActorLocationTracker, ...: Ray's own, by class
+        return f"ray {name.split('.', 1)[0]}"
+    return "task workers"  # IDLE, or running a read/map/write task now
 
-    Ray's workers are separate processes (``ray::`` in their command line); their peak is
-    the largest sum of their RSS seen in one sample, and the largest single worker.
+
+class MemoryProbe:
+    """Peak resident memory (RSS) and CPU seconds of this process, Ray's workers and moto, sampled every 0.2 s.
+
+    Ray's workers are separate processes (``ray::`` in their command line).  Their total is
+    the largest sum seen in one sample of their PSS (proportional set size: a page shared by
+    n processes, such as torch's libraries that every worker maps, counts 1/n in each, so the
+    sum is the memory they really hold; a sum of RSS counts shared pages once per process)
+    and, for reference, of their RSS; also the largest single worker (RSS) and the most
+    worker processes alive at once.  Peaks and CPU seconds are also kept per kind of worker
+    (:func:`worker_kind`), which is the profile that says where memory and CPU went.
     """
 
     def __init__(self, interval_s: float = 0.2) -> None:
@@ -147,24 +178,48 @@ class MemoryProbe:
         self.driver_peak = 0
         self.workers_peak = 0
         self.worker_peak = 0
-        self.peak_by_name: dict[str, int] = {}
+        self.workers_pss_peak = 0
+        self.processes_peak = 0
+        self.peak_by_kind: dict[str, int] = {}
+        self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, first CPU s, last CPU s)
+        self._first_sample = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
         me = psutil.Process()
         self.driver_peak = max(self.driver_peak, me.memory_info().rss)
-        total = 0
-        for process in psutil.process_iter(["cmdline", "memory_info"]):
+        total = pss = processes = 0
+        for process in psutil.process_iter(["pid", "cmdline", "memory_info", "cpu_times"]):
             cmdline = process.info["cmdline"] or []
-            if cmdline and cmdline[0].startswith("ray::") and process.info["memory_info"] is not None:
+            if not cmdline or process.info["memory_info"] is None or process.info["cpu_times"] is None:
+                continue
+            if cmdline[0].startswith("ray::"):
+                kind = worker_kind(cmdline[0])
                 rss = process.info["memory_info"].rss
                 total += rss
+                processes += 1
+                with contextlib.suppress(psutil.Error):
+                    pss += process.memory_full_info().pss
                 self.worker_peak = max(self.worker_peak, rss)
-                # What the worker runs now (an actor's class, a task's operator, or IDLE).
-                name = cmdline[0].removeprefix("ray::")
-                self.peak_by_name[name] = max(self.peak_by_name.get(name, 0), rss)
+                # A task worker's memory is kept under the operator it runs at that moment.
+                label = f"task: {cmdline[0].removeprefix('ray::')}" if kind == "task workers" else kind
+                self.peak_by_kind[label] = max(self.peak_by_kind.get(label, 0), rss)
+            elif "moto.server" in cmdline:
+                kind = "moto"
+            elif process.info["pid"] == me.pid:
+                kind = "driver"
+            else:
+                continue
+            cpu = process.info["cpu_times"].user + process.info["cpu_times"].system
+            pid = process.info["pid"]
+            # A process first seen after the probe started did all its work while it ran.
+            first = self._cpu[pid][1] if pid in self._cpu else (cpu if self._first_sample else 0.0)
+            self._cpu[pid] = (kind, first, cpu)
         self.workers_peak = max(self.workers_peak, total)
+        self.workers_pss_peak = max(self.workers_pss_peak, pss)
+        self.processes_peak = max(self.processes_peak, processes)
+        self._first_sample = False
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -180,13 +235,22 @@ class MemoryProbe:
         self._stop.set()
         self._thread.join()
 
-    def as_mib(self) -> dict[str, float]:
+    def cpu_by_kind(self) -> dict[str, float]:
+        """CPU seconds used while the probe ran, per kind of process (driver, moto, each actor class, ...)."""
+        totals: dict[str, float] = {}
+        for kind, first, last in self._cpu.values():
+            totals[kind] = totals.get(kind, 0.0) + last - first
+        return {kind: round(value, 1) for kind, value in sorted(totals.items(), key=lambda kv: -kv[1])}
+
+    def as_mib(self) -> dict[str, Any]:
         return {
             "driver_peak_mib": round(self.driver_peak / 2**20, 1),
-            "workers_peak_mib": round(self.workers_peak / 2**20, 1),
+            "workers_pss_peak_mib": round(self.workers_pss_peak / 2**20, 1),
+            "workers_rss_sum_peak_mib": round(self.workers_peak / 2**20, 1),
+            "worker_processes_peak": self.processes_peak,
             "largest_worker_peak_mib": round(self.worker_peak / 2**20, 1),
-            "worker_peak_mib_by_name": {
-                name: round(rss / 2**20, 1) for name, rss in sorted(self.peak_by_name.items(), key=lambda kv: -kv[1])
+            "worker_peak_mib_by_kind": {
+                kind: round(rss / 2**20, 1) for kind, rss in sorted(self.peak_by_kind.items(), key=lambda kv: -kv[1])
             },
         }
 

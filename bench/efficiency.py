@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from bench.common import BUCKET, MemoryProbe, init_ray, job_spec, moto_s3, report, world_prompts, write_prompt_table
+from bench.common import BUCKET, MemoryProbe, init_ray, job_spec, moto_s3, report, run_pipeline, world_prompts
 
 
 def bare_generate_loop(spec, prompts: list[str], seeds: list[int], threads: int) -> float:
@@ -55,20 +55,6 @@ def bare_generate_loop(spec, prompts: list[str], seeds: list[int], threads: int)
         torch.set_num_threads(previous)
 
 
-def run_pipeline(spec, rows: list[dict], name: str) -> tuple[float, object]:
-    """Wall seconds of one ``run_job`` over ``rows`` (input and output on moto S3), and its summary."""
-    from pipelines.runner import run_job
-
-    source = write_prompt_table(f"s3://{BUCKET}/efficiency/{name}/prompts.parquet", rows)
-    run_spec = spec.model_copy(update={
-        "input": spec.input.model_copy(update={"uri": source}),
-        "output": spec.output.model_copy(update={"uri": f"s3://{BUCKET}/efficiency/{name}/out"}),
-    })
-    start = time.perf_counter()
-    summary = run_job(run_spec, mode="overwrite")
-    return time.perf_counter() - start, summary
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=1536)
@@ -82,10 +68,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"s3://{BUCKET}/unused", f"s3://{BUCKET}/unused", f"stages.generate.batch_size={args.batch}",
             "output.samples_per_shard=64",
         )
-        run_pipeline(spec, rows[:32], "warm-up")  # Ray's worker processes and their imports
-        small_wall, _ = run_pipeline(spec, rows[:small], "small")
+        run_pipeline(spec, rows[:32], "efficiency/warm-up")  # Ray's worker processes and their imports
+        small_wall, _ = run_pipeline(spec, rows[:small], "efficiency/small")
         with MemoryProbe() as memory:
-            wall, summary = run_pipeline(spec, rows, "full")
+            wall, summary = run_pipeline(spec, rows, "efficiency/full")
         # The row seeds the pipeline used: sha256(job seed, id), as pipelines.rows derives them.
         from pipelines.rows import derive_seed
 
@@ -113,7 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
                                              "met": steady / bare_rate >= 0.9},
     }
     return report("efficiency", table, ratios, extra={
-        "memory": memory.as_mib(), "stage_s_per_row": stage_times, "threads": threads,
+        "memory": memory.as_mib(), "cpu_s_by_kind": memory.cpu_by_kind(), "stage_s_per_row": stage_times, "threads": threads,
         "rows": args.rows, "small_rows": small, "generate_batch": args.batch,
         "start_up_s": wall - args.rows / steady,
     })

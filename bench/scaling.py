@@ -48,7 +48,7 @@ def one_size(rows: int, side: int, steps: int) -> dict:
             wall = time.perf_counter() - start
     return {
         "rows": rows, "images": summary.images, "balanced": summary.balanced, "wall_s": round(wall, 1),
-        "s_per_1k_rows": round(1000 * wall / rows, 2), **memory.as_mib(),
+        "s_per_1k_rows": round(1000 * wall / rows, 2), **memory.as_mib(), "cpu_s_by_kind": memory.cpu_by_kind(),
     }
 
 
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{rows} rows: {results[-1]}", flush=True)
     first, last = results[0], results[-1]
     ratios = {}
-    for key in ("driver_peak_mib", "workers_peak_mib"):
+    for key in ("driver_peak_mib", "workers_pss_peak_mib", "largest_worker_peak_mib"):
         value = last[key] / first[key]
         ratios[f"{key} {last['rows']} / {first['rows']}"] = {"value": value, "target": "<= 1.2", "met": value <= 1.2}
     marginal = [  # seconds per 1,000 extra rows between consecutive sizes
@@ -89,9 +89,11 @@ def main(argv: list[str] | None = None) -> dict:
     ratios[f"whole-run time per row {last['rows']} / {first['rows']}"] = {
         "value": value, "target": "within 15% (0.85-1.15)", "met": 0.85 <= value <= 1.15,
     }
-    by_name = {str(r["rows"]): r.pop("worker_peak_mib_by_name") for r in results}
+    by_kind = {str(r["rows"]): r.pop("worker_peak_mib_by_kind") for r in results}
+    cpu = {str(r["rows"]): r.pop("cpu_s_by_kind") for r in results}
     return report("scaling", results, ratios, extra={"side": args.side, "steps": args.steps,
-                                                     "worker_peak_mib_by_name": by_name})
+                                                     "worker_peak_mib_by_kind": by_kind,
+                                                     "cpu_s_by_kind": cpu})
 
 
 if __name__ == "__main__":
