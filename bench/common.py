@@ -183,6 +183,7 @@ class MemoryProbe:
         self.peak_by_kind: dict[str, int] = {}
         self._cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (kind, first CPU s, last CPU s)
         self._first_sample = True
+        self._samples = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -190,6 +191,11 @@ class MemoryProbe:
         me = psutil.Process()
         self.driver_peak = max(self.driver_peak, me.memory_info().rss)
         total = pss = processes = 0
+        # PSS means reading each process's smaps_rollup, which costs the kernel a page-table
+        # walk: py-spy showed it taking most of the driver's CPU at every sample, so it is
+        # read on every 10th sample (2 s) only.
+        with_pss = self._samples % 10 == 0
+        self._samples += 1
         for process in psutil.process_iter(["pid", "cmdline", "memory_info", "cpu_times"]):
             cmdline = process.info["cmdline"] or []
             if not cmdline or process.info["memory_info"] is None or process.info["cpu_times"] is None:
@@ -199,8 +205,9 @@ class MemoryProbe:
                 rss = process.info["memory_info"].rss
                 total += rss
                 processes += 1
-                with contextlib.suppress(psutil.Error):
-                    pss += process.memory_full_info().pss
+                if with_pss:
+                    with contextlib.suppress(psutil.Error):
+                        pss += process.memory_full_info().pss
                 self.worker_peak = max(self.worker_peak, rss)
                 # A task worker's memory is kept under the operator it runs at that moment.
                 label = f"task: {cmdline[0].removeprefix('ray::')}" if kind == "task workers" else kind
