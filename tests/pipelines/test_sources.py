@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.sources import list_input_files, read_prompts
+from pipelines.sources import INPUT_ERROR_COLUMN, input_columns, list_input_files, read_prompts
 from pipelines.spec import InputSpec
 
 ROWS = [{"prompt": f"prompt {i}", "topic": f"t{i % 3}"} for i in range(7)]
@@ -66,3 +66,23 @@ def test_reads_from_s3(ray_session, s3, write_prompts) -> None:
     rows = _read("s3://pixelmill/in/")
     assert [r["prompt"] for r in rows] == [r["prompt"] for r in ROWS]
     assert rows[0]["source"] == "day=1/prompts.parquet"
+
+
+@pytest.mark.parametrize("name", ["prompts.jsonl", "prompts.csv", "prompts.parquet"])
+def test_input_columns_come_from_the_first_batch_without_ray(write_prompts, tmp_path: Path, name: str) -> None:
+    folder = tmp_path / "cols"
+    folder.mkdir()
+    if name.endswith(".jsonl"):
+        (folder / "0-empty.jsonl").write_text("\n")  # no row: skipped, the next file shows the columns
+    write_prompts(ROWS, f"1-{name}", folder)
+    listing = list_input_files(InputSpec(uri=str(folder)))
+    # the JSONL reader adds its per-line error column; plan.prepared_rows drops it
+    assert [c for c in input_columns(listing) if c != INPUT_ERROR_COLUMN] == ["prompt", "topic"]
+
+
+def test_input_columns_of_only_empty_files_is_none_and_bad_first_file_names_it(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl").write_text("\n")
+    assert input_columns(list_input_files(InputSpec(uri=str(tmp_path / "a.jsonl")))) is None
+    (tmp_path / "b.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(ValueError, match="input file b.parquet could not be read"):
+        input_columns(list_input_files(InputSpec(uri=str(tmp_path / "b.parquet"))))
