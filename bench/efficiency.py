@@ -1,6 +1,6 @@
 """Pipeline efficiency: full pixelmill images/s over a bare loop of its bottleneck stage's model.
 
-Usage: python -m bench.efficiency [--rows 1024] [--batch 16]
+Usage: python -m bench.efficiency [--rows 768] [--batch 16]
 
 Side by side in one process, on the same prompts:
 
@@ -57,7 +57,7 @@ def bare_generate_loop(spec, prompts: list[str], seeds: list[int], threads: int)
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=1024)
+    parser.add_argument("--rows", type=int, default=768)
     parser.add_argument("--batch", type=int, default=16, help="generate batch size (rows per call)")
     parser.add_argument("--no-score", action="store_true", help="drop the score stage (a profile: one CPU user fewer)")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """pixelmill against the script a user would write first, on the same prompts, model and machine.
 
-Usage: python -m bench.naive [--rows 512]
+Usage: python -m bench.naive [--rows 384]
 
 - **naive**: load the diffusers pipeline, then for each prompt call it, save a PNG with PIL
   and upload it to S3 (moto) as its own object; torch uses every core (its default).
@@ -54,7 +54,7 @@ def naive_script(model_path: str, rows: list[dict], seeds: list[int]) -> tuple[f
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=512)
+    parser.add_argument("--rows", type=int, default=384)
     args = parser.parse_args(argv)
     from models.store import resolve_model_path
     from pipelines.rows import derive_seed

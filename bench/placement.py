@@ -1,7 +1,7 @@
 """Stage placement: separate encode and generate pools against one fused actor, and image
 encoding in CPU tasks against inside the last model actor; the same run each way.
 
-Usage: python -m bench.placement [--rows 192]
+Usage: python -m bench.placement [--rows 128]
 
 Four runs of the same prompts (moto S3 in and out, built-in shapes model, score stage on),
 one after another in one Ray runtime, in an order that alternates the variants twice so a
@@ -27,7 +27,7 @@ VARIANTS = {
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=192)
+    parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
     from pipelines.runner import run_job

@@ -64,7 +64,7 @@ def one_size(rows: int, side: int, steps: int) -> dict:
         output = f"s3://{BUCKET}/scaling/out"
         spec = job_spec(
             source, output, f"defaults.width={side}", f"defaults.height={side}", f"defaults.steps={steps}",
-            "stages.generate.batch_size=64", "stages.generate.micro_batch_size=16", "stages.encode.micro_batch_size=16",
+            "stages.generate.batch_size=64", "stages.generate.micro_batch_size=64", "stages.encode.micro_batch_size=16",
             "output.samples_per_shard=1000",
             score=None,
         )
