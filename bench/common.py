@@ -161,6 +161,25 @@ def worker_kind(cmdline0: str) -> str:
     return "task workers"  # IDLE, or running a read/map/write task now
 
 
+def process_kind(cmdline: list[str], pid: int) -> str | None:
+    """What a process is to a benchmark: ``driver`` (this one), ``moto``, a Ray worker's
+    :func:`worker_kind`, or None (anything else on the machine)."""
+    if pid == os.getpid():
+        return "driver"
+    if cmdline and cmdline[0].startswith("ray::"):
+        return worker_kind(cmdline[0])
+    if "moto.server" in cmdline:
+        return "moto"
+    return None
+
+
+def epoch_seconds(stamp: str) -> float:
+    """Seconds since the epoch of an ISO time (the shard stats files' ``start_time``/``end_time``)."""
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(stamp).timestamp()
+
+
 class MemoryProbe:
     """Peak resident memory (RSS) and CPU seconds of this process, Ray's workers and moto, sampled every 0.2 s.
 
@@ -198,10 +217,10 @@ class MemoryProbe:
         self._samples += 1
         for process in psutil.process_iter(["pid", "cmdline", "memory_info", "cpu_times"]):
             cmdline = process.info["cmdline"] or []
-            if not cmdline or process.info["memory_info"] is None or process.info["cpu_times"] is None:
+            kind = process_kind(cmdline, process.info["pid"])
+            if kind is None or process.info["memory_info"] is None or process.info["cpu_times"] is None:
                 continue
-            if cmdline[0].startswith("ray::"):
-                kind = worker_kind(cmdline[0])
+            if kind not in ("driver", "moto"):  # a Ray worker
                 rss = process.info["memory_info"].rss
                 total += rss
                 processes += 1
@@ -212,12 +231,6 @@ class MemoryProbe:
                 # A task worker's memory is kept under the operator it runs at that moment.
                 label = f"task: {cmdline[0].removeprefix('ray::')}" if kind == "task workers" else kind
                 self.peak_by_kind[label] = max(self.peak_by_kind.get(label, 0), rss)
-            elif "moto.server" in cmdline:
-                kind = "moto"
-            elif process.info["pid"] == me.pid:
-                kind = "driver"
-            else:
-                continue
             cpu = process.info["cpu_times"].user + process.info["cpu_times"].system
             pid = process.info["pid"]
             # A process first seen after the probe started did all its work while it ran.
@@ -269,18 +282,11 @@ def cpu_seconds() -> dict[str, float]:
     time went to (Ray workers that exit in between are not counted).
     """
     totals = {"driver": 0.0, "ray_workers": 0.0, "moto": 0.0}
-    me = psutil.Process()
-    times = me.cpu_times()
-    totals["driver"] = times.user + times.system
-    for process in psutil.process_iter(["cmdline", "cpu_times"]):
-        cmdline = process.info["cmdline"] or []
+    for process in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+        kind = process_kind(process.info["cmdline"] or [], process.info["pid"])
         times = process.info["cpu_times"]
-        if not cmdline or times is None:
-            continue
-        if cmdline[0].startswith("ray::"):
-            totals["ray_workers"] += times.user + times.system
-        elif "moto.server" in cmdline:
-            totals["moto"] += times.user + times.system
+        if kind is not None and times is not None:
+            totals[kind if kind in ("driver", "moto") else "ray_workers"] += times.user + times.system
     return totals
 
 

@@ -38,9 +38,7 @@ def steady_s_per_1k_rows(output_uri: str) -> float | None:
     A run's own steady state, free of start-up and of the last shard's tail; ``None`` for
     runs of fewer than 5 shards.
     """
-    import datetime as dt
-
-    from bench.common import s3
+    from bench.common import epoch_seconds, s3
 
     fs = s3()
     stats = [json.loads(fs.cat(path)) for path in fs.glob(output_uri.removeprefix("s3://") + "/*_stats.json")]
@@ -48,8 +46,7 @@ def steady_s_per_1k_rows(output_uri: str) -> float | None:
         return None
     stats.sort(key=lambda item: item["end_time"])
     first, last = len(stats) // 10, len(stats) - 1 - len(stats) // 10
-    seconds = dt.datetime.fromisoformat(stats[last]["end_time"]).timestamp() - \
-        dt.datetime.fromisoformat(stats[first]["end_time"]).timestamp()
+    seconds = epoch_seconds(stats[last]["end_time"]) - epoch_seconds(stats[first]["end_time"])
     rows = sum(item["count"] for item in stats[first + 1 : last + 1])
     return round(1000 * seconds / rows, 2)
 
@@ -74,8 +71,9 @@ def one_size(rows: int, side: int, steps: int) -> dict:
             wall = time.perf_counter() - start
         steady = steady_s_per_1k_rows(output)
     return {
-        "steady_s_per_1k_rows": steady, "rows": rows, "images": summary.images, "balanced": summary.balanced, "wall_s": round(wall, 1),
-        "s_per_1k_rows": round(1000 * wall / rows, 2), **memory.as_mib(), "cpu_s_by_kind": memory.cpu_by_kind(),
+        "steady_s_per_1k_rows": steady, "rows": rows, "images": summary.images, "balanced": summary.balanced,
+        "wall_s": round(wall, 1), "s_per_1k_rows": round(1000 * wall / rows, 2), **memory.as_mib(),
+        "cpu_s_by_kind": memory.cpu_by_kind(),
     }
 
 

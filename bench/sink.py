@@ -27,7 +27,7 @@ import uuid
 import numpy as np
 from PIL import Image
 
-from bench.common import BUCKET, cpu_seconds, cpu_used, init_ray, moto_s3, report, s3
+from bench.common import BUCKET, cpu_seconds, cpu_used, epoch_seconds, init_ray, moto_s3, report, s3
 
 
 def _noise_png(rng: np.random.Generator, side: int) -> bytes:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         sink_wall = time.perf_counter() - start
         sink_cpu = cpu_used(cpu_before, cpu_seconds())
         task_s = sorted(stats["duration_s"] for stats in sink.shard_stats)
-        task_start_s = sorted(round(_epoch(stats["start_time"]) - called, 2) for stats in sink.shard_stats)
+        task_start_s = sorted(round(epoch_seconds(stats["start_time"]) - called, 2) for stats in sink.shard_stats)
         fs = s3()
         committed = {path: fs.cat(path) for path in fs.find(f"{BUCKET}/sink")}
         total = sum(len(data) for data in committed.values())
@@ -97,12 +97,6 @@ def main(argv: list[str] | None = None) -> dict:
                   extra={"rows": args.rows, "side": args.side, "per_shard": args.per_shard,
                          "warm_up_wall_s": warm_wall, "write_task_s": task_s,
                          "task_start_s": task_start_s})
-
-
-def _epoch(stamp: str) -> float:
-    import datetime as dt
-
-    return dt.datetime.fromisoformat(stamp).timestamp()
 
 
 if __name__ == "__main__":
