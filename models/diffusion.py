@@ -10,16 +10,15 @@ Batched CPU math alone does not: MKL's GEMM picks its kernel from the number of 
 (GEMV for one row, other blockings for small batches) and oneDNN convolutions differ
 between batch 1 and larger batches; the 1-ulp differences become +-1 in a few uint8
 pixels. ``torch.use_deterministic_algorithms`` does not help: it makes one shape
-reproducible run to run, it does not make different shapes agree. What does hold
-(measured on this CPU for Linear, Conv2d, attention and NCHW GroupNorm) is that, at
-a fixed batch size, a row's result depends neither on its position nor on the other
-rows; the one exception found, GroupNorm on channels-last input, is avoided by
-``_contiguous_group_norm_inputs``. So both halves run
+reproducible run to run, it does not make different shapes agree. Both halves run
 every forward pass at one fixed shape of ``micro_batch`` rows, padding the last chunk
-(``models.batching.in_fixed_chunks``): a row's bytes then depend on the row and
-``micro_batch`` only (for a fixed device, dtype, thread count and library build).
-``micro_batch=1`` (the default) needs no such assumption: each row runs alone, so it
-is the strict setting; larger values are verified on the tiny models only.
+(``models.batching.in_fixed_chunks``), and inside each chunk the small GEMMs whose
+multi-threaded MKL kernel depends on a row's position run row by row
+(``models.batching.RowwiseSmallLinear``); GroupNorm on channels-last input, the one
+other position-dependent kernel found, is avoided by ``_contiguous_group_norm_inputs``.
+A row's bytes then depend on the row and ``micro_batch`` only, for a fixed device,
+dtype, thread count and library build (1 and 2 threads, idle and busy CPU, are tested;
+bytes do differ between thread counts, so a stage's CPU count is part of its setting).
 
 Output checks: ``ImageGenerator.generate_checked`` returns the same images as
 ``generate`` plus the rows that are not ok: NaN/inf (retried once with a float32 VAE),
