@@ -38,10 +38,10 @@ def steady_s_per_1k_rows(output_uri: str) -> float | None:
     A run's own steady state, free of start-up and of the last shard's tail; ``None`` for
     runs of fewer than 5 shards.
     """
-    from bench.common import epoch_seconds, s3
+    from bench.common import epoch_seconds
+    from pipelines.layout import OutputLayout
 
-    fs = s3()
-    stats = [json.loads(fs.cat(path)) for path in fs.glob(output_uri.removeprefix("s3://") + "/*_stats.json")]
+    stats = OutputLayout(output_uri).all_stats()
     if len(stats) < 5:
         return None
     stats.sort(key=lambda item: item["end_time"])

@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cluster":
         return _render(args, spec)
 
-    from pipelines.runner import PreflightError, RunStalled, first_line, retry_errors, root_cause, run_job
+    from pipelines.retry import retry_errors
+    from pipelines.runner import PreflightError, RunStalled, first_line, root_cause, run_job
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -5,11 +5,11 @@ of exactly ``samples_per_shard`` rows, so each write task writes one shard,
 numbered ``shard_offset + task index`` (a retried task rewrites the same
 names from the same block, so retries cannot double rows).
 
-Commit protocol (see ARCHITECTURE.md): every file is written with
-:func:`pipelines.storage.write_once`, so it appears complete or not at all;
-the tar, the Parquet and the shard's error records (``_errors/NNNNN.parquet``)
-come first and ``NNNNN_stats.json`` last: a shard whose stats file exists is
-committed.  Files of a shard without stats are removed by the next run.
+Commit protocol (see ARCHITECTURE.md): the shard's files are written in the order of
+``pipelines.layout.SHARD_FILES``, each with :func:`pipelines.storage.write_once`, so it
+appears complete or not at all; the stats file comes last and is the commit marker.
+``SHARD_WRITERS`` holds one small writer per file: a new per-shard file is one entry
+there and one in ``SHARD_FILES``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import json
 import tarfile
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pyarrow as pa
@@ -30,14 +30,12 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
 from pipelines.faults import inject
+from pipelines.layout import SHARD_FILES, OutputLayout, shard_name
 from pipelines.spec import OutputSpec
-from pipelines.storage import filesystem, join, write_once
+from pipelines.storage import write_once
 
-__all__ = ["ERRORS_DIR", "ShardDatasink", "TMP_DIR", "shard_name"]
+__all__ = ["SHARD_WRITERS", "ShardDatasink"]
 
-TMP_DIR = "_tmp"
-# The run's errors table: one Parquet of error records per shard that has any.
-ERRORS_DIR = "_errors"
 # A fixed tar member time keeps reruns byte-identical.  An int: tarfile writes a PAX
 # extended header (an extra 1 KiB block) for every member whose mtime is a float.
 _TAR_MTIME = 0
@@ -51,11 +49,6 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.size, info.mtime, info.mode = len(data), _TAR_MTIME, _TAR_MODE
     info.uname = info.gname = _TAR_OWNER
     tar.addfile(info, io.BytesIO(data))
-
-
-def shard_name(shard: int) -> str:
-    """Return the zero-padded name of a shard (``00042``)."""
-    return f"{shard:05d}"
 
 
 def _now() -> str:
@@ -72,6 +65,73 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, (dt.date, dt.datetime)):
         return value.isoformat()
     return value
+
+
+class ShardContent:
+    """What the writers of one shard see: the rows (images included), their metadata, the stats.
+
+    Attributes:
+        shard: the shard number.
+        table: every row of the shard with its ``key`` and ``shard`` columns.
+        metadata: ``table`` without the image bytes.
+        image_format: the tar members' image extension.
+        stats: the shard's stats, filled in just before the stats file is written.
+    """
+
+    def __init__(self, shard: int, table: pa.Table, image_format: str) -> None:
+        self.shard = shard
+        self.table = table
+        self.metadata = table.drop_columns(list(_NOT_METADATA))
+        self.image_format = image_format
+        self.stats: dict[str, Any] = {}
+
+
+def _write_tar(f: Any, content: ShardContent) -> None:
+    """Write the ok rows as WebDataset samples: ``<key>.<ext>``, ``<key>.json``, ``<key>.txt``.
+
+    The standard library's tarfile, as ``webdataset.TarWriter`` uses it (same member
+    names, order, owner and mode; the tests read the shards back with webdataset).
+    Not TarWriter itself: importing webdataset imports torch, ~250 MiB more resident
+    memory in every Ray worker that runs a write task (``bench.scaling``'s profile).
+    """
+    ext = content.image_format
+    with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+        for row in content.table.to_pylist():
+            if row["status"] != "ok":
+                continue
+            metadata = {k: _json_value(v) for k, v in row.items() if k not in _NOT_METADATA}
+            members = {ext: row["image"], "json": json.dumps(metadata, sort_keys=True).encode(),
+                       "txt": row["prompt"].encode()}
+            for suffix in sorted(members):  # webdataset's order: the sample's keys sorted
+                _add_member(tar, f"{row['key']}.{suffix}", members[suffix])
+
+
+def _write_parquet(f: Any, content: ShardContent) -> None:
+    pq.write_table(content.metadata, f)
+
+
+def _error_records(content: ShardContent) -> pa.Table:
+    return content.metadata.filter(pc.equal(content.metadata.column("status"), "error"))
+
+
+def _write_errors(f: Any, content: ShardContent) -> None:
+    pq.write_table(_error_records(content), f)
+
+
+def _write_stats(f: Any, content: ShardContent) -> None:
+    f.write(json.dumps(content.stats, indent=2).encode())
+
+
+# One writer per ``SHARD_FILES`` kind: ``(write(file, content), needed(content))``.
+Writer = tuple[Callable[[Any, ShardContent], None], Callable[[ShardContent], bool]]
+_ALWAYS: Callable[[ShardContent], bool] = lambda content: True  # noqa: E731
+SHARD_WRITERS: dict[str, Writer] = {
+    "tar": (_write_tar, _ALWAYS),
+    "parquet": (_write_parquet, _ALWAYS),
+    "errors": (_write_errors, lambda content: _error_records(content).num_rows > 0),
+    "stats": (_write_stats, _ALWAYS),
+}
+assert list(SHARD_WRITERS) == [shard_file.kind for shard_file in SHARD_FILES], "a writer per shard file, in order"
 
 
 class ShardDatasink(Datasink[dict]):
@@ -106,29 +166,30 @@ class ShardDatasink(Datasink[dict]):
         tables = [t for t in (BlockAccessor.for_block(block).to_arrow() for block in blocks) if t.num_rows]
         if not tables:  # nothing left to write (e.g. a resumed run with everything done)
             return {"shard": None, "count": 0}
-        table = pa.concat_tables(tables, promote_options="permissive")
         shard = self.shard_offset + ctx.task_idx
-        name = shard_name(shard)
-        fs, root = filesystem(self.output.uri, self.storage_options)
-        staging = join(fs, root, TMP_DIR, self.run_id)
-        table = self._with_keys(table, shard)
-        metadata = table.drop_columns(list(_NOT_METADATA))
-        errors = metadata.filter(pc.equal(metadata.column("status"), "error"))
+        layout = OutputLayout(self.output.uri, self.storage_options)
+        staging = layout.staging_dir(self.run_id)
+        content = ShardContent(
+            shard, self._with_keys(pa.concat_tables(tables, promote_options="permissive"), shard),
+            self.output.image_format,
+        )
         inject("sink:before_publish", shard=shard)
-        with write_once(fs, join(fs, root, f"{name}.tar"), staging_dir=staging) as f:
-            self._write_tar(f, table)
-        with write_once(fs, join(fs, root, f"{name}.parquet"), staging_dir=staging) as f:
-            pq.write_table(metadata, f)
-        if errors.num_rows:
-            fs.makedirs(join(fs, root, ERRORS_DIR), exist_ok=True)
-            with write_once(fs, join(fs, root, ERRORS_DIR, f"{name}.parquet"), staging_dir=staging) as f:
-                pq.write_table(errors, f)
-        inject("sink:after_publish", shard=shard)
-        stats = self._stats(table, shard=shard, run_id=self.run_id, started=started, seconds=time.perf_counter() - start)
-        with write_once(fs, join(fs, root, f"{name}_stats.json"), staging_dir=staging) as f:
-            f.write(json.dumps(stats, indent=2).encode())
+        for shard_file in SHARD_FILES:
+            write, needed = SHARD_WRITERS[shard_file.kind]
+            if shard_file is SHARD_FILES[-1]:  # the commit marker
+                inject("sink:after_publish", shard=shard)
+                content.stats = self._stats(
+                    content.table, shard=shard, run_id=self.run_id, started=started, seconds=time.perf_counter() - start
+                )
+            if not needed(content):
+                continue
+            path = layout.shard_file(shard_file.kind, shard)
+            if "/" in shard_file.pattern:
+                layout.fs.makedirs(path.rsplit(layout.fs.sep, 1)[0], exist_ok=True)
+            with write_once(layout.fs, path, staging_dir=staging) as f:
+                write(f, content)
         inject("sink:after_commit", shard=shard)
-        return stats
+        return content.stats
 
     def on_write_complete(self, write_result: Any) -> None:
         self.shard_stats = [s for s in write_result.write_returns if s.get("shard") is not None]
@@ -138,25 +199,6 @@ class ShardDatasink(Datasink[dict]):
         keys = [f"{shard_name(shard)}{i:0{width}d}" for i in range(table.num_rows)]
         table = table.append_column("key", pa.array(keys, pa.string()))
         return table.append_column("shard", pa.array([shard] * table.num_rows, pa.int64()))
-
-    def _write_tar(self, f: Any, table: pa.Table) -> None:
-        """Write the ok rows as WebDataset samples: ``<key>.<ext>``, ``<key>.json``, ``<key>.txt``.
-
-        The standard library's tarfile, as ``webdataset.TarWriter`` uses it (same member
-        names, order, owner and mode; the tests read the shards back with webdataset).
-        Not TarWriter itself: importing webdataset imports torch, ~250 MiB more resident
-        memory in every Ray worker that runs a write task (``bench.scaling``'s profile).
-        """
-        ext = self.output.image_format
-        with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-            for row in table.to_pylist():
-                if row["status"] != "ok":
-                    continue
-                metadata = {k: _json_value(v) for k, v in row.items() if k not in _NOT_METADATA}
-                members = {ext: row["image"], "json": json.dumps(metadata, sort_keys=True).encode(),
-                           "txt": row["prompt"].encode()}
-                for suffix in sorted(members):  # webdataset's order: the sample's keys sorted
-                    _add_member(tar, f"{row['key']}.{suffix}", members[suffix])
 
     @staticmethod
     def _stats(table: pa.Table, *, shard: int, run_id: str, started: str, seconds: float) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from typing import Any
 import ray
 from ray.cluster_utils import Cluster
 
-from pipelines.runner import committed_shards, run_job
+from pipelines.layout import OutputLayout
+from pipelines.runner import run_job
 from pipelines.spec import load_spec
 
 
@@ -42,11 +43,11 @@ def main(spec_path: str) -> dict[str, Any]:
         run = threading.Thread(target=lambda: done.update(summary=run_job(spec)), daemon=True)
         run.start()
         deadline = time.monotonic() + 300
-        while run.is_alive() and not committed_shards(spec) and time.monotonic() < deadline:
+        while run.is_alive() and not OutputLayout(spec.output.uri, spec.storage_options).committed_shards() and time.monotonic() < deadline:
             time.sleep(0.2)
         host = _node_of_generate_actor()
         victim = next((w for w in workers if w.node_id == host), workers[0])
-        report["committed_before_removal"] = len(committed_shards(spec))
+        report["committed_before_removal"] = len(OutputLayout(spec.output.uri, spec.storage_options).committed_shards())
         report["run_alive_at_removal"] = run.is_alive()
         report["removed_node_hosted_generate_actor"] = victim.node_id == host
         cluster.remove_node(victim, allow_graceful=False)  # SIGKILL the node's processes, as a crash would

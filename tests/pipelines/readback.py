@@ -10,7 +10,8 @@ import pyarrow.dataset as pads
 import webdataset as wds
 from PIL import Image
 
-from pipelines.storage import filesystem, join
+from pipelines.layout import OutputLayout
+from pipelines.storage import filesystem
 
 
 def _register_s3_scheme() -> None:
@@ -30,10 +31,11 @@ def _register_s3_scheme() -> None:
 def read_output(uri: str) -> dict[str, Any]:
     """Return samples from every tar, all Parquet rows, the stats files and ``_run.json``."""
     _register_s3_scheme()
-    fs, root = filesystem(uri)
+    layout = OutputLayout(uri)
+    fs, root = layout.fs, layout.root
     fs.invalidate_cache()  # listings cached by this process may predate another process's writes
     prefix = "s3://" if uri.startswith("s3://") else ""
-    tars = sorted(fs.glob(join(fs, root, "*.tar")))
+    tars = layout.files("tar")
     samples = []
     if tars:
         for sample in wds.WebDataset([prefix + t for t in tars], shardshuffle=False, empty_check=False):
@@ -48,11 +50,11 @@ def read_output(uri: str) -> dict[str, Any]:
                     "txt": sample["txt"].decode(),
                 }
             )
-    parquet_files = sorted(fs.glob(join(fs, root, "*.parquet")))
+    parquet_files = layout.files("parquet")
     table = pads.dataset(parquet_files, format="parquet", filesystem=fs).to_table() if parquet_files else None
-    stats = {p.rsplit("/", 1)[-1]: json.loads(fs.cat_file(p)) for p in sorted(fs.glob(join(fs, root, "*_stats.json")))}
-    run = json.loads(fs.cat_file(join(fs, root, "_run.json"))) if fs.exists(join(fs, root, "_run.json")) else None
-    error_files = sorted(fs.glob(join(fs, root, "_errors", "*.parquet")))
+    stats = {p.rsplit("/", 1)[-1]: layout.read_json(p) for p in layout.files("stats")}
+    run = layout.last_run()
+    error_files = layout.files("errors")
     errors = pads.dataset(error_files, format="parquet", filesystem=fs).to_table().to_pylist() if error_files else []
     return {
         "errors": errors,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from pipelines.cli import main
+from pipelines.layout import shard_name
 from pipelines.runner import run_job
 from pipelines.spec import load_spec
 from tests.pipelines.readback import read_output
@@ -61,7 +62,7 @@ def _check_output(out: dict, *, input_rows: list[dict]) -> None:
         assert sample["image"].format == "PNG"
         assert sample["txt"] == by_id[row_id]["prompt"]
         assert sample["key"] == rows[row_id]["key"]
-        assert sample["url"].endswith(f"{rows[row_id]['shard']:05d}.tar")
+        assert sample["url"].endswith(shard_name(rows[row_id]["shard"]) + ".tar")
         assert sample["json"]["sha256"] == rows[row_id]["sha256"]
         assert sample["json"]["campaign"] == by_id[row_id]["campaign"]
         assert 0 <= sample["json"]["clip_score"] <= 100

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.runner import committed_shards, run_job
+from pipelines.layout import OutputLayout
+from pipelines.runner import run_job
 from pipelines.spec import load_spec
 from tests.pipelines.readback import check_exactly_once, read_output
 
@@ -88,8 +89,9 @@ def test_driver_killed_at_three_points_then_rerun(job, s3, tmp_path: Path, model
     # (tar and Parquet published, stats not yet), and during the last shard.
     kills = [("sink:before_publish", "first"), ("sink:after_publish", "middle"), ("sink:before_publish", "last")]
     for point, which in kills:
-        committed = committed_shards(spec)
-        done = sum(json.loads(s3.cat_file(f"pixelmill/out/{n:05d}_stats.json"))["count"] for n in committed)
+        layout = OutputLayout(spec.output.uri, spec.storage_options)
+        committed = layout.committed_shards()
+        done = sum(layout.read_stats(n)["count"] for n in committed)
         new_shards = math.ceil((len(ROWS) - done) / PER_SHARD)
         assert new_shards >= 2, "each kill must leave work for the next attempt"
         # Shard numbers may skip (empty blocks write nothing): count this attempt's shard writes instead.
@@ -100,7 +102,7 @@ def test_driver_killed_at_three_points_then_rerun(job, s3, tmp_path: Path, model
         s3.invalidate_cache()
         if point == "sink:after_publish":  # a published shard without its commit marker is left behind ...
             tars = {int(p.rsplit("/", 1)[-1][:5]) for p in s3.glob("pixelmill/out/*.tar")}
-            assert tars - set(committed_shards(spec)), "the killed attempt left no uncommitted tar"
+            assert tars - set(OutputLayout(spec.output.uri, spec.storage_options).committed_shards()), "the killed attempt left no uncommitted tar"
     result = job(out_uri, input_uri=source)
     assert result.returncode == 0, _fail(result)
     s3.invalidate_cache()

@@ -16,6 +16,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from pipelines.layout import OutputLayout, shard_name
 from pipelines.report import build_report, report_main
 from pipelines.runner import RunSummary
 from pipelines.storage import filesystem, join
@@ -51,11 +52,12 @@ def _image(index: int, ext: str) -> bytes:
 
 def write_output(uri: str, *, scores: bool) -> dict[str, Any]:
     """Write two committed shards, an error record and ``_run.json`` as the sink and the runner do."""
-    fs, root = filesystem(uri)
+    layout = OutputLayout(uri)
+    fs, root = layout.fs, layout.root
     fs.makedirs(root, exist_ok=True)
     summary = RunSummary(run_id="20260101T000000-abcdef12", output=uri, mode="resume", skipped=SKIPPED)
     for shard, ext, rows in SHARDS:
-        name = f"{shard:05d}"
+        name = shard_name(shard)
         records = []
         for i, (row_id, prompt, status, stage, error) in enumerate(rows):
             ok = status == "ok"
@@ -71,19 +73,19 @@ def write_output(uri: str, *, scores: bool) -> dict[str, Any]:
                 record["clip_score"] = 20.0 + 3 * i + shard if ok else None
             records.append(record)
         table = pa.Table.from_pylist(records)
-        with fs.open(join(fs, root, f"{name}.tar"), "wb") as f, wds.TarWriter(f, encoder=False, mtime=0.0) as tar:
+        with fs.open(layout.shard_file("tar", shard), "wb") as f, wds.TarWriter(f, encoder=False, mtime=0.0) as tar:
             for i, record in enumerate(records):
                 if record["status"] == "ok":
                     tar.write({
                         "__key__": record["key"], ext: _image(i, ext),
                         "json": json.dumps(record, sort_keys=True).encode(), "txt": record["prompt"].encode(),
                     })
-        with fs.open(join(fs, root, f"{name}.parquet"), "wb") as f:
+        with fs.open(layout.shard_file("parquet", shard), "wb") as f:
             pq.write_table(table, f)
         errors = [r for r in records if r["status"] == "error"]
         if errors:
-            fs.makedirs(join(fs, root, "_errors"), exist_ok=True)
-            with fs.open(join(fs, root, "_errors", f"{name}.parquet"), "wb") as f:
+            fs.makedirs(layout.errors_dir, exist_ok=True)
+            with fs.open(layout.shard_file("errors", shard), "wb") as f:
                 pq.write_table(pa.Table.from_pylist(errors, schema=table.schema), f)
         reasons: dict[str, int] = {}
         for r in errors:
@@ -96,7 +98,7 @@ def write_output(uri: str, *, scores: bool) -> dict[str, Any]:
             "failures_by_reason": reasons, "start_time": "2026-01-01T00:00:01.000+00:00",
             "end_time": "2026-01-01T00:00:02.000+00:00", "duration_s": 0.25 + shard,
         }
-        with fs.open(join(fs, root, f"{name}_stats.json"), "wb") as f:
+        with fs.open(layout.shard_file("stats", shard), "wb") as f:
             f.write(json.dumps(stats, indent=2).encode())
         summary.rows += stats["count"]
         summary.images += stats["successes"]

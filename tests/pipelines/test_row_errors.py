@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from pipelines.cli import main
-from pipelines.runner import retry_errors, run_job
+from pipelines.retry import retry_errors
+from pipelines.runner import run_job
 from pipelines.spec import load_spec
 from tests.conftest import POISON_MARKER
 from tests.pipelines.readback import check_exactly_once, read_output

@@ -84,8 +84,9 @@ def test_s3_write_once_leaves_nothing_on_error(s3, monkeypatch, in_memory_limit:
 
 @pytest.mark.parametrize("mode", ["overwrite", "resume", "append"])
 def test_every_mode_starts_on_a_prefix_nothing_was_written_to(s3, mode: str) -> None:
-    from pipelines.runner import _prepare_output
+    from pipelines.layout import OutputLayout
+    from pipelines.resume import prepare_output
 
     spec = load_spec(raw={"input": {"uri": "s3://pixelmill/in/p.jsonl"}, "output": {"uri": "s3://pixelmill/never/written"}})
-    plan = _prepare_output(spec, mode)
+    plan = prepare_output(OutputLayout(spec.output.uri, spec.storage_options), mode)
     assert (plan.shard_offset, plan.done_parquet, plan.skipped) == (0, [], 0)

@@ -1,0 +1,91 @@
+"""Row accounting: a run's totals, its equation, and the record written as ``_run.json``.
+
+Every input row of a run ends as exactly one of: an image, an error record, a filtered
+record, or a row skipped as already done, so ``images + errors + filtered + skipped ==
+input_rows``. ``input_rows`` is counted by a separate pass over the input; the other
+terms come from the stats of the shards the run committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.layout import shard_name
+
+__all__ = ["RunSummary"]
+
+
+@dataclass
+class RunSummary:
+    """Totals of one run; also written as ``_run.json`` and ``_runs/<run id>.json``.
+
+    ``balanced`` holds when ``images + errors + filtered + skipped == input_rows``.
+    """
+
+    run_id: str
+    output: str
+    mode: str
+    input_rows: int = 0
+    rows: int = 0
+    skipped: int = 0
+    images: int = 0
+    errors: int = 0
+    filtered: int = 0
+    balanced: bool = False
+    equation: str = ""
+    errors_by_stage: dict[str, int] = field(default_factory=dict)
+    errors_by_reason: dict[str, int] = field(default_factory=dict)
+    errors_table: str = ""
+    shards: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    images_per_s: float = 0.0
+    started: str = ""
+    finished: str = ""
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def add_shards(self, shard_stats: list[dict[str, Any]]) -> None:
+        """Add the counts of the shards this run committed (their stats, any order)."""
+        for stats in sorted(shard_stats, key=lambda s: s["shard"]):
+            self.rows += stats["count"]
+            self.images += stats["successes"]
+            self.errors += stats["failures"]
+            self.filtered += stats.get("filtered", 0)
+            for reason, count in stats["failures_by_reason"].items():
+                stage = reason.split(":", 1)[0]
+                self.errors_by_stage[stage] = self.errors_by_stage.get(stage, 0) + count
+                self.errors_by_reason[reason] = self.errors_by_reason.get(reason, 0) + count
+            self.shards.append(shard_name(stats["shard"]))
+
+    def finish(self, *, started: dt.datetime, clock_start: float) -> None:
+        """Fill in the equation, ``balanced``, the wall time and the rate."""
+        self.balance()
+        self.wall_s = round(time.perf_counter() - clock_start, 3)
+        self.images_per_s = round(self.images / self.wall_s, 3) if self.wall_s else 0.0
+        self.started = started.isoformat(timespec="seconds")
+        self.finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    def balance(self) -> None:
+        """Fill in ``equation`` and ``balanced`` from the counts."""
+        total = self.images + self.errors + self.filtered + self.skipped
+        self.balanced = total == self.input_rows
+        self.equation = (
+            f"{self.images} images + {self.errors} errors + {self.filtered} filtered + "
+            f"{self.skipped} skipped = {total} {'==' if self.balanced else '!='} {self.input_rows} input rows"
+        )
+
+    @property
+    def success_rate(self) -> float:
+        """Images over rows that were meant to become images (filtered rows excluded)."""
+        attempted = self.images + self.errors
+        return self.images / attempted if attempted else 1.0
+
+    def line(self) -> str:
+        """Return the one-line summary printed at the end of a run."""
+        return (
+            f"pixelmill: {self.input_rows} rows in, {self.skipped} skipped as done, "
+            f"{self.images} images out, {self.errors} errors, {self.filtered} filtered, "
+            f"{len(self.shards)} shards, {self.wall_s:.1f} s, {self.images_per_s:.2f} images/s -> {self.output}"
+        )

@@ -1,0 +1,78 @@
+"""Resume: what a run finds at its output, what it removes, and which rows it skips.
+
+A shard is committed exactly when its stats file exists (``pipelines.layout``). At
+start a run removes what dead runs left (``_tmp/`` and files of shards that never
+committed), applies the output mode, and reads the ids of the committed rows with Ray
+Data so the plan can anti-join them away before any model runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pipelines.layout import OutputLayout
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = ["MODES", "Mode", "OutputPlan", "clean_output", "done_after", "done_ids", "prepare_output"]
+
+Mode = Literal["resume", "overwrite", "append"]
+MODES: tuple[str, ...] = ("resume", "overwrite", "append")
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class OutputPlan:
+    """What a run finds at its output: where numbering continues and what is already done."""
+
+    shard_offset: int
+    done_parquet: list[str]
+    skipped: int
+
+
+def clean_output(layout: OutputLayout) -> list[int]:
+    """Remove what dead runs left (temporaries, shard files without stats); return committed shards."""
+    layout.remove_tmp()
+    for path in layout.uncommitted_files():
+        logger.info("pixelmill: removing %s (its shard never committed)", path)
+        layout.fs.rm(path)
+    return layout.committed_shards()
+
+
+def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
+    """Clean what dead runs left, apply the mode, and say what this run must skip.
+
+    Only shards with a stats file are committed; the rows of anything else
+    are simply done again.
+    """
+    layout.fs.makedirs(layout.root, exist_ok=True)
+    if mode == "overwrite":
+        # An object store has no empty folders: a prefix nothing was written to does not exist.
+        for path in layout.fs.ls(layout.root, detail=False) if layout.exists() else []:
+            layout.fs.rm(path, recursive=True)
+        return OutputPlan(shard_offset=0, done_parquet=[], skipped=0)
+    committed = clean_output(layout)
+    offset = max(committed) + 1 if committed else 0
+    if mode == "append" or not committed:
+        return OutputPlan(shard_offset=offset, done_parquet=[], skipped=0)
+    return done_after(layout, committed, offset)
+
+
+def done_after(layout: OutputLayout, shards: list[int], offset: int) -> OutputPlan:
+    """Return a plan that skips the rows of ``shards`` and numbers new shards from ``offset``."""
+    skipped = sum(layout.read_stats(shard)["count"] for shard in shards)
+    parquet = [layout.shard_file("parquet", shard) for shard in shards]
+    return OutputPlan(shard_offset=offset, done_parquet=parquet, skipped=skipped)
+
+
+def done_ids(layout: OutputLayout, paths: list[str]) -> "ray.data.Dataset | None":
+    """Return a dataset of the ids already committed, read by Ray, never gathered on the driver."""
+    import ray.data
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    if not paths:
+        return None
+    return ray.data.read_parquet(paths, columns=["id"], filesystem=PyFileSystem(FSSpecHandler(layout.fs)))

@@ -1,0 +1,133 @@
+"""The output layout (pipelines.layout) and the sink's commit order, without Ray."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import pipelines.sink as sink_module
+from pipelines.layout import SHARD_FILES, OutputLayout, shard_name
+from pipelines.sink import SHARD_WRITERS, ShardDatasink
+from pipelines.spec import OutputSpec
+from pipelines.watchdog import RunStalled, Watchdog
+
+
+def _rows(n: int, *, errors: int = 0) -> pa.Table:
+    status = ["error"] * errors + ["ok"] * (n - errors)
+    return pa.table({
+        "id": [f"r{i}" for i in range(n)],
+        "prompt": [f"prompt {i}" for i in range(n)],
+        "status": status,
+        "stage": ["generate" if s == "error" else "" for s in status],
+        "error": ["boom: it broke" if s == "error" else "" for s in status],
+        "image": [b"\x89PNG fake" if s == "ok" else b"" for s in status],
+    })
+
+
+def test_names_are_zero_padded_and_one_per_kind(tmp_path: Path) -> None:
+    layout = OutputLayout(str(tmp_path / "out"))
+    assert shard_name(42) == "00042" and shard_name(123456) == "123456"
+    assert [p.rsplit("/", 1)[-1] for p in layout.shard_files(7)] == [
+        "00007.tar", "00007.parquet", "00007.parquet", "00007_stats.json"]
+    assert layout.shard_file("errors", 7).endswith("/_errors/00007.parquet")
+    assert layout.run_record().endswith("/_run.json")
+    assert layout.run_record("abc").endswith("/_runs/abc.json")
+    assert SHARD_FILES[-1].kind == "stats", "the commit marker comes last"
+    with pytest.raises(KeyError):
+        layout.shard_file("nope", 0)
+
+
+def test_committed_and_uncommitted_shards(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    (root / "_errors").mkdir(parents=True)
+    for name in ("00000.tar", "00000.parquet", "00000_stats.json", "_errors/00000.parquet",
+                 "00001.tar", "00001.parquet", "_errors/00001.parquet", "notes.txt", "12.tar"):
+        (root / name).write_text("{}" if name.endswith(".json") else "x")
+    layout = OutputLayout(str(root))
+    assert layout.committed_shards() == [0]
+    leftovers = sorted(path.split("/out/", 1)[1] for path in layout.uncommitted_files())
+    assert leftovers == ["00001.parquet", "00001.tar", "_errors/00001.parquet"]  # never notes.txt or 12.tar
+    assert layout.files("errors") == [layout.shard_file("errors", 0), layout.shard_file("errors", 1)]
+    assert layout.files("parquet") == [layout.shard_file("parquet", 0), layout.shard_file("parquet", 1)]
+    assert OutputLayout(str(tmp_path / "missing")).committed_shards() == []
+
+
+def test_layout_on_s3(s3) -> None:
+    s3.pipe("pixelmill/out/00003_stats.json", json.dumps({"shard": 3, "count": 2}).encode())
+    s3.pipe("pixelmill/out/00004.tar", b"x")
+    layout = OutputLayout("s3://pixelmill/out")
+    assert layout.committed_shards() == [3]
+    assert layout.read_stats(3)["count"] == 2
+    assert layout.uncommitted_files() == ["pixelmill/out/00004.tar"]
+    layout.write_json(layout.run_record("r1"), {"run_id": "r1"})
+    assert layout.read_json(layout.run_record("r1")) == {"run_id": "r1"}
+    assert layout.display("_errors") == "s3://pixelmill/out/_errors"
+
+
+def test_sink_writes_every_shard_file_in_commit_order(tmp_path: Path, monkeypatch) -> None:
+    written: list[str] = []
+    original = sink_module.write_once
+
+    def recording(fs, path, *, staging_dir):
+        written.append(path.split("/out/", 1)[1])
+        return original(fs, path, staging_dir=staging_dir)
+
+    monkeypatch.setattr(sink_module, "write_once", recording)
+    output = OutputSpec(uri=str(tmp_path / "out"), samples_per_shard=10)
+    sink = ShardDatasink(output, run_id="run1", shard_offset=3)
+    stats = sink.write([_rows(4, errors=1)], SimpleNamespace(task_idx=2))
+    assert written == ["00005.tar", "00005.parquet", "_errors/00005.parquet", "00005_stats.json"]
+    assert list(SHARD_WRITERS) == [f.kind for f in SHARD_FILES]
+    assert (stats["shard"], stats["count"], stats["successes"], stats["failures"]) == (5, 4, 3, 1)
+    layout = OutputLayout(output.uri)
+    assert layout.committed_shards() == [5] and layout.read_stats(5) == stats
+    assert pq.read_table(layout.shard_file("errors", 5)).column("id").to_pylist() == ["r0"]
+    # no errors, no error file
+    written.clear()
+    sink.write([_rows(2)], SimpleNamespace(task_idx=3))
+    assert written == ["00006.tar", "00006.parquet", "00006_stats.json"]
+
+
+def test_a_failing_writer_leaves_the_shard_uncommitted(tmp_path: Path, monkeypatch) -> None:
+    def broken(f, content):
+        raise OSError("disk full")
+
+    monkeypatch.setitem(SHARD_WRITERS, "parquet", (broken, SHARD_WRITERS["parquet"][1]))
+    output = OutputSpec(uri=str(tmp_path / "out"), samples_per_shard=10)
+    with pytest.raises(OSError, match="disk full"):
+        ShardDatasink(output, run_id="run1").write([_rows(3)], SimpleNamespace(task_idx=0))
+    layout = OutputLayout(output.uri)
+    assert layout.committed_shards() == []
+    assert [p.rsplit("/", 1)[-1] for p in layout.uncommitted_files()] == ["00000.tar"]
+
+
+def test_watchdog_stops_a_run_without_progress() -> None:
+    with pytest.raises(RunStalled, match="no shard committed"):
+        with Watchdog(lambda: 0, timeout_s=0.6, grace_s=30):
+            time.sleep(10)
+
+
+def test_watchdog_lets_a_progressing_run_finish() -> None:
+    counter = {"n": 0}
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.1):
+            counter["n"] += 1
+
+    ticker = threading.Thread(target=tick, daemon=True)
+    ticker.start()
+    try:
+        with Watchdog(lambda: counter["n"], timeout_s=0.6, grace_s=30) as dog:
+            time.sleep(1.5)
+        assert not dog.fired
+    finally:
+        stop.set()
+        ticker.join()
