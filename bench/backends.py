@@ -7,7 +7,7 @@ Runs held-out world captions (``world.held_out(n, seed=1)``) through ``builtin:s
 backend, one pass) in this process, through the classes the pipeline stages use
 (``PromptEncoder`` + the backend's generator; no Ray), with one torch thread. Prints
 images/s (encode + generate, models loaded and warmed up beforehand) and adherence
-(``models.adherence.rate``) per backend and writes ``bench/results/backends.json``.
+(``training.adherence.rate``) per backend and writes ``bench/results/backends.json``.
 About 20 seconds on the 2-core CI machine.
 """
 
@@ -28,9 +28,9 @@ BACKENDS = (("diffusers", "builtin:shapes-sd", 2), ("gan", "builtin:shapes-gan",
 def _run(backend: str, uri: str, steps: int, captions: list[str], micro_batch: int, cache_dir: str) -> dict:
     """Load ``uri`` with ``backend``, warm up, then time encode + generate of ``captions`` and rate them."""
     from actors.backends import load_backend
-    from models.adherence import rate
     from models.diffusion import PromptEncoder
     from models.store import resolve_model_path
+    from training.adherence import rate
 
     path = resolve_model_path(uri, cache_dir=cache_dir)
     encoder = PromptEncoder(path)
@@ -55,7 +55,7 @@ def _run(backend: str, uri: str, steps: int, captions: list[str], micro_batch: i
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from models import world
+    from training import world
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="held-out captions (the model cards' 200)")

@@ -87,7 +87,7 @@ def s3():
 
 def world_prompts(n: int, seed: int = 0) -> list[dict[str, Any]]:
     """``n`` prompt rows with captions of the built-in world (what the built-in model draws)."""
-    from models import world
+    from training import world
 
     return [
         {"id": f"row-{i:06d}", "prompt": world.caption(scene)}

@@ -7,7 +7,7 @@ import pytest
 
 from actors.generate import IMAGE_COLUMN
 from actors.score import ScoreStage
-from models import world
+from training import world
 from pipelines.spec import ModelSpec, ScoreSpec, StageSpec
 
 

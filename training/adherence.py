@@ -1,11 +1,11 @@
-"""Prompt adherence of an image to a ``models.world`` caption, judged from its pixels alone.
+"""Prompt adherence of an image to a ``training.world`` caption, judged from its pixels alone.
 
 No model is involved: the caption is parsed back into a scene
-(:func:`models.world.parse_caption`) and the image is checked against it with fixed
+(:func:`training.world.parse_caption`) and the image is checked against it with fixed
 pixel rules, so the measure cannot share the blind spots of the model being judged.
 
 The image is resized to 64 x 64 and every pixel is given the nearest named colour
-(:data:`models.world.COLOURS`, RGB distance; see :func:`classify_colours`).  Then:
+(:data:`training.world.COLOURS`, RGB distance; see :func:`classify_colours`).  Then:
 
 - **background**: the most common colour of the 2-pixel border must be the named
   background and cover at least :data:`MIN_BACKGROUND_SHARE` of the border.
@@ -35,7 +35,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from models.world import (
+from training.world import (
     COLOURS,
     POSITIONS,
     SHAPES,
@@ -393,7 +393,7 @@ def score(caption: str | Scene, image: np.ndarray, *, judge_shape: bool = True) 
     """Judge how well ``image`` shows ``caption``.
 
     Args:
-        caption: a ``models.world`` caption (or the scene itself).
+        caption: a ``training.world`` caption (or the scene itself).
         image: uint8 ``[H, W, 3]``, any size (resized to 64 x 64, so a non-square
             image is judged squashed into a square).
         judge_shape: also recognise each shape's kind (``shape_ok``); else it is None.

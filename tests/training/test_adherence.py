@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from models import adherence, world
-from models.world import COLOURS, SHAPES, Scene, Shape
+from training import adherence, world
+from training.world import COLOURS, SHAPES, Scene, Shape
 
 MIRROR = {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}
 

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from models import world
-from models.world import COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape
+from training import world
+from training.world import COLOURS, POSITIONS, SHAPES, SIZES, Scene, Shape
 
 
 def _random_scenes(count: int, seed: int, max_shapes: int = 2) -> list[Scene]:
@@ -166,5 +166,5 @@ def test_held_out_split_is_disjoint_from_training_and_leaves_every_word_in_train
 
 
 def test_world_imports_neither_torch_nor_ray() -> None:
-    code = "import sys, models.world, models.adherence; assert not {'torch', 'ray'} & set(sys.modules)"
+    code = "import sys, training.world, training.adherence; assert not {'torch', 'ray'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)

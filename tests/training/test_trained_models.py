@@ -1,9 +1,9 @@
 """The shipped world-trained models (``models/zoo/shapes-sd``, ``models/zoo/shapes-clip``).
 
 They load through the normal loaders, give the same bytes twice, and draw held-out
-captions well enough that pixel rules (``models.adherence``) pass where the same
+captions well enough that pixel rules (``training.adherence``) pass where the same
 architecture with untrained weights fails; their CLIP scores matched pairs above
-shuffled ones.  Training: ``python -m models.train_world`` (see the model cards).
+shuffled ones.  Training: ``python -m training.train_world`` (see the model cards).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from models import world
-from models.adherence import rate
 from models.clip_score import ClipScorer
 from models.diffusion import ImageGenerator, PromptEncoder
 from models.store import resolve_model_path
+from training import world
+from training.adherence import rate
 
 ZOO = os.path.join(os.path.dirname(__file__), "..", "..", "models", "zoo")
 SD_FOLDER = os.path.abspath(os.path.join(ZOO, "shapes-sd"))

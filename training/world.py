@@ -3,7 +3,7 @@
 Every image is drawn from a :class:`Scene`, and its caption is written from the same
 scene, so a caption is exactly true of its image and :func:`parse_caption` turns a
 caption back into the scene (a benchmark can score a generated image from its prompt
-alone, see ``models.adherence``).  Plain numpy + Pillow: no torch, no Ray.
+alone, see ``training.adherence``).  Plain numpy + Pillow: no torch, no Ray.
 
 Captions look like ``"a small red circle on the left, blue background"`` or
 ``"a large green square at the top and a small yellow triangle at the bottom, black

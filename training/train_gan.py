@@ -1,9 +1,9 @@
-"""Train and evaluate the ``shapes-gan`` text-conditional GAN on the procedural world (``models.world``).
+"""Train and evaluate the ``shapes-gan`` text-conditional GAN on the procedural world (``training.world``).
 
 Usage::
 
-    python -m models.train_gan train --out models/zoo/shapes-gan --clip models/zoo/shapes-clip --seed 0
-    python -m models.train_gan evaluate --gan models/zoo/shapes-gan --clip models/zoo/shapes-clip
+    python -m training.train_gan train --out models/zoo/shapes-gan --clip models/zoo/shapes-clip --seed 0
+    python -m training.train_gan evaluate --gan models/zoo/shapes-gan --clip models/zoo/shapes-clip
 
 ``train`` copies the text tower of a ``CLIPModel`` folder (frozen), embeds the captions of
 ``world.pairs(pool, seed, split_name="train")`` once, and trains a generator and a
@@ -19,7 +19,7 @@ ever sees the discriminator's verdict. The generator saved is an exponential mov
 of the trained one, its batch-norm statistics re-estimated at the end.
 
 ``evaluate`` generates from held-out captions (``world.held_out``) through the same classes
-the pipeline uses and prints adherence rates (``models.adherence.rate``), CLIP scores (matched
+the pipeline uses and prints adherence rates (``training.adherence.rate``), CLIP scores (matched
 vs shuffled captions) and images/s, for the folder and for a random-weight generator of the
 same architecture, as JSON. A run is deterministic for its seed on a given machine, thread
 count and library build.
@@ -40,7 +40,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import world
 from models.gan import (
     Discriminator,
     Generator,
@@ -51,6 +50,7 @@ from models.gan import (
     text_statistics,
     text_tower_from_clip,
 )
+from training import world
 
 
 def _perturbed(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
@@ -144,7 +144,7 @@ def _monitor(
     average: Generator, *, encoder_embed: tuple[list[str], torch.Tensor], seed: int, grid: str | None = None
 ) -> dict:
     """Adherence of a copy of the averaged generator (statistics re-estimated) on the progress captions."""
-    from models.adherence import rate, score
+    from training.adherence import rate, score
 
     captions, text = encoder_embed
     generator = copy.deepcopy(average)
@@ -278,8 +278,8 @@ def _images_per_s(gan_path: str, captions: list[str], micro_batch: int) -> float
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    from models.adherence import rate
-    from models.train_world import clip_matched_vs_shuffled, held_out_set
+    from training.adherence import rate
+    from training.train_world import clip_matched_vs_shuffled, held_out_set
 
     captions, _truth = held_out_set(args.n, args.seed)
     report: dict = {"n": args.n, "seed": args.seed, "threads": torch.get_num_threads()}
@@ -302,7 +302,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m models.train_gan", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.train_gan", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     tr = commands.add_parser("train", help="train shapes-gan and save the folder")
     tr.add_argument("--out", required=True)

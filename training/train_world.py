@@ -1,13 +1,13 @@
-"""Train the ``shapes-sd`` and ``shapes-clip`` models on the procedural world (``models.world``).
+"""Train the ``shapes-sd`` and ``shapes-clip`` models on the procedural world (``training.world``).
 
 Usage (the four stages that made the shipped ``shapes-sd``; see its model card)::
 
-    python -m models.train_world sd --out runs/s1 --seed 0 --pool 12000 --vae-steps 900 --steps 1600 --lr 1e-3 --unet-channels 32 64
-    python -m models.train_world sd --out runs/s2 --init runs/s1 --seed 1 --pool 12000 --vae-steps 0 --steps 800 --lr 5e-4 --few-step-share 0.5 --unet-channels 32 64
-    python -m models.train_world sd --out runs/vae --init runs/s2 --seed 4 --pool 12000 --vae-steps 3000 --vae-lr 5e-4 --vae-decoder-only --steps 0 --unet-channels 32 64
-    python -m models.train_world sd --out models/zoo/shapes-sd --init runs/s2 --vae-from runs/vae --seed 2 --pool 12000 --vae-steps 0 --steps 6000 --lr 1e-3 --few-step-share 0.8
-    python -m models.train_world clip --out models/zoo/shapes-clip --seed 0 --pool 12000 --steps 700 --batch 96
-    python -m models.train_world evaluate --sd models/zoo/shapes-sd --clip models/zoo/shapes-clip --steps 1 2 4
+    python -m training.train_world sd --out runs/s1 --seed 0 --pool 12000 --vae-steps 900 --steps 1600 --lr 1e-3 --unet-channels 32 64
+    python -m training.train_world sd --out runs/s2 --init runs/s1 --seed 1 --pool 12000 --vae-steps 0 --steps 800 --lr 5e-4 --few-step-share 0.5 --unet-channels 32 64
+    python -m training.train_world sd --out runs/vae --init runs/s2 --seed 4 --pool 12000 --vae-steps 3000 --vae-lr 5e-4 --vae-decoder-only --steps 0 --unet-channels 32 64
+    python -m training.train_world sd --out models/zoo/shapes-sd --init runs/s2 --vae-from runs/vae --seed 2 --pool 12000 --vae-steps 0 --steps 6000 --lr 1e-3 --few-step-share 0.8
+    python -m training.train_world clip --out models/zoo/shapes-clip --seed 0 --pool 12000 --steps 700 --batch 96
+    python -m training.train_world evaluate --sd models/zoo/shapes-sd --clip models/zoo/shapes-clip --steps 1 2 4
 
 ``sd`` trains a small ``AutoencoderKL`` (64x64 RGB <-> 16x16x4 latents) on world images,
 then a CLIP text encoder and a cross-attention ``UNet2DConditionModel`` together with the
@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models import world
+from training import world
 
 # Words of the world's captions, added to the tiny tokenizer as whole-word tokens.
 WORLD_WORDS = [*world.SHAPES, *world.COLOURS, *world.SIZES, *world.POSITIONS, "background"]
@@ -317,7 +317,7 @@ def clip_matched_vs_shuffled(clip_path: str, captions: list[str], images: np.nda
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    from models.adherence import rate
+    from training.adherence import rate
 
     captions, truth = held_out_set(args.n, args.seed)
     report: dict = {"n": args.n, "seed": args.seed}
@@ -341,7 +341,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m models.train_world", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.train_world", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     sd = commands.add_parser("sd", help="train the shapes-sd pipeline")
     sd.add_argument("--out", required=True)
