@@ -108,3 +108,17 @@ def write_prompts(tmp_path: Path):
         return path
 
     return write
+
+
+# Modules whose every test starts a subprocess, a cluster or a server process.
+_SLOW_MODULES = ("test_jobs.py", "test_node_loss.py", "test_bench.py", "test_faults.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that needs Ray (the ``ray_session`` fixture) or a subprocess module.
+
+    ``scripts/test.sh --fast`` runs the rest (``-m "not slow"``): the inner loop.
+    """
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()) or item.path.name in _SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -82,7 +82,7 @@ def sd(tiny_sd_path: str) -> tuple[PromptEncoder, ImageGenerator]:
 PROMPTS = ["a red cat", "a blue dog on a beach", "photo of a mountain at sunset", "zebra!", "a green square"]
 
 
-@pytest.mark.parametrize("threads, busy", [(1, False), (2, False), (2, True)])
+@pytest.mark.parametrize("threads, busy", [(1, False), (2, False), pytest.param(2, True, marks=pytest.mark.slow)])
 def test_generated_rows_do_not_depend_on_their_batch(sd, threads: int, busy: bool) -> None:
     """Guidance 3 (CFG doubles the UNet's rows), micro-batch 3 (a padded last chunk)."""
     encoder, generator = sd

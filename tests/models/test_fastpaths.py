@@ -230,6 +230,7 @@ def test_generate_stage_with_a_tiny_vae_in_object_storage(tmp_path: Path) -> Non
 # --- the GPU benchmark's CPU smoke run ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_gpu_bench_smoke_writes_its_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

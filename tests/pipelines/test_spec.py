@@ -94,6 +94,7 @@ def test_missing_file_and_bad_yaml(tmp_path: Path) -> None:
         load_spec(bad)
 
 
+@pytest.mark.slow
 def test_validate_command_does_not_import_torch_or_ray(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text("input: {uri: a.jsonl}\noutput: {uri: out}\n")

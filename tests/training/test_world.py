@@ -165,6 +165,7 @@ def test_held_out_split_is_disjoint_from_training_and_leaves_every_word_in_train
     assert {(c, k) for c, k, _ in train_triples} == set(itertools.product(COLOURS, SHAPES))
 
 
+@pytest.mark.slow
 def test_world_imports_neither_torch_nor_ray() -> None:
     code = "import sys, training.world, training.adherence; assert not {'torch', 'ray'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
