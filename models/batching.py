@@ -108,5 +108,6 @@ def in_fixed_chunks(
         keep = len(indices)
         parts.append({k: v[:keep] for k, v in result.items()} if isinstance(result, dict) else result[:keep])
     if isinstance(parts[0], dict):
-        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
-    return np.concatenate(parts)
+        dicts = [part for part in parts if isinstance(part, dict)]
+        return {key: np.concatenate([part[key] for part in dicts]) for key in parts[0]}
+    return np.concatenate([part for part in parts if isinstance(part, np.ndarray)])

@@ -65,7 +65,7 @@ class RunSummary:
         self.wall_s = round(time.perf_counter() - clock_start, 3)
         self.images_per_s = round(self.images / self.wall_s, 3) if self.wall_s else 0.0
         self.started = started.isoformat(timespec="seconds")
-        self.finished = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.finished = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
     def balance(self) -> None:
         """Fill in ``equation`` and ``balanced`` from the counts."""

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.layout import REPORT, OutputLayout, shard_name
-from pipelines.storage import write_once
 from pipelines.report_data import MAX_ERRORS, SCORE_COLUMN, THUMBNAIL_PX, StageTiming, gather
+from pipelines.storage import write_once
 
 __all__ = ["build_report", "render_report", "report_main"]
 
@@ -69,12 +69,12 @@ def _figure(width: float = 6.4, height: float = 2.6) -> Any:
 
 
 def _throughput_chart(timings: list[StageTiming]) -> str | None:
-    rated = [t for t in timings if t.rows_per_s is not None]
+    rated = [(t.stage, rate) for t in timings if (rate := t.rows_per_s) is not None]
     if not rated:
         return None
     figure, axes = _figure(height=0.6 + 0.45 * len(rated))
-    labels = [t.stage for t in rated]
-    rates = [t.rows_per_s for t in rated]
+    labels = [stage for stage, _ in rated]
+    rates = [rate for _, rate in rated]
     axes.barh(labels, rates, color="#4c72b0")
     axes.invert_yaxis()
     if max(rates) / min(rates) > 50:  # stages often differ by orders of magnitude

@@ -218,8 +218,9 @@ def _thumbnail(data: bytes, px: int = THUMBNAIL_PX) -> str:
     """Return a small JPEG of an encoded image as a ``data:`` URI."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
-        image.draft("RGB", (px * 2, px * 2))  # JPEG: decode at a reduced scale
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.draft("RGB", (px * 2, px * 2))  # JPEG: decode at a reduced scale
+        image: Image.Image = opened
         if image.mode in ("RGBA", "LA", "P"):
             image = image.convert("RGBA")
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))

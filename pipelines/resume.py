@@ -68,7 +68,7 @@ def done_after(layout: OutputLayout, shards: list[int], offset: int) -> OutputPl
     return OutputPlan(shard_offset=offset, done_parquet=parquet, skipped=skipped)
 
 
-def done_ids(layout: OutputLayout, paths: list[str]) -> "ray.data.Dataset | None":
+def done_ids(layout: OutputLayout, paths: list[str]) -> ray.data.Dataset | None:
     """Return a dataset of the ids already committed, read by Ray, never gathered on the driver."""
     import ray.data
     from pyarrow.fs import FSSpecHandler, PyFileSystem

@@ -51,7 +51,8 @@ def retry_errors(spec: JobSpec) -> RunSummary:
     input_rows = 0
     if files:
         errors = ray.data.read_parquet(files, filesystem=PyFileSystem(FSSpecHandler(layout.fs)))
-        execute(spec, layout, process_rows(spec, retried_rows(spec, errors), done_ids=done_ids(layout, plan.done_parquet)), sink)
+        rows = process_rows(spec, retried_rows(spec, errors), done_ids=done_ids(layout, plan.done_parquet))
+        execute(spec, layout, rows, sink)
         input_rows = errors.count()
     for path in files:  # every row of these files is now committed in a newer shard
         layout.fs.rm(path)

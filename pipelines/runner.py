@@ -85,7 +85,7 @@ def start_run(spec: JobSpec) -> tuple[dt.datetime, float, str]:
     """Start or join Ray, configure Ray Data; return start time, clock and a new run id."""
     import ray.data
 
-    started, clock_start = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    started, clock_start = dt.datetime.now(dt.UTC), time.perf_counter()
     init_ray(spec)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = spec.ray.preserve_order
@@ -93,7 +93,7 @@ def start_run(spec: JobSpec) -> tuple[dt.datetime, float, str]:
     return started, clock_start, f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def execute(spec: JobSpec, layout: OutputLayout, dataset: "ray.data.Dataset", sink: Any) -> None:
+def execute(spec: JobSpec, layout: OutputLayout, dataset: ray.data.Dataset, sink: Any) -> None:
     """Write ``dataset`` through ``sink`` under the watchdog, which watches the committed-shard count."""
     with Watchdog(lambda: len(layout.committed_shards()), timeout_s=spec.ray.stall_timeout_s):
         # Own remote args keep the write from fusing with the repartition before it: a fused

@@ -87,10 +87,11 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def write_prompts(tmp_path: Path):
     """Write a list of row dicts as a prompt table and return its path."""
+    import json
+
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
-    import json
 
     def write(rows: list[dict], name: str = "prompts.jsonl", folder: Path | None = None) -> Path:
         path = (folder or tmp_path / "input") / name
