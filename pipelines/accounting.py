@@ -15,7 +15,11 @@ from typing import Any
 
 from pipelines.layout import shard_name
 
-__all__ = ["RunSummary"]
+__all__ = ["EQUATION_TERMS", "RunSummary"]
+
+# The terms that add up to ``input_rows``; a new way for a row to end (a duplicate id,
+# a fan-out child) is one more term here and one more counter field below.
+EQUATION_TERMS: tuple[str, ...] = ("images", "errors", "filtered", "skipped")
 
 
 @dataclass
@@ -69,11 +73,12 @@ class RunSummary:
 
     def balance(self) -> None:
         """Fill in ``equation`` and ``balanced`` from the counts."""
-        total = self.images + self.errors + self.filtered + self.skipped
+        counts = {term: int(getattr(self, term)) for term in EQUATION_TERMS}
+        total = sum(counts.values())
         self.balanced = total == self.input_rows
         self.equation = (
-            f"{self.images} images + {self.errors} errors + {self.filtered} filtered + "
-            f"{self.skipped} skipped = {total} {'==' if self.balanced else '!='} {self.input_rows} input rows"
+            " + ".join(f"{count} {term}" for term, count in counts.items())
+            + f" = {total} {'==' if self.balanced else '!='} {self.input_rows} input rows"
         )
 
     @property

@@ -226,6 +226,22 @@ class OutputLayout:
             leftovers += [path for shard, path in self._numbered(shard_file).items() if shard not in committed]
         return sorted(leftovers)
 
+    def is_owned(self, path: str) -> bool:
+        """Return whether ``path`` (a full path under the root) is a file pixelmill writes there.
+
+        Owned: every per-shard file (``SHARD_FILES``), the run records, the retry manifest,
+        the lease, the report and anything under ``_tmp/``. Anything else (a user's notes,
+        an input file placed in the output) is not pixelmill's to delete.
+        """
+        relative = path[len(self.root) :].lstrip(self.fs.sep) if path.startswith(self.root) else path
+        if relative in (RUN_RECORD, RETRY_MANIFEST, LEASE, REPORT):
+            return True
+        if relative.startswith(TMP_DIR + "/"):
+            return True
+        if relative.startswith(RUNS_DIR + "/") and relative.endswith(".json") and relative.count("/") == 1:
+            return True
+        return any(shard_file.regex().fullmatch("/" + relative) for shard_file in SHARD_FILES)
+
     def remove_tmp(self) -> None:
         """Delete ``_tmp/`` (this run's finished temporaries, or a dead run's leftovers)."""
         tmp = self.staging_dir()

@@ -131,3 +131,27 @@ def test_watchdog_lets_a_progressing_run_finish() -> None:
     finally:
         stop.set()
         ticker.join()
+
+
+def test_only_pixelmill_files_are_owned(tmp_path: Path) -> None:
+    layout = OutputLayout(str(tmp_path / "out"))
+    owned = ["00000.tar", "00000.parquet", "_errors/00000.parquet", "00000_stats.json", "_run.json",
+             "_runs/20260101T000000-abc.json", "_retry.json", "_lease.json", "report.html", "_tmp/run/x.tar"]
+    foreign = ["notes.txt", "sub/data.csv", "12.tar", "_errors/notes.txt", "00000.tar.bak", "_runs/a/b.json",
+               "prompts.jsonl"]
+    assert all(layout.is_owned(layout.path(name)) for name in owned)
+    assert not any(layout.is_owned(layout.path(name)) for name in foreign)
+
+
+def test_the_equation_names_every_term() -> None:
+    from pipelines.accounting import EQUATION_TERMS, RunSummary
+
+    summary = RunSummary(run_id="r", output="o", mode="resume", input_rows=10, images=6, errors=2, filtered=1,
+                         skipped=1)
+    summary.balance()
+    assert summary.balanced
+    assert summary.equation == "6 images + 2 errors + 1 filtered + 1 skipped = 10 == 10 input rows"
+    summary.images -= 1
+    summary.balance()
+    assert not summary.balanced and "9 != 10" in summary.equation
+    assert EQUATION_TERMS[0] == "images"
