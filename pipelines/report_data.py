@@ -30,7 +30,8 @@ STAGE_SECONDS = ("encode_s", "generate_s", "style_s", "score_s", "image_encode_s
 SCORE_COLUMN = "clip_score"
 THUMBNAIL_PX = 128
 MAX_ERRORS = 50
-_IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+# A sample's members other than its image (the sink writes <key>.<image format>, .json, .txt).
+_NOT_IMAGE_EXTENSIONS = ("json", "txt")
 _BATCH_ROWS = 8192
 _TAR_BLOCK_SIZE = 1 << 20
 logger = logging.getLogger(__name__)
@@ -251,7 +252,7 @@ def _read_thumbnails(layout: OutputLayout, samples: dict[str, Sample]) -> None:
                 # webdataset's convention: the key is the name up to the first dot of its last part.
                 base = member.name.rsplit("/", 1)[-1]
                 key, _, ext = base.partition(".")
-                if key not in missing or ext.lower() not in _IMAGE_EXTENSIONS:
+                if key not in missing or ext.lower() in _NOT_IMAGE_EXTENSIONS:
                     continue
                 handle = tar.extractfile(member)
                 if handle is None:
