@@ -27,7 +27,7 @@ BACKENDS = (("diffusers", "builtin:shapes-sd", 2), ("gan", "builtin:shapes-gan",
 
 def _run(backend: str, uri: str, steps: int, captions: list[str], micro_batch: int, cache_dir: str) -> dict:
     """Load ``uri`` with ``backend``, warm up, then time encode + generate of ``captions`` and rate them."""
-    from actors.backends import load_backend
+    from models.backends import load_backend
     from models.diffusion import PromptEncoder
     from models.store import resolve_model_path
     from training.adherence import rate

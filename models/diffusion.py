@@ -48,30 +48,26 @@ import hashlib
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
+from typing import Any
 
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
 from models.batching import in_fixed_chunks
-from models.families import PipelineFamily, family_for, none_overrides
+from models.families import FAMILIES, EncodeFn, PipelineFamily, family_for, none_overrides, read_model_index
 from models.fastpaths import FastPaths, apply_fast_paths, eager_if_compiled, to_host_uint8, weights_dtype
 from models.safety import SAFETY_COMPONENTS, SafetyChecker, has_safety_checker
+from models.shared import BLANK, DTYPES, NON_FINITE, SAFETY_FLAGGED, row_problems
+from models.shared import torch_dtype as _torch_dtype
 from models.store import model_fingerprint
+from models.texttower import encode_tower, is_text_tower, load_text_tower
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    """Map a dtype name to torch; raise a ValueError listing the accepted names."""
-    if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
-    return DTYPES[name]
+# Defined in ``models.shared`` (every backend's halves share them), imported from here as well.
+__all__ = [
+    "PromptEncoder", "ImageGenerator", "load_text_half", "DTYPES", "NON_FINITE", "SAFETY_FLAGGED", "BLANK",
+    "row_problems",
+]
 
 
 def _load_half(
@@ -95,6 +91,35 @@ def _load_half(
     return pipe, applied
 
 
+def load_text_half(
+    model_path: str, *, device: str, dtype: str, fast_paths: FastPaths
+) -> tuple[str, Any, EncodeFn, dict]:
+    """Load the text half of any model folder: the one loading path of ``PromptEncoder``.
+
+    A diffusers pipeline (a ``models.families`` class) loads without its family's
+    ``text_only_drop``; a folder that is no diffusers pipeline but has its own transformers
+    tokenizer and text encoder (``models.texttower.is_text_tower``, e.g. a ``models.gan``
+    folder) loads them as a ``TextTower``.
+
+    Returns:
+        ``(class name, text half, encode function, fast-path report)``; the text half has a
+        ``tokenizer``, the encode function is called as ``encode(half, prompts, negatives, device)``.
+
+    Raises:
+        ValueError: a folder of neither kind (the message lists the supported pipelines).
+    """
+    index = read_model_index(model_path)
+    class_name = index["_class_name"]
+    if class_name not in FAMILIES and is_text_tower(index):
+        tower, applied = load_text_tower(model_path, device=device, dtype=dtype, fast_paths=fast_paths)
+        return class_name, tower, encode_tower, applied
+    class_name, family = family_for(model_path)
+    pipe, applied = _load_half(
+        model_path, drop=family.text_only_drop, device=device, dtype=dtype, fast_paths=fast_paths
+    )
+    return class_name, pipe, family.encode, applied
+
+
 def _contiguous_group_norm_inputs(pipe: DiffusionPipeline) -> None:
     """Make every GroupNorm of the pipeline's modules see an NCHW-contiguous input.
 
@@ -116,7 +141,7 @@ class PromptEncoder:
 
     Args:
         model_path: local diffusers folder (see ``models.store.resolve_model_path``), or a
-            ``models.gan`` folder (its family's ``load_text`` loads the text half).
+            folder with its own text tower, such as a ``models.gan`` one (see ``load_text_half``).
         device: torch device to run on.
         dtype: weights dtype name (``float32``, ``float16``, ``bfloat16``); None: chosen by
             ``fast_paths.dtype`` (float32 on CPU, bf16 on CUDA by default).
@@ -134,11 +159,9 @@ class PromptEncoder:
         dtype: str | None = None,
         fast_paths: FastPaths | None = None,
     ) -> None:
-        self.pipeline_class, self.family = family_for(model_path)
         self.device = torch.device(device)
         fast_paths = fast_paths or FastPaths()
-        load = self.family.load_text or partial(_load_half, drop=self.family.text_only_drop)
-        self.pipe, self.fast_paths_applied = load(
+        self.pipeline_class, self.pipe, self._encode, self.fast_paths_applied = load_text_half(
             model_path, device=device, dtype=weights_dtype(fast_paths, device, dtype), fast_paths=fast_paths
         )
 
@@ -179,7 +202,7 @@ class PromptEncoder:
         # 2. Encode fixed-size chunks with the family's call convention; hand over as
         #    float32 numpy, batch first
         def compute(rows: np.ndarray) -> dict[str, np.ndarray]:
-            tensors = self.family.encode(
+            tensors = self._encode(
                 self.pipe, [prompts[i] for i in rows], [negatives[i] for i in rows], self.device
             )
             return {key: value.float().cpu().numpy() for key, value in tensors.items()}
@@ -212,36 +235,6 @@ class PromptEncoder:
         return [len(ids) for ids in token_ids]
 
 
-# Reasons recorded in ``generate_checked``'s problems, by check.
-NON_FINITE = ("error", "non-finite image (NaN/inf) even after float32 decode")
-SAFETY_FLAGGED = ("filtered", "safety checker flagged the image")
-BLANK = ("error", "blank image: every pixel is black")
-
-
-def row_problems(
-    images: np.ndarray, *, non_finite: np.ndarray, flagged: np.ndarray | None = None
-) -> dict[int, tuple[str, str]]:
-    """The rows of a checked batch that are not ok: ``{row: (status, reason)}``, first check that applies.
-
-    Args:
-        images: uint8 ``[B, H, W, 3]`` as returned (non-finite values already made 0).
-        non_finite: per row, whether the image had NaN/inf (after any retry).
-        flagged: per row, whether a safety checker flagged it; None: no checker.
-
-    Used by ``ImageGenerator.generate_checked`` and by other image backends (``models.gan``).
-    """
-    blank = ~images.any(axis=(1, 2, 3))
-    problems: dict[int, tuple[str, str]] = {}
-    for row in range(len(images)):
-        if non_finite[row]:
-            problems[row] = NON_FINITE
-        elif flagged is not None and flagged[row]:
-            problems[row] = SAFETY_FLAGGED
-        elif blank[row]:
-            problems[row] = BLANK
-    return problems
-
-
 class ImageGenerator:
     """The image half of a pipeline: embeddings + seeds in, uint8 images out.
 
@@ -271,11 +264,7 @@ class ImageGenerator:
         dtype: str | None = None,
         fast_paths: FastPaths | None = None,
     ) -> None:
-        self.pipeline_class, self.family = family_for(model_path)
-        if self.family.backend != "diffusers":
-            raise ValueError(
-                f"{model_path!r} is a {self.pipeline_class} ({self.family.backend} backend), not a diffusers pipeline"
-            )
+        self.pipeline_class, self.family = family_for(model_path)  # a diffusers pipeline, or ValueError
         self.device = torch.device(device)
         fast_paths = fast_paths or FastPaths()
         dtype = weights_dtype(fast_paths, device, dtype)

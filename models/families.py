@@ -1,11 +1,12 @@
-"""What differs between model-folder classes (diffusers pipelines, a GAN), as a registry by class name.
+"""What differs between diffusers pipeline classes (SD, SDXL, FLUX), as a registry by class name.
 
 ``PromptEncoder`` and ``ImageGenerator`` stay generic: they look up the pipeline's
 ``PipelineFamily`` (from ``model_index.json``'s ``_class_name``) to know which
 components to leave out, how to call ``encode_prompt`` and which embedding keyword
-arguments the pipeline call takes.  A ``models.gan`` folder (``TextConditionalGAN``) is a
-family too: ``PromptEncoder`` loads its text half through ``load_text``, and its images
-come from the ``gan`` generate backend (``actors.backends``), not from ``ImageGenerator``.
+arguments the pipeline call takes.  Only diffusers pipelines are families: a folder of
+another kind (the GAN of ``models.gan``) has its text half loaded as a text tower
+(``models.texttower``) and its images drawn by its own generate backend
+(``models.backends``).  A leaf of ``models``: no torch, no other ``models`` module.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# (pipeline, prompts, negative prompts ("" = none), device) -> named tensors, batch first.
+# (text half, prompts, negative prompts ("" = none), device) -> named tensors, batch first.
 EncodeFn = Callable[[Any, list[str], list[str], Any], dict[str, Any]]
 
 
@@ -30,10 +31,6 @@ class PipelineFamily:
         encode: runs the pipeline's own ``encode_prompt`` and names its outputs.
         embed_keys: outputs of ``encode`` that the pipeline's ``__call__`` accepts.
         size_multiple: width and height must be multiples of this.
-        backend: the generate-stage backend that draws with it (``actors.backends``).
-        load_text: loads the text half when it is not a diffusers pipeline:
-            ``(model_path, device=, dtype=, fast_paths=) -> (text half, fast-path report)``;
-            None: the pipeline without ``text_only_drop`` (``models.diffusion``).
     """
 
     text_only_drop: tuple[str, ...]
@@ -41,8 +38,6 @@ class PipelineFamily:
     encode: EncodeFn
     embed_keys: tuple[str, ...]
     size_multiple: int = 8
-    backend: str = "diffusers"
-    load_text: Callable[..., tuple[Any, dict[str, Any]]] | None = None
 
 
 def _encode_sd(pipe: Any, prompts: list[str], negatives: list[str], device: Any) -> dict[str, Any]:
@@ -87,20 +82,6 @@ def _encode_flux(pipe: Any, prompts: list[str], negatives: list[str], device: An
     return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
 
 
-def _encode_gan(text_half: Any, prompts: list[str], negatives: list[str], device: Any) -> dict[str, Any]:
-    """A text-conditional GAN (``models.gan``): the pooled, projected CLIP embedding only.
-
-    Negative prompts are not encoded: a GAN has no classifier-free guidance.
-    """
-    return text_half.encode(prompts)
-
-
-def _load_gan_text(model_path: str, **kwargs: Any) -> tuple[Any, dict[str, Any]]:
-    from models.gan import load_text_half  # torch, only when a GAN folder is loaded
-
-    return load_text_half(model_path, **kwargs)
-
-
 _SAFETY = ("safety_checker", "feature_extractor")  # a safety filter is not our job here
 _SD = PipelineFamily(
     text_only_drop=("unet", "vae", "image_encoder", *_SAFETY),
@@ -127,25 +108,15 @@ _FLUX = PipelineFamily(
     size_multiple=16,  # VAE factor 8 x 2x2 latent packing
 )
 
-_GAN = PipelineFamily(
-    text_only_drop=("generator",),
-    image_only_drop=("text_encoder", "tokenizer"),
-    encode=_encode_gan,
-    embed_keys=("text_embeds",),
-    backend="gan",
-    load_text=_load_gan_text,
-)
-
 FAMILIES: dict[str, PipelineFamily] = {
     "StableDiffusionPipeline": _SD,
     "StableDiffusionXLPipeline": _SDXL,
     "FluxPipeline": _FLUX,
-    "TextConditionalGAN": _GAN,  # models.gan.GAN_CLASS_NAME; not a diffusers class
 }
 
 
 def read_model_index(model_path: str) -> dict[str, Any]:
-    """Return the parsed ``model_index.json`` of a local diffusers (or ``models.gan``) folder."""
+    """Return the parsed ``model_index.json`` of a local model folder (diffusers, or ``models.gan``)."""
     with open(os.path.join(model_path, "model_index.json"), encoding="utf-8") as handle:
         return json.load(handle)
 

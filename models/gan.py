@@ -1,22 +1,22 @@
 """A text-conditional GAN: one generator pass from (noise, text embedding) to an image.
 
 The generator maps a noise vector and the pooled text embedding of a frozen CLIP text
-encoder to a 64x64 image; the discriminator (training only) judges (image, text) pairs.
-The recipe follows Reed et al. 2016 (a matching-aware discriminator: a real image with a
-mismatched caption is a fake pair) with the later stabilisers: hinge loss and spectral
-norm in the discriminator (Miyato et al. 2018), a projection discriminator for the text
-condition (Miyato & Koyama 2018) and conditional batch norm in the generator. Plain
-torch; ``models.train_gan`` trains it, the model store loads it, and the pipeline's
-encode and generate stages run it like a diffusers pipeline:
+encoder to a 64x64 image. The recipe (Reed et al. 2016, with hinge loss, spectral norm and a
+projection discriminator; the discriminator and the rest of training live in
+``training.gan_parts`` and ``training.train_gan``) gives a generator with conditional batch
+norm, which is all a run loads. Plain torch; the model store loads it, and the pipeline's
+encode and generate stages run it:
 
-- text half (``GANTextEncoder``): the folder's ``tokenizer/`` and ``text_encoder/`` (a
-  transformers ``CLIPTextModelWithProjection``) give ``{"text_embeds": [B, D]}``;
-- image half (``GANImageGenerator``): ``generator/`` (``config.json`` + safetensors) turns
-  those embeddings and per-row seeds into uint8 images, with the non-finite and blank
-  checks of ``models.diffusion``.
+- text half: the folder's ``tokenizer/`` and ``text_encoder/`` (a transformers
+  ``CLIPTextModelWithProjection``), loaded by ``PromptEncoder`` as any text tower
+  (``models.texttower``): ``{"text_embeds": [B, D]}``;
+- image half (``GANImageGenerator``, the ``gan`` generate backend of ``models.backends``):
+  ``generator/`` (``config.json`` + safetensors) turns those embeddings and per-row seeds
+  into uint8 images, with the non-finite and blank checks every backend shares
+  (``models.shared``).
 
 A GAN folder is marked by a ``model_index.json`` whose ``_class_name`` is
-:data:`GAN_CLASS_NAME` (``models.families`` registers it), so ``models.store`` and
+:data:`GAN_CLASS_NAME` (the ``gan`` backend draws it), so ``models.store`` and
 ``models.publish`` treat it like any other model folder.
 
 Batch invariance is kept as in ``models.diffusion``: each row draws its noise from its own
@@ -27,7 +27,7 @@ convolutions only.
 
 Example:
     >>> path = resolve_model_path("builtin:shapes-gan", cache_dir="/tmp/c")
-    >>> embeds = GANTextEncoder(path).encode(["a small red circle on the left, blue background"])
+    >>> embeds = PromptEncoder(path).encode(["a small red circle on the left, blue background"], None, guidance=[1.0])
     >>> GANImageGenerator(path).generate(embeds, seeds=[0], width=64, height=64).shape
     (1, 64, 64, 3)
 """
@@ -36,35 +36,34 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from models.batching import in_fixed_chunks
+from models.families import read_model_index
+from models.fastpaths import to_host_uint8
+from models.shared import DTYPES, no_fast_paths, row_problems
+from models.texttower import EMBED_KEY  # the one embedding the encode stage hands to a GAN
 
 __all__ = [
     "GAN_CLASS_NAME",
     "EMBED_KEY",
+    "GENERATOR_FOLDER",
     "GeneratorConfig",
     "TextWhitening",
-    "text_statistics",
+    "ConditionalBatchNorm",
     "Generator",
-    "Discriminator",
-    "GANTextEncoder",
     "GANImageGenerator",
-    "load_text_half",
-    "save_gan_folder",
     "load_generator",
-    "text_tower_from_clip",
+    "row_noise",
 ]
 
-GAN_CLASS_NAME = "TextConditionalGAN"
-EMBED_KEY = "text_embeds"  # the one embedding the encode stage hands to a GAN
+GAN_CLASS_NAME = "TextConditionalGAN"  # also named by the ``gan`` entry of ``models.backends``
 GENERATOR_FOLDER = "generator"
 
 
@@ -109,19 +108,6 @@ class TextWhitening(nn.Module):
     def forward(self, text_embeds: torch.Tensor) -> torch.Tensor:
         unit = F.normalize(text_embeds.to(self.mean.dtype), dim=-1) * text_embeds.shape[-1] ** 0.5
         return (unit - self.mean) @ self.matrix
-
-
-@torch.no_grad()
-def text_statistics(text_embeds: torch.Tensor, *, eps: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and ZCA whitening matrix of unit-normalised embeddings (scaled as ``TextWhitening`` scales them).
-
-    Directions with variance below ``eps`` are damped rather than blown up.
-    """
-    unit = F.normalize(text_embeds.double(), dim=-1) * text_embeds.shape[-1] ** 0.5
-    mean = unit.mean(dim=0)
-    values, vectors = torch.linalg.eigh(torch.cov((unit - mean).T))
-    matrix = vectors @ torch.diag((values.clamp(min=0) + eps).rsqrt()) @ vectors.T
-    return mean.float(), matrix.float()
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -182,92 +168,7 @@ class Generator(nn.Module):
         return torch.tanh(self.to_rgb(x))
 
 
-class Discriminator(nn.Module):
-    """(image, text embedding) -> one logit per pair; spectral norm everywhere, projection for the text.
-
-    ``features`` is the image half phi(x); ``score(phi, text)`` adds the unconditional
-    logit and ``<embed(text), phi>`` (the projection term), so a real image is scored
-    against its own and a mismatched caption from one pass through the convolutions.
-    The convolutions see two coordinate channels: where a shape is is half of a caption.
-    """
-
-    def __init__(
-        self, text_dim: int = 64, channels: tuple[int, ...] = (16, 32, 64, 128), feature_dim: int = 256
-    ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        previous = 3 + 2
-        for width in channels:
-            layers += [spectral_norm(nn.Conv2d(previous, width, 4, stride=2, padding=1)), nn.LeakyReLU(0.2)]
-            previous = width
-        self.convs = nn.Sequential(*layers)
-        side = 64 // 2 ** len(channels)
-        self.flatten_to = spectral_norm(nn.Linear(previous * side * side, feature_dim))
-        self.unconditional = spectral_norm(nn.Linear(feature_dim, 1))
-        self.embed = spectral_norm(nn.Linear(text_dim, feature_dim, bias=False))
-        self.text = TextWhitening(text_dim)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = images.shape
-        ys = torch.linspace(-1, 1, height, device=images.device).view(1, 1, height, 1)
-        xs = torch.linspace(-1, 1, width, device=images.device).view(1, 1, 1, width)
-        ys, xs = ys.expand(batch, 1, height, width), xs.expand(batch, 1, height, width)
-        hidden = self.convs(torch.cat([images, xs, ys], dim=1))
-        return F.leaky_relu(self.flatten_to(hidden.flatten(1)), 0.2)
-
-    def score(self, features: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        projection = (self.embed(self.text(text_embeds)) * features).sum(dim=1)
-        return self.unconditional(features).squeeze(1) + projection
-
-    def forward(self, images: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        return self.score(self.features(images), text_embeds)
-
-
 # --- the folder: model_index.json, tokenizer/, text_encoder/, generator/ ----------------------
-
-
-def text_tower_from_clip(clip_path: str) -> tuple[Any, Any]:
-    """The tokenizer and text tower (``CLIPTextModelWithProjection``) of a saved ``CLIPModel``.
-
-    The projected embedding (``text_embeds``) is the one CLIP trained against images, so it
-    is the one the GAN is conditioned on; the weights are copied unchanged and frozen.
-
-    Returns:
-        ``(tokenizer, text_encoder)``; the encoder in eval mode, ``requires_grad`` off.
-    """
-    from transformers import AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
-
-    clip = CLIPModel.from_pretrained(clip_path)
-    config = clip.config.text_config
-    config.projection_dim = clip.config.projection_dim  # the text config's own field is unused by CLIPModel
-    text_encoder = CLIPTextModelWithProjection(config)
-    text_encoder.text_model.load_state_dict(clip.text_model.state_dict())
-    text_encoder.text_projection.load_state_dict(clip.text_projection.state_dict())
-    tokenizer = AutoTokenizer.from_pretrained(clip_path)
-    return tokenizer, text_encoder.eval().requires_grad_(False)
-
-
-def save_gan_folder(folder: str, *, generator: Generator, tokenizer: Any, text_encoder: Any) -> None:
-    """Write a self-contained GAN folder: ``model_index.json``, tokenizer, text encoder, generator."""
-    from safetensors.torch import save_file
-
-    os.makedirs(os.path.join(folder, GENERATOR_FOLDER), exist_ok=True)
-    tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
-    text_encoder.save_pretrained(os.path.join(folder, "text_encoder"), safe_serialization=True)
-    config = {"_class_name": "Generator", **asdict(generator.config)}
-    with open(os.path.join(folder, GENERATOR_FOLDER, "config.json"), "w", encoding="utf-8") as handle:
-        json.dump(config, handle, indent=1)
-    state = {key: value.detach().contiguous() for key, value in generator.state_dict().items()}
-    save_file(state, os.path.join(folder, GENERATOR_FOLDER, "model.safetensors"))
-    index = {
-        "_class_name": GAN_CLASS_NAME,
-        "_module": "models.gan",
-        "tokenizer": ["transformers", type(tokenizer).__name__],
-        "text_encoder": ["transformers", type(text_encoder).__name__],
-        "generator": ["models.gan", "Generator"],
-    }
-    with open(os.path.join(folder, "model_index.json"), "w", encoding="utf-8") as handle:
-        json.dump(index, handle, indent=1)
 
 
 def load_generator(
@@ -285,71 +186,6 @@ def load_generator(
     return generator.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 
-def _not_applied(device: str | torch.device, dtype: torch.dtype, fast_paths: Any) -> dict[str, Any]:
-    """``apply_fast_paths``'s report for a GAN half: nothing applies (no attention, no VAE, tiny convs)."""
-    names = ("tiny_vae", "sdpa", "channels_last", "compile")
-    wanted = [name for name in names if fast_paths is not None and getattr(fast_paths, name)]
-    return {
-        "device": str(device), "dtype": str(dtype).removeprefix("torch."), "tiny_vae": None, "sdpa": [],
-        "channels_last": [], "compile": [], "compile_mode": None, "pinned_transfer": False,
-        "skipped": {name: "not a diffusers pipeline (GAN)" for name in wanted},
-    }
-
-
-def _dtype(name: str | None) -> torch.dtype:
-    from models.diffusion import DTYPES
-
-    return DTYPES[name or "float32"]
-
-
-class GANTextEncoder:
-    """The text half of a GAN folder: prompts -> ``{"text_embeds": [B, D]}`` (projected, pooled CLIP).
-
-    Args:
-        model_path: a GAN folder (``model_index.json`` with ``_class_name`` :data:`GAN_CLASS_NAME`).
-        device: torch device.
-        dtype: weights dtype name; None: float32.
-
-    Attributes:
-        tokenizer: the folder's tokenizer (``PromptEncoder`` counts tokens with it).
-        text_encoder: the frozen ``CLIPTextModelWithProjection``.
-    """
-
-    def __init__(self, model_path: str, *, device: str = "cpu", dtype: str | None = None) -> None:
-        from transformers import AutoTokenizer, CLIPTextModelWithProjection
-
-        self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(os.path.join(model_path, "tokenizer"))
-        self.text_encoder = CLIPTextModelWithProjection.from_pretrained(
-            os.path.join(model_path, "text_encoder"), dtype=_dtype(dtype)
-        ).to(self.device).eval()
-
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Pooled, projected text embeddings of ``prompts``: ``{"text_embeds": [B, D]}`` on the device.
-
-        Prompts are padded to the tokenizer's window and truncated past it; the pooled token
-        (the first end-of-text) does not see the padding, so a prompt's embedding does not
-        depend on the other prompts of the batch.
-        """
-        tokens = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
-            truncation=True, return_tensors="pt",
-        )
-        output = self.text_encoder(
-            input_ids=tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device)
-        )
-        return {EMBED_KEY: output.text_embeds}
-
-
-def load_text_half(
-    model_path: str, *, device: str, dtype: str | None, fast_paths: Any
-) -> tuple[GANTextEncoder, dict]:
-    """``models.families`` hook: the text half of a GAN folder and its (empty) fast-path report."""
-    encoder = GANTextEncoder(model_path, device=device, dtype=dtype)
-    return encoder, _not_applied(device, encoder.text_encoder.dtype, fast_paths)
-
-
 def row_noise(seeds: list[int] | np.ndarray, noise_dim: int) -> torch.Tensor:
     """One noise vector per seed, each drawn from its own CPU ``torch.Generator`` (device-independent bytes)."""
     return torch.stack([
@@ -360,8 +196,8 @@ def row_noise(seeds: list[int] | np.ndarray, noise_dim: int) -> torch.Tensor:
 class GANImageGenerator:
     """The image half of a GAN folder: text embeddings + seeds in, uint8 images out (one pass).
 
-    The interface is ``models.diffusion.ImageGenerator``'s, so the generate stage runs either;
-    ``steps`` and ``guidance`` are accepted and ignored (there is no denoising loop and no
+    An ``ImageBackend`` (``models.backends``) like ``models.diffusion.ImageGenerator``, so the
+    generate stage runs either; ``steps`` and ``guidance`` are accepted and ignored (there is no denoising loop and no
     classifier-free guidance), and sizes other than the generator's native one are resampled
     from it (bicubic, antialiased), which adds no detail.
 
@@ -379,17 +215,16 @@ class GANImageGenerator:
     def __init__(
         self, model_path: str, *, device: str = "cpu", dtype: str | None = None, fast_paths: Any = None
     ) -> None:
-        from models.families import family_for
         from models.store import model_fingerprint
 
-        class_name, _family = family_for(model_path)
+        class_name = read_model_index(model_path)["_class_name"]
         if class_name != GAN_CLASS_NAME:
             raise ValueError(f"{model_path!r} is a {class_name}, not a GAN folder ({GAN_CLASS_NAME})")
         self.device = torch.device(device)
-        self.dtype = _dtype(dtype)
+        self.dtype = DTYPES[dtype or "float32"]
         self.generator = load_generator(model_path, device=self.device, dtype=self.dtype)
         self.native_size = self.generator.config.image_size
-        self.fast_paths_applied = _not_applied(device, self.dtype, fast_paths)
+        self.fast_paths_applied = no_fast_paths(device, self.dtype, fast_paths, "not a diffusers pipeline (GAN)")
         self.info = {
             "model_hash": model_fingerprint(model_path), "scheduler": "none", "pipeline": GAN_CLASS_NAME,
         }
@@ -410,16 +245,13 @@ class GANImageGenerator:
         self, embeds: dict[str, np.ndarray], *, seeds: list[int], width: int, height: int,
         steps: int = 1, guidance: float = 1.0, micro_batch: int = 1,
     ) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
-        """``generate`` plus the row checks of ``models.diffusion.row_problems`` (non-finite, blank).
+        """``generate`` plus the row checks of ``models.shared.row_problems`` (non-finite, blank).
 
         Returns:
             ``(images, problems)`` as ``ImageGenerator.generate_checked``: non-finite values
             become 0; ``problems`` maps row index -> ``(status, reason)``. There is no safety
             checker and no float32 retry (the generator runs in float32 unless told otherwise).
         """
-        from models.diffusion import row_problems
-        from models.fastpaths import to_host_uint8
-
         # 1. Check inputs
         if width <= 0 or height <= 0 or width % 8 or height % 8:
             raise ValueError(f"width and height must be positive multiples of 8, got {width}x{height}")

@@ -40,17 +40,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.gan import (
-    Discriminator,
-    Generator,
-    GeneratorConfig,
-    GANImageGenerator,
-    GANTextEncoder,
-    save_gan_folder,
-    text_statistics,
-    text_tower_from_clip,
-)
+from models.gan import Generator, GeneratorConfig, GANImageGenerator
+from models.texttower import TextTower
 from training import world
+from training.gan_parts import Discriminator, save_gan_folder, text_statistics, text_tower_from_clip
 
 
 def _perturbed(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
@@ -82,13 +75,13 @@ def _perturbed(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
             return candidate
 
 
-def _embed(encoder: GANTextEncoder, captions: list[str], chunk: int = 256) -> torch.Tensor:
+def _embed(encoder: TextTower, captions: list[str], chunk: int = 256) -> torch.Tensor:
     parts = [encoder.encode(captions[i : i + chunk])["text_embeds"] for i in range(0, len(captions), chunk)]
     return torch.cat(parts)
 
 
 def _training_data(
-    pool: int, seed: int, encoder: GANTextEncoder
+    pool: int, seed: int, encoder: TextTower
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images (uint8 ``[N, 3, 64, 64]``), caption embeddings and one-attribute-off caption embeddings."""
     rng = np.random.default_rng(seed + 1)
@@ -176,7 +169,7 @@ def train(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as folder:  # the text half exactly as the encode stage will load it
         tokenizer.save_pretrained(os.path.join(folder, "tokenizer"))
         text_encoder.save_pretrained(os.path.join(folder, "text_encoder"))
-        encoder = GANTextEncoder(folder)
+        encoder = TextTower(folder)
         pixels, embeds, hard_negatives = _training_data(args.pool, args.seed, encoder)
         # Progress captions: test-split scenes of another seed than ``evaluate``'s (no peeking at its set)
         monitor = [text for text, _image, _scene in world.held_out(64, MONITOR_SEED)]
@@ -257,7 +250,7 @@ def random_weight_copy(gan_path: str, folder: str, *, seed: int = 0) -> str:
     trained = load_generator(gan_path)
     fresh = Generator(trained.config).eval()
     fresh.text.load_state_dict(trained.text.state_dict())  # same input statistics; only learned weights are new
-    encoder = GANTextEncoder(gan_path)
+    encoder = TextTower(gan_path)
     save_gan_folder(folder, generator=fresh, tokenizer=encoder.tokenizer, text_encoder=encoder.text_encoder)
     return folder
 

@@ -122,7 +122,7 @@ def test_checks_catch_non_finite_and_blank_images(gan_path: str, encoder: Prompt
 
 
 def test_backends_refuse_each_others_folders(gan_path: str, tiny_sd_path: str) -> None:
-    from actors.backends import load_backend
+    from models.backends import load_backend
 
     with pytest.raises(ValueError, match="generate.backend: gan"):
         load_backend("diffusers", gan_path)
