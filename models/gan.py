@@ -96,7 +96,7 @@ class TextWhitening(nn.Module):
     A contrastive text embedding spreads its variance very unevenly: in ``shapes-clip`` a dozen
     directions (colours, background, size) hold almost all of it, and the words for position and
     shape kind move the embedding by a cosine of 0.99+. Whitening with the training captions'
-    mean and covariance (:func:`text_statistics`, saved with the weights as buffers) gives those
+    mean and covariance (``training.gan_parts.text_statistics``, saved with the weights as buffers) gives those
     small directions the same scale as the large ones, so the networks can use them.
     """
 
