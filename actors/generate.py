@@ -49,14 +49,14 @@ class GenerateStage:
         storage_options: dict[str, Any] | None = None,
     ) -> None:
         from actors.backends import GENERATE_BACKENDS, load_backend
+        from actors.loading import local_model_folder
         from models.fastpaths import FastPaths
-        from models.store import resolve_model_path
 
         backend = (generate or GenerateSpec()).backend
         performance = model.performance
         tiny_vae = performance.tiny_vae
         if tiny_vae is not None:
-            tiny_vae = resolve_model_path(tiny_vae, cache_dir=model.local_cache_dir(), storage_options=storage_options)
+            tiny_vae = local_model_folder(tiny_vae, cache_dir=model.local_cache_dir(), storage_options=storage_options)
         self.generator = load_backend(
             backend,
             local_model_path(model, storage_options),

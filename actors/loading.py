@@ -1,4 +1,9 @@
-"""What every stage does in ``__init__``: pick the device and find the model folder."""
+"""What every stage does in ``__init__``: pick the device and find its files on local disk.
+
+Stages open no files themselves: remote model folders and weight files are copied to
+the node by ``pipelines.storage`` (with the job's retry policy), and ``models`` is
+handed local paths.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from typing import Any
 
 from pipelines.spec import ModelSpec, StageSpec
 
-__all__ = ["stage_device", "local_model_path"]
+__all__ = ["stage_device", "local_model_path", "local_model_folder", "local_file"]
 
 
 def stage_device(stage: StageSpec) -> str:
@@ -23,8 +28,28 @@ def stage_device(stage: StageSpec) -> str:
     return device
 
 
+def local_model_folder(uri: str, *, cache_dir: str, storage_options: dict[str, Any] | None) -> str:
+    """Return a local model folder for ``uri``: built in (``builtin:NAME``), used in place, or synced once per node.
+
+    Args:
+        uri: ``builtin:NAME``, a local path, ``file://`` URI or any fsspec URL.
+        cache_dir: node-local folder for built-in models and remote copies.
+        storage_options: fsspec options for remote URLs (credentials, endpoint, ...).
+    """
+    from models.store import is_builtin, resolve_model_path
+    from pipelines.storage import sync_folder
+
+    local = uri if is_builtin(uri) else sync_folder(uri, cache_dir=cache_dir, storage_options=storage_options)
+    return resolve_model_path(local, cache_dir=cache_dir)
+
+
 def local_model_path(model: ModelSpec, storage_options: dict[str, Any] | None) -> str:
     """Return the model's local folder, syncing it once per node into the cache."""
-    from models.store import resolve_model_path
+    return local_model_folder(model.uri, cache_dir=model.local_cache_dir(), storage_options=storage_options)
 
-    return resolve_model_path(model.uri, cache_dir=model.local_cache_dir(), storage_options=storage_options)
+
+def local_file(uri: str, storage_options: dict[str, Any] | None) -> str:
+    """Return a local path holding the file at ``uri`` (weights), copied once per node if remote."""
+    from pipelines.storage import sync_file
+
+    return sync_file(uri, storage_options=storage_options)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import time
 from collections import OrderedDict
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from actors.generate import IMAGE_COLUMN
-from actors.loading import stage_device
+from actors.loading import local_file, stage_device
 from actors.rowerrors import mark_errors, run_isolating
 from pipelines.faults import inject
 from pipelines.spec import StageSpec, StyleSpec
@@ -69,20 +68,14 @@ class StyleStage:
         device = stage_device(stage)
         options: dict[str, Any] = {"device": device}
         if style.backend == "adain":
-            options.update(vgg_path=self._local(style.adain.vgg), decoder_path=self._local(style.adain.decoder))
+            vgg, decoder = (local_file(uri, self.storage_options) for uri in (style.adain.vgg, style.adain.decoder))
+            options.update(vgg_path=vgg, decoder_path=decoder)
             options["dtype"] = stage.dtype
         self.backend = STYLE_BACKENDS[style.backend](**options)
         self._by_uri: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
         self._by_hash: OrderedDict[str, np.ndarray] = OrderedDict()
         self.fetches = 0
         self.predictions = 0
-
-    def _local(self, uri: str) -> str:
-        import fsspec
-
-        if "://" not in uri or uri.startswith("file://"):
-            return uri.removeprefix("file://")
-        return fsspec.open_local(f"simplecache::{uri}", **{uri.split("://")[0]: self.storage_options})
 
     def _remember(self, cache: OrderedDict, key: str, value: Any) -> None:
         cache[key] = value
@@ -92,28 +85,21 @@ class StyleStage:
 
     def _image_vector(self, uri: str) -> tuple[str, np.ndarray]:
         """Return ``(content hash, style vector)`` for a style-image URI, from the cache when possible."""
-        from PIL import Image, UnidentifiedImageError
-
-        from pipelines.storage import filesystem
+        from models.style import decode_style_image
+        from pipelines.storage import read_bytes
 
         if uri in self._by_uri:
             self._by_uri.move_to_end(uri)
             return self._by_uri[uri]
-        fs, path = filesystem(uri, self.storage_options)
         try:
-            data = fs.cat_file(path)
+            data = read_bytes(uri, self.storage_options)
         except FileNotFoundError:
             raise ValueError(f"style image not found: {uri}") from None
         self.fetches += 1
         digest = hashlib.sha256(data).hexdigest()[:16]
         vector = self._by_hash.get(digest)
         if vector is None:
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    pixels = np.asarray(image.convert("RGB"))
-            except (UnidentifiedImageError, OSError) as error:
-                raise ValueError(f"style reference {uri} is not a readable image: {error}") from None
-            vector = self.backend.style_vector(pixels)
+            vector = self.backend.style_vector(decode_style_image(data, uri))
             self.predictions += 1
         self._remember(self._by_hash, digest, vector)
         self._remember(self._by_uri, uri, (digest, vector))

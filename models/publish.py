@@ -1,4 +1,9 @@
-"""Build a folder at most once per node: file lock + temp sibling + atomic rename."""
+"""Build a folder at most once per node: file lock + temp sibling + atomic rename.
+
+Used for the built-in models (``models.builtin``).  Copies of remote files are made by
+``pipelines.storage.publish_once``, the same protocol on the storage side (``models``
+imports nothing from ``pipelines``).
+"""
 
 from __future__ import annotations
 

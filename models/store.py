@@ -1,11 +1,15 @@
-"""Turn a model URI into a local diffusers folder, downloading remote ones once per node.
+"""Turn a model URI into a local model folder; fingerprint a local model folder.
 
-Supported URIs:
+Supported URIs (``models`` works on local files only):
 
-- ``builtin:NAME``: a tiny model built in code (see ``models.builtin``).
+- ``builtin:NAME``: a tiny model built in code (see ``models.builtin``), or one
+  shipped in ``models/zoo``.
 - a local path or ``file://`` URI: used in place.
-- any other fsspec URL (``s3://bucket/prefix``, ``gs://``, ``memory://`` ...): copied
-  into ``cache_dir/remote/<sha256(uri)[:16]>`` once; later calls reuse the copy.
+
+A model in object storage (``s3://``, ``gs://``, ``memory://`` ...) is first copied
+to a local folder by the storage layer, with the job's retry policy:
+``pipelines.storage.sync_folder`` (the stages call it through
+``actors.loading.local_model_folder``); its result is a local path this module takes.
 """
 
 from __future__ import annotations
@@ -13,55 +17,45 @@ from __future__ import annotations
 import hashlib
 import os
 
-import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from models.builtin import ensure_builtin_model
-from models.publish import MARKERS, is_complete, publish_once
+from models.publish import MARKERS, is_complete
 
 BUILTIN_PREFIX = "builtin:"
 CONFIG_SUFFIXES = (".json", ".txt")
 
 
-def resolve_model_path(uri: str, *, cache_dir: str, storage_options: dict | None = None) -> str:
-    """Return a local folder holding the diffusers pipeline that ``uri`` names.
+def is_builtin(uri: str) -> bool:
+    """Whether ``uri`` names a built-in model (``builtin:NAME``), which needs no storage access."""
+    return uri.startswith(BUILTIN_PREFIX)
+
+
+def resolve_model_path(uri: str, *, cache_dir: str) -> str:
+    """Return a local folder holding the model that ``uri`` names.
 
     Args:
-        uri: ``builtin:NAME``, a local path, ``file://`` URI or any fsspec URL.
-        cache_dir: node-local folder for built-in models and remote copies.
-        storage_options: fsspec options for remote URLs (credentials, endpoint, ...).
+        uri: ``builtin:NAME``, a local path or a ``file://`` URI.
+        cache_dir: node-local folder for built-in models.
 
     Returns:
-        A local folder containing ``model_index.json`` and the component folders.
+        A local folder containing ``model_index.json`` (or ``config.json``) and the components.
 
     Raises:
-        ValueError: unknown built-in name.
-        FileNotFoundError: the location holds no ``model_index.json``.
+        ValueError: unknown built-in name, or a remote URI (sync it with the storage layer first).
+        FileNotFoundError: the folder holds no ``model_index.json`` / ``config.json``.
     """
-    if uri.startswith(BUILTIN_PREFIX):  # the one non-fsspec scheme
+    if is_builtin(uri):  # the one non-fsspec scheme
         return ensure_builtin_model(uri[len(BUILTIN_PREFIX) :], cache_dir=cache_dir)
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    if isinstance(fs, LocalFileSystem):
-        if not is_complete(root):
-            raise FileNotFoundError(f"model {uri!r} is not a model folder: no {' or '.join(MARKERS)} in {root!r}")
-        return root
-    return _copy_remote(fs, root, uri=uri, cache_dir=cache_dir)
-
-
-def _copy_remote(fs: fsspec.AbstractFileSystem, root: str, *, uri: str, cache_dir: str) -> str:
-    """Copy the remote folder ``root`` into the cache once (locked, atomic); return the copy."""
-    target = os.path.join(cache_dir, "remote", hashlib.sha256(uri.encode()).hexdigest()[:16])
-    if is_complete(target):  # cache hit: no network access at all
-        return target
-    root = root.rstrip("/")
-    if not any(fs.exists(f"{root}/{marker}") for marker in MARKERS):
-        raise FileNotFoundError(f"model {uri!r} is not a model folder: no {' or '.join(MARKERS)} under it")
-
-    def fill(folder: str) -> None:
-        # A trailing slash on the source copies its content into ``folder``, not a subfolder.
-        fs.get(f"{root}/", f"{folder}/", recursive=True)
-
-    return publish_once(target, fill)
+    if "::" in uri or ("://" in uri and not uri.startswith(("file://", "local://"))):
+        raise ValueError(
+            f"model {uri!r} is in remote storage: models load local folders only; "
+            "copy it first with pipelines.storage.sync_folder (actors.loading.local_model_folder)"
+        )
+    root = LocalFileSystem._strip_protocol(os.path.expanduser(uri.removeprefix("local://")))
+    if not is_complete(root):
+        raise FileNotFoundError(f"model {uri!r} is not a model folder: no {' or '.join(MARKERS)} in {root!r}")
+    return root
 
 
 def model_fingerprint(path: str) -> str:

@@ -17,6 +17,7 @@ caches them); ``stylize_batch`` only applies them.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -33,6 +34,7 @@ __all__ = [
     "builtin_style_index",
     "blend",
     "keep_colors",
+    "decode_style_image",
 ]
 
 NUM_BUILTIN_STYLES = 26
@@ -61,6 +63,21 @@ def builtin_style_index(value: str) -> int | None:
             raise ValueError(f"built-in style index must be 0 to {NUM_BUILTIN_STYLES - 1}, got {index}")
         return index
     return None
+
+
+def decode_style_image(data: bytes, name: str) -> np.ndarray:
+    """Decode the bytes of a style image (``name``: its URI, for the message) into uint8 RGB ``[H, W, 3]``.
+
+    Raises:
+        ValueError: the bytes are not an image PIL can read.
+    """
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"style reference {name} is not a readable image: {error}") from None
 
 
 def blend(stylized: np.ndarray, original: np.ndarray, strength: float) -> np.ndarray:

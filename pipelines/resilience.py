@@ -26,7 +26,9 @@ What Ray and Ray Data do by default, and what pixelmill sets on top:
 * ``DataContext.max_errored_blocks`` stays **0**: above 0 Ray Data drops whole
   blocks that raise, silently, which is exactly how rows get lost.
 * **Object storage**: transient 5xx/throttling answers are retried by the
-  client with backoff (:func:`with_storage_retries`), and Ray Data's own
+  client with backoff (:func:`with_storage_retries`, applied by
+  ``pipelines.storage.filesystem`` to every access: inputs, outputs, model
+  folders, tiny VAEs, AdaIN weights, style images), and Ray Data's own
   readers retry the error messages in :data:`RETRIED_IO_ERRORS`.
 * A run that stops making progress (Ray Data can hang after many faults) is
   stopped by the runner's watchdog (``ray.stall_timeout_s``).

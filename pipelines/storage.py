@@ -1,17 +1,36 @@
 """Storage access: every path is a URL resolved through fsspec, with the job's options.
 
-This is the one place that knows about credentials: AWS variables are passed to
-Ray workers by the runtime environment, and secret-looking option values are
+Every byte pixelmill reads or writes goes through :func:`filesystem`, so the
+client retries of :func:`pipelines.resilience.with_storage_retries` cover all of
+it: prompt tables, output shards, and the files the stages load.  Stages never
+open a remote URI themselves; they ask this module for a local copy:
+
+- :func:`sync_folder`: a model folder (diffusers pipeline, tiny VAE, CLIP
+  model), copied once per node into ``cache_dir/remote/<sha256(uri)[:16]>``;
+- :func:`sync_file`: one file (AdaIN weights), copied once per node into
+  ``cache_dir/files/<sha256(uri)[:16]>/<name>``;
+- :func:`read_bytes`: the bytes of a small object (a style image).
+
+Local paths and ``file://`` URIs are used in place.  A copy is built under a file
+lock in a temporary sibling folder and renamed into place (:func:`publish_once`),
+so concurrent actors on a node download once and never see half a copy.
+
+This is also the one place that knows about credentials: AWS variables are passed
+to Ray workers by the runtime environment, and secret-looking option values are
 redacted before anything is logged or written.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import io
 import os
 import posixpath
+import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -20,7 +39,21 @@ from fsspec.core import url_to_fs
 
 from pipelines.resilience import with_storage_retries
 
-__all__ = ["filesystem", "is_local", "join", "redact", "storage_env_vars", "write_once"]
+__all__ = [
+    "DEFAULT_CACHE_DIR",
+    "MODEL_MARKERS",
+    "exclusive_lock",
+    "filesystem",
+    "is_local",
+    "join",
+    "publish_once",
+    "read_bytes",
+    "redact",
+    "storage_env_vars",
+    "sync_file",
+    "sync_folder",
+    "write_once",
+]
 
 # Standard variables that boto/s3fs read; forwarded to every Ray worker.
 STORAGE_ENV_VARS = (
@@ -34,6 +67,11 @@ STORAGE_ENV_VARS = (
     "AWS_PROFILE",
 )
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")
+
+# A model folder is complete when it holds a diffusers pipeline index or a transformers config.
+MODEL_MARKERS = ("model_index.json", "config.json")
+# Node-local cache root for single files when the caller names none (``~`` expanded on the node).
+DEFAULT_CACHE_DIR = "~/.cache/pixelmill"
 
 
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -175,3 +213,135 @@ def redact(options: dict[str, Any]) -> dict[str, Any]:
 def storage_env_vars() -> dict[str, str]:
     """Return the storage variables set in this process, to forward to Ray workers."""
     return {name: os.environ[name] for name in STORAGE_ENV_VARS if name in os.environ}
+
+
+# --- local copies of remote files: models, tiny VAEs, AdaIN weights, style images --------------
+
+
+def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
+    """Return the whole content of the file at ``uri`` (local or remote).
+
+    Raises:
+        FileNotFoundError: nothing at ``uri``.
+    """
+    fs, path = filesystem(uri, storage_options)
+    return fs.cat_file(path)
+
+
+def sync_folder(
+    uri: str,
+    *,
+    cache_dir: str,
+    storage_options: dict[str, Any] | None = None,
+    markers: tuple[str, ...] = MODEL_MARKERS,
+) -> str:
+    """Return a local folder with the content of the folder at ``uri``.
+
+    A local path or ``file://`` URI is returned in place; any other fsspec URL is copied
+    into ``cache_dir/remote/<sha256(uri)[:16]>`` once per node (later calls, from any
+    process, reuse the copy without touching the network).  A folder counts as
+    complete when it holds one of ``markers``.
+
+    Raises:
+        FileNotFoundError: the location holds none of ``markers``.
+    """
+    missing = f"no {' or '.join(markers)}"
+    fs, root = filesystem(uri, storage_options)
+    if is_local(fs):
+        if not _has_marker(root, markers):
+            raise FileNotFoundError(f"model {uri!r} is not a model folder: {missing} in {root!r}")
+        return root
+    target = os.path.join(cache_dir, "remote", _uri_key(uri))
+    if _has_marker(target, markers):  # cache hit: no network access at all
+        return target
+    root = root.rstrip("/")
+    if not any(fs.exists(f"{root}/{marker}") for marker in markers):
+        raise FileNotFoundError(f"model {uri!r} is not a model folder: {missing} under it")
+
+    def fill(folder: str) -> None:
+        # A trailing slash on the source copies its content into ``folder``, not a subfolder.
+        fs.get(f"{root}/", f"{folder}/", recursive=True)
+
+    return publish_once(target, fill, complete=lambda folder: _has_marker(folder, markers))
+
+
+def sync_file(uri: str, *, cache_dir: str | None = None, storage_options: dict[str, Any] | None = None) -> str:
+    """Return a local path holding the file at ``uri``.
+
+    A local path or ``file://`` URI is returned in place; any other fsspec URL is copied
+    once per node into ``cache_dir/files/<sha256(uri)[:16]>/<file name>`` (``cache_dir``
+    defaults to :data:`DEFAULT_CACHE_DIR`).
+
+    Raises:
+        FileNotFoundError: nothing at ``uri``.
+    """
+    fs, path = filesystem(uri, storage_options)
+    if is_local(fs):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no file at {uri!r}")
+        return path
+    name = posixpath.basename(path.rstrip("/")) or "file"
+    target = os.path.join(os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR), "files", _uri_key(uri))
+    local = os.path.join(target, name)
+    if os.path.isfile(local):  # cache hit: no network access at all
+        return local
+    if not fs.isfile(path):
+        raise FileNotFoundError(f"no file at {uri!r}")
+    publish_once(target, lambda folder: fs.get_file(path, os.path.join(folder, name)),
+                 complete=lambda folder: os.path.isfile(os.path.join(folder, name)))
+    return local
+
+
+def _uri_key(uri: str) -> str:
+    return hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def _has_marker(folder: str, markers: tuple[str, ...]) -> bool:
+    return any(os.path.isfile(os.path.join(folder, marker)) for marker in markers)
+
+
+@contextmanager
+def exclusive_lock(lock_path: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created if missing) for the block.
+
+    ``flock`` locks are per open file description, so they serialise both separate
+    processes (several actors on one node) and threads that open the file separately.
+    """
+    os.makedirs(os.path.dirname(lock_path), exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def publish_once(target: str, fill: Callable[[str], None], *, complete: Callable[[str], bool]) -> str:
+    """Return the local folder ``target``, creating it first with ``fill(tmp_dir)`` unless ``complete(target)``.
+
+    ``fill`` writes the content into an empty temporary sibling of ``target``, which is
+    then renamed onto ``target`` (atomic on one filesystem), so readers never see a
+    half-written folder.  An exclusive lock on ``target + ".lock"`` makes concurrent
+    callers wait for the first one instead of doing the work again.
+
+    Raises:
+        RuntimeError: ``fill`` returned but the folder is not ``complete``.
+    """
+    if complete(target):  # fast path: no lock once the folder exists
+        return target
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    with exclusive_lock(target + ".lock"):
+        if complete(target):  # another process finished while we waited
+            return target
+        tmp = tempfile.mkdtemp(prefix=os.path.basename(target) + ".tmp-", dir=parent)
+        try:
+            fill(tmp)
+            if not complete(tmp):
+                raise RuntimeError(f"the copy for {target!r} is incomplete")
+            if os.path.isdir(target):  # leftover of a crash, without its marker
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,12 +1,13 @@
-"""resolve_model_path for local, file:// and remote (memory://) URIs; model_fingerprint."""
+"""resolve_model_path for built-in, local and file:// URIs (remote ones are the storage layer's); model_fingerprint.
+
+Copies of remote model folders are tested with the store: tests/pipelines/test_storage.py.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-import uuid
 
-import fsspec
 import pytest
 
 from models.store import model_fingerprint, resolve_model_path
@@ -28,25 +29,15 @@ def test_folder_without_model_index_is_a_clear_error(tmp_path) -> None:
         resolve_model_path(f"file://{tmp_path}/missing", cache_dir=str(tmp_path / "cache"))
 
 
-def test_remote_uri_is_copied_once(tiny_sd_path: str, tmp_path) -> None:
-    memory = fsspec.filesystem("memory")
-    prefix = f"/models-{uuid.uuid4().hex}/tiny-sd"
-    memory.put(f"{tiny_sd_path}/", f"{prefix}/", recursive=True)
-    uri, cache = f"memory://{prefix}", str(tmp_path / "cache")
-
-    local = resolve_model_path(uri, cache_dir=cache)
-    assert os.path.dirname(local) == os.path.join(cache, "remote")
-    assert sorted(os.listdir(local)) == sorted(os.listdir(tiny_sd_path))
-    assert model_fingerprint(local) == model_fingerprint(tiny_sd_path)
-
-    memory.rm(prefix, recursive=True)  # a second call must not need the remote any more
-    assert resolve_model_path(uri, cache_dir=cache) == local
-    assert [name for name in os.listdir(os.path.dirname(local)) if ".tmp-" in name] == []
+def test_builtin_model_resolves_to_its_cached_folder(tiny_sd_path: str, model_cache_dir: str) -> None:
+    assert resolve_model_path("builtin:tiny-sd", cache_dir=model_cache_dir) == tiny_sd_path
 
 
-def test_remote_uri_without_model_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="no model_index.json"):
-        resolve_model_path(f"memory://nothing-{uuid.uuid4().hex}", cache_dir=str(tmp_path))
+@pytest.mark.parametrize("uri", ["s3://bucket/models/tiny-sd", "memory://models/tiny-sd", "simplecache::s3://b/m"])
+def test_remote_uri_is_left_to_the_storage_layer(uri: str, tmp_path) -> None:
+    with pytest.raises(ValueError, match="pipelines.storage.sync_folder"):
+        resolve_model_path(uri, cache_dir=str(tmp_path))
+    assert not (tmp_path / "remote").exists()
 
 
 def test_fingerprint_is_stable_and_tracks_configs(tiny_sd_path: str, tmp_path) -> None:
