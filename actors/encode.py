@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import numpy as np
 
+from actors.base import Batch, Stage
 from actors.loading import local_model_path, stage_device
-from actors.rowerrors import mark_errors, run_isolating
-from pipelines.faults import inject
+from pipelines import schema
+from pipelines.schema import EMBED_PREFIX  # re-exported: embedding columns travel from encode to generate only
 from pipelines.spec import ModelSpec, StageSpec
 
 __all__ = ["EncodeStage", "EMBED_PREFIX"]
 
-# Embedding columns travel between the encode and generate stages only.
-EMBED_PREFIX = "_pm_emb_"
-
 logger = logging.getLogger(__name__)
 
 
-class EncodeStage:
+class EncodeStage(Stage):
     """Callable class for ``map_batches``: adds one ``_pm_emb_*`` column per embedding.
 
     Only the text encoders and tokenizers are loaded (once per actor).  Rows
@@ -33,6 +30,8 @@ class EncodeStage:
         stage: device, dtype and batch settings of this stage.
         storage_options: fsspec options for a model in object storage.
     """
+
+    contract = schema.ENCODE
 
     def __init__(self, *, model: ModelSpec, stage: StageSpec, storage_options: dict[str, Any] | None = None) -> None:
         from models.diffusion import PromptEncoder
@@ -52,28 +51,20 @@ class EncodeStage:
         template = self.encoder.encode([""], [""], guidance=[1.0], micro_batch=1)
         self.templates = {key: np.zeros_like(value[0]) for key, value in template.items()}
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        start = time.perf_counter()
-        size = len(batch["prompt"])
-        healthy = [i for i in range(size) if batch["status"][i] == "ok"]
+    def compute(self, batch: Batch, rows: list[int]) -> list[dict[str, np.ndarray]]:
+        embeds = self.encoder.encode(
+            [str(batch[schema.PROMPT][i]) for i in rows],
+            [str(batch[schema.NEGATIVE_PROMPT][i]) for i in rows],
+            guidance=[float(batch[schema.GUIDANCE][i]) for i in rows],
+            micro_batch=self.micro_batch,
+        )
+        return [{key: value[n] for key, value in embeds.items()} for n in range(len(rows))]
 
-        def compute(rows: list[int]) -> list[dict[str, np.ndarray]]:
-            inject("stage:encode", prompts=[str(batch["prompt"][i]) for i in rows])
-            embeds = self.encoder.encode(
-                [str(batch["prompt"][i]) for i in rows],
-                [str(batch["negative_prompt"][i]) for i in rows],
-                guidance=[float(batch["guidance"][i]) for i in rows],
-                micro_batch=self.micro_batch,
-            )
-            return [{key: value[n] for key, value in embeds.items()} for n in range(len(rows))]
-
-        results, errors = run_isolating(compute, healthy)
-        mark_errors(batch, errors, stage="encode")
+    def finish(self, batch: Batch, results: dict[int, dict[str, np.ndarray]]) -> None:
+        size = len(batch[schema.PROMPT])
         # Prompts longer than the text encoder's window are truncated by it: say so per row.
-        tokens = self.encoder.token_counts([str(p) for p in batch["prompt"]]) if size else []
-        batch["prompt_tokens"] = np.asarray(tokens, dtype=np.int64)
-        batch["prompt_truncated"] = batch["prompt_tokens"] > self.encoder.max_tokens
+        tokens = self.encoder.token_counts([str(p) for p in batch[schema.PROMPT]]) if size else []
+        batch[schema.PROMPT_TOKENS] = np.asarray(tokens, dtype=np.int64)
+        batch[schema.PROMPT_TRUNCATED] = batch[schema.PROMPT_TOKENS] > self.encoder.max_tokens
         for key, zeros in self.templates.items():
             batch[EMBED_PREFIX + key] = np.stack([results[i][key] if i in results else zeros for i in range(size)])
-        batch["encode_s"] = np.full(size, (time.perf_counter() - start) / max(size, 1))
-        return batch

@@ -12,29 +12,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+from actors.base import Batch, Stage
+from pipelines.schema import StageColumns
 
 __all__ = ["FusedStage"]
-
-Batch = dict[str, np.ndarray]
 
 
 class FusedStage:
     """Run ``steps`` one after another on each batch, in one actor.
 
+    Every step is a :class:`actors.base.Stage`, so each one keeps its own timing column,
+    fault point, row isolation and error marking inside the fused actor.
+
     Args:
-        steps: ``(callable, kwargs)`` pairs.  A class is constructed once with its kwargs
-            (a stage actor such as ``EncodeStage``); a function is called on each batch
-            with its kwargs (a CPU step such as ``encode_images``).
+        steps: ``(callable, kwargs)`` pairs.  A class (a stage such as ``EncodeStage``) is
+            constructed once with its kwargs; a function that names its stage class as
+            ``stage_class`` (``pipelines.images.encode_images``) has that class constructed
+            with its kwargs.  Any other function is called on each batch with its kwargs.
     """
 
     def __init__(self, *, steps: list[tuple[Callable[..., Any], dict[str, Any]]]) -> None:
         self.steps: list[Callable[[Batch], Batch]] = []
         for step, kwargs in steps:
-            if isinstance(step, type):
-                self.steps.append(step(**kwargs))
+            stage_class = step if isinstance(step, type) else getattr(step, "stage_class", None)
+            if stage_class is not None:
+                self.steps.append(stage_class(**kwargs))
             else:
                 self.steps.append(lambda batch, step=step, kwargs=kwargs: step(batch, **kwargs))
+
+    @property
+    def contracts(self) -> list[StageColumns]:
+        """The contracts of the stages this actor runs, in order."""
+        return [step.contract for step in self.steps if isinstance(step, Stage)]
 
     def __call__(self, batch: Batch) -> Batch:
         for step in self.steps:

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
-from actors.encode import EMBED_PREFIX
+from actors.base import Batch, Stage, healthy_rows
 from actors.loading import local_model_path, stage_device
-from actors.rowerrors import mark_errors, run_isolating
-from pipelines.faults import inject
+from pipelines import schema
+from pipelines.schema import EMBED_PREFIX, IMAGE_COLUMN, Status  # IMAGE_COLUMN: re-exported for older imports
 from pipelines.spec import GenerateSpec, ModelSpec, StageSpec
 
 __all__ = ["GenerateStage", "IMAGE_COLUMN"]
 
-# The decoded image, ``uint8 [H, W, 3]``, from here to the image-encoding task.
-IMAGE_COLUMN = "_pm_image"
-
 logger = logging.getLogger(__name__)
 
 
-class GenerateStage:
+class GenerateStage(Stage):
     """Callable class for ``map_batches``: draws images from the encode stage's embeddings.
 
     Loads the image half of the model with the backend the spec names
@@ -39,6 +35,8 @@ class GenerateStage:
         generate: which backend draws (default: diffusers).
         storage_options: fsspec options for a model in object storage.
     """
+
+    contract = schema.GENERATE
 
     def __init__(
         self,
@@ -69,60 +67,59 @@ class GenerateStage:
         self.model_uri = model.uri
         self.micro_batch = stage.micro_batch_size
 
-    def _groups(self, batch: dict[str, np.ndarray]) -> dict[tuple[int, int, int, float], list[int]]:
+    @staticmethod
+    def _settings(batch: Batch, i: int) -> tuple[int, int, int, float]:
+        """``(width, height, steps, guidance)`` of row ``i``: rows that share them share one call."""
+        return (
+            int(batch[schema.WIDTH][i]),
+            int(batch[schema.HEIGHT][i]),
+            int(batch[schema.STEPS][i]),
+            float(batch[schema.GUIDANCE][i]),
+        )
+
+    def select(self, batch: Batch) -> list[list[int]]:
         groups: dict[tuple[int, int, int, float], list[int]] = defaultdict(list)
-        for i, status in enumerate(batch["status"]):
-            if status == "ok":
-                key = (int(batch["width"][i]), int(batch["height"][i]), int(batch["steps"][i]), float(batch["guidance"][i]))
-                groups[key].append(i)
-        return groups
+        for i in healthy_rows(batch):
+            groups[self._settings(batch, i)].append(i)
+        return list(groups.values())
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        start = time.perf_counter()
-        size = len(batch["prompt"])
-        embed_columns = [name for name in batch if name.startswith(EMBED_PREFIX)]
-        images: dict[int, np.ndarray] = {}
-        for (width, height, steps, guidance), rows in self._groups(batch).items():
+    def compute(self, batch: Batch, rows: list[int]) -> list[tuple[np.ndarray, tuple[str, str] | None]]:
+        width, height, steps, guidance = self._settings(batch, rows[0])
+        embeds = {name[len(EMBED_PREFIX):]: batch[name][rows] for name in batch if name.startswith(EMBED_PREFIX)}
+        generated, problems = self.generator.generate_checked(
+            embeds,
+            seeds=[int(batch[schema.SEED][i]) for i in rows],
+            width=width,
+            height=height,
+            steps=steps,
+            guidance=guidance,
+            micro_batch=self.micro_batch,
+        )
+        return [(generated[n], problems.get(n)) for n in range(len(rows))]
 
-            def compute(subset: list[int]) -> list[tuple[np.ndarray, tuple[str, str] | None]]:
-                inject("stage:generate", prompts=[str(batch["prompt"][i]) for i in subset])
-                embeds = {name[len(EMBED_PREFIX):]: batch[name][subset] for name in embed_columns}
-                generated, problems = self.generator.generate_checked(
-                    embeds,
-                    seeds=[int(batch["seed"][i]) for i in subset],
-                    width=width,
-                    height=height,
-                    steps=steps,
-                    guidance=guidance,
-                    micro_batch=self.micro_batch,
-                )
-                return [(generated[n], problems.get(n)) for n in range(len(subset))]
-
-            results, errors = run_isolating(compute, rows)
-            mark_errors(batch, errors, stage="generate")
-            # Rows the checks caught: non-finite or blank images (errors), safety-checker hits (filtered).
-            for status in ("error", "filtered"):
-                caught = {i: problem[1] for i, (_, problem) in results.items() if problem and problem[0] == status}
-                mark_errors(batch, caught, stage="generate", status=status)
-            images.update({i: image for i, (image, problem) in results.items() if problem is None})
-        for name in embed_columns:
+    def finish(self, batch: Batch, results: dict[int, tuple[np.ndarray, tuple[str, str] | None]]) -> None:
+        size = len(batch[schema.PROMPT])
+        # Rows the checks caught: non-finite or blank images (errors), safety-checker hits (filtered).
+        for status in (Status.ERROR, Status.FILTERED):
+            caught = {i: problem[1] for i, (_, problem) in results.items() if problem and problem[0] == status}
+            self.mark(batch, caught, status)
+        images = {i: image for i, (image, problem) in results.items() if problem is None}
+        for name in [name for name in batch if name.startswith(EMBED_PREFIX)]:
             del batch[name]
         batch[IMAGE_COLUMN] = _image_column(images, batch)
         if self.one_pass:  # what ran: one forward pass, no guidance, whatever the row asked for
-            batch["steps"] = np.ones(size, dtype=np.asarray(batch["steps"]).dtype)
-            batch["guidance"] = np.ones(size, dtype=np.asarray(batch["guidance"]).dtype)
+            batch[schema.STEPS] = np.ones(size, dtype=np.asarray(batch[schema.STEPS]).dtype)
+            batch[schema.GUIDANCE] = np.ones(size, dtype=np.asarray(batch[schema.GUIDANCE]).dtype)
         info = self.generator.info
-        batch["model"] = np.full(size, self.model_uri, dtype=object)
-        batch["model_hash"] = np.full(size, info["model_hash"], dtype=object)
-        batch["scheduler"] = np.full(size, info["scheduler"], dtype=object)
-        batch["pipeline"] = np.full(size, info["pipeline"], dtype=object)
-        batch["generate_s"] = np.full(size, (time.perf_counter() - start) / max(size, 1))
-        return batch
+        batch[schema.MODEL] = np.full(size, self.model_uri, dtype=object)
+        batch[schema.MODEL_HASH] = np.full(size, info["model_hash"], dtype=object)
+        batch[schema.SCHEDULER] = np.full(size, info["scheduler"], dtype=object)
+        batch[schema.PIPELINE] = np.full(size, info["pipeline"], dtype=object)
 
 
-def _image_column(images: dict[int, np.ndarray], batch: dict[str, np.ndarray]) -> np.ndarray:
+def _image_column(images: dict[int, np.ndarray], batch: Batch) -> np.ndarray:
     """Return one image per row; failed rows get an empty ``0x0x3`` array."""
-    column = np.empty(len(batch["prompt"]), dtype=object)
+    column = np.empty(len(batch[schema.PROMPT]), dtype=object)
     for i in range(len(column)):
         column[i] = images.get(i, np.zeros((0, 0, 3), dtype=np.uint8))
     return column

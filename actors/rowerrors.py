@@ -18,6 +18,7 @@ from typing import TypeVar
 import numpy as np
 
 from pipelines.resilience import STICKY_DEVICE_ERROR_EXIT_CODE, is_out_of_memory, is_sticky_device_error
+from pipelines.schema import ERROR, STAGE, STATUS, STATUS_COLUMNS, Status
 
 __all__ = ["run_isolating", "mark_errors"]
 
@@ -73,13 +74,19 @@ def _free_device_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def mark_errors(batch: dict[str, np.ndarray], errors: dict[int, str], *, stage: str, status: str = "error") -> None:
-    """Set ``status``/``stage``/``error`` on the failed rows of a batch, in place."""
+def mark_errors(
+    batch: dict[str, np.ndarray], errors: dict[int, str], *, stage: str, status: Status | str = Status.ERROR
+) -> None:
+    """Set ``status``/``stage``/``error`` on the failed rows of a batch, in place.
+
+    The status is written as its plain string (``"error"``, ``"filtered"``).
+    """
     if not errors:
         return
-    for column in ("status", "stage", "error"):
+    value = Status(status).value
+    for column in STATUS_COLUMNS:
         batch[column] = batch[column].astype(object)
     for index, message in errors.items():
-        batch["status"][index] = status
-        batch["stage"][index] = stage
-        batch["error"][index] = message
+        batch[STATUS][index] = value
+        batch[STAGE][index] = stage
+        batch[ERROR][index] = message

@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
-from actors.generate import IMAGE_COLUMN
+from actors.base import Batch, Stage
 from actors.loading import local_model_path, stage_device
-from actors.rowerrors import mark_errors, run_isolating
-from pipelines.faults import inject
+from pipelines import schema
+from pipelines.schema import IMAGE_COLUMN, Status
 from pipelines.spec import ScoreSpec, StageSpec
 
 __all__ = ["ScoreStage"]
 
 
-class ScoreStage:
+class ScoreStage(Stage):
     """Callable class for ``map_batches``: adds ``clip_score`` (NaN for rows without an image).
 
     Rows below ``score.min_score`` become ``filtered`` (stage ``score``), so the
-    sink keeps them out of the tar and counts them apart from errors.
+    sink keeps them out of the tar and counts them apart from errors.  The model runs
+    on ``stage.micro_batch_size`` rows per forward pass at a fixed padded shape
+    (``ClipScorer.score``), so a row's score does not depend on its batch.
 
     Args:
         score: the CLIP model and the optional threshold.
         stage: device, dtype and batch settings of this stage.
         storage_options: fsspec options for a model in object storage.
     """
+
+    contract = schema.SCORE
 
     def __init__(self, *, score: ScoreSpec, stage: StageSpec, storage_options: dict[str, Any] | None = None) -> None:
         from models.clip_score import ClipScorer
@@ -37,24 +40,13 @@ class ScoreStage:
         self.min_score = score.min_score
         self.micro_batch = stage.micro_batch_size
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        start = time.perf_counter()
-        size = len(batch["status"])
-        healthy = [i for i in range(size) if batch["status"][i] == "ok"]
+    def compute(self, batch: Batch, rows: list[int]) -> list[float]:
+        images = [batch[IMAGE_COLUMN][i] for i in rows]
+        prompts = [str(batch[schema.PROMPT][i]) for i in rows]
+        return self.scorer.score(images, prompts, micro_batch=self.micro_batch).tolist()
 
-        def compute(rows: list[int]) -> list[float]:
-            prompts = [str(batch["prompt"][i]) for i in rows]
-            inject("stage:score", prompts=prompts)
-            scores: list[float] = []
-            for begin in range(0, len(rows), self.micro_batch):
-                chunk = rows[begin : begin + self.micro_batch]
-                images = [batch[IMAGE_COLUMN][i] for i in chunk]
-                scores += self.scorer.score(images, prompts[begin : begin + self.micro_batch]).tolist()
-            return scores
-
-        results, errors = run_isolating(compute, healthy)
-        mark_errors(batch, errors, stage="score")
-        scores = np.full(size, np.nan, dtype=np.float64)
+    def finish(self, batch: Batch, results: dict[int, float]) -> None:
+        scores = np.full(len(batch[schema.STATUS]), np.nan, dtype=np.float64)
         for i, value in results.items():
             scores[i] = value
         if self.min_score is not None:
@@ -63,7 +55,5 @@ class ScoreStage:
                 for i, value in results.items()
                 if value < self.min_score
             }
-            mark_errors(batch, low, stage="score", status="filtered")
-        batch["clip_score"] = scores
-        batch["score_s"] = np.full(size, (time.perf_counter() - start) / max(size, 1))
-        return batch
+            self.mark(batch, low, Status.FILTERED)
+        batch[schema.CLIP_SCORE] = scores

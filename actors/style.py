@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from actors.generate import IMAGE_COLUMN
+from actors.base import Batch, Stage, healthy_rows
 from actors.loading import local_file, stage_device
-from actors.rowerrors import mark_errors, run_isolating
-from pipelines.faults import inject
+from pipelines import schema
+from pipelines.schema import IMAGE_COLUMN
 from pipelines.spec import StageSpec, StyleSpec
 
 __all__ = ["StyleStage"]
@@ -45,7 +45,18 @@ def _as_strength(value: Any) -> float:
     return strength
 
 
-class StyleStage:
+@dataclass
+class _BatchStyles:
+    """Each row's resolved style settings for the batch being processed."""
+
+    names: np.ndarray
+    hashes: np.ndarray
+    strengths: np.ndarray
+    keep: np.ndarray
+    refs: dict[int, Any] = field(default_factory=dict)
+
+
+class StyleStage(Stage):
     """Callable class for ``map_batches``: applies each row's style to its image.
 
     A row's style is its style-column value, else ``style.default``: a built-in
@@ -58,7 +69,13 @@ class StyleStage:
         style: the job's style settings.
         stage: device and batch settings of this stage.
         storage_options: fsspec options for style images in object storage.
+
+    ``stage.micro_batch_size`` is the rows per forward pass of a backend that batches
+    (``adain``: fixed padded chunks, as in the other model stages); the ``onnx``
+    networks take one image per run, so every pass there is already one row.
     """
+
+    contract = schema.STYLE_STAGE
 
     def __init__(self, *, style: StyleSpec, stage: StageSpec, storage_options: dict[str, Any] | None = None) -> None:
         from models.style import STYLE_BACKENDS
@@ -72,6 +89,8 @@ class StyleStage:
             options.update(vgg_path=vgg, decoder_path=decoder)
             options["dtype"] = stage.dtype
         self.backend = STYLE_BACKENDS[style.backend](**options)
+        self.micro_batch = stage.micro_batch_size
+        self._styles: _BatchStyles | None = None  # the batch being processed (an actor runs one at a time)
         self._by_uri: OrderedDict[str, tuple[str, np.ndarray]] = OrderedDict()
         self._by_hash: OrderedDict[str, np.ndarray] = OrderedDict()
         self.fetches = 0
@@ -127,54 +146,57 @@ class StyleStage:
             return int(value)  # a numeric column read with nulls becomes float: 7.0 -> 7
         return None if _missing(value) else value
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from models.style import blend, keep_colors
-
-        start = time.perf_counter()
-        size = len(batch["status"])
-        names = np.full(size, "", dtype=object)
-        hashes = np.full(size, "", dtype=object)
-        strengths = np.full(size, self.style.strength, dtype=np.float64)
-        keep = np.full(size, self.style.preserve_color, dtype=bool)
-        refs: dict[int, Any] = {}
+    def select(self, batch: Batch) -> list[list[int]]:
+        """Resolve every row's style settings; rows with bad ones become errors, rows without a style pass."""
+        size = len(batch[schema.STATUS])
+        styles = self._styles = _BatchStyles(
+            names=np.full(size, "", dtype=object),
+            hashes=np.full(size, "", dtype=object),
+            strengths=np.full(size, self.style.strength, dtype=np.float64),
+            keep=np.full(size, self.style.preserve_color, dtype=bool),
+        )
+        healthy = set(healthy_rows(batch))
         errors: dict[int, str] = {}
         for i in range(size):
             value = self._row_value(batch, self.style.column, i)
             value = str(value).strip() if value is not None else (self.style.default or "")
-            names[i] = value
-            if batch["status"][i] != "ok" or not value:
+            styles.names[i] = value
+            if i not in healthy or not value:
                 continue
             try:
                 strength = self._row_value(batch, self.style.strength_column, i)
-                strengths[i] = self.style.strength if strength is None else _as_strength(strength)
+                styles.strengths[i] = self.style.strength if strength is None else _as_strength(strength)
                 preserve = self._row_value(batch, self.style.preserve_color_column, i)
-                keep[i] = self.style.preserve_color if preserve is None else _as_bool(preserve)
-                refs[i], hashes[i] = self._resolve(value)
+                styles.keep[i] = self.style.preserve_color if preserve is None else _as_bool(preserve)
+                styles.refs[i], styles.hashes[i] = self._resolve(value)
             except ValueError as error:
                 errors[i] = str(error)
-        mark_errors(batch, errors, stage="style")
+        self.mark(batch, errors)
+        return [sorted(styles.refs)]
 
-        images = batch[IMAGE_COLUMN]
+    def compute(self, batch: Batch, rows: list[int]) -> list[np.ndarray]:
+        from models.style import blend, keep_colors
 
-        def compute(rows: list[int]) -> list[np.ndarray]:
-            inject("stage:style", prompts=[str(batch["prompt"][i]) for i in rows] if "prompt" in batch else [])
-            styled = self.backend.stylize_batch([images[i] for i in rows], [refs[i] for i in rows])
-            out = []
-            for i, image in zip(rows, styled):
-                image = keep_colors(image, images[i]) if keep[i] else image
-                out.append(blend(image, images[i], float(strengths[i])))
-            return out
+        styles, images = self._styles, batch[IMAGE_COLUMN]
+        styled = self.backend.stylize_batch(
+            [images[i] for i in rows], [styles.refs[i] for i in rows], micro_batch=self.micro_batch
+        )
+        out = []
+        for i, image in zip(rows, styled):
+            image = keep_colors(image, images[i]) if styles.keep[i] else image
+            out.append(blend(image, images[i], float(styles.strengths[i])))
+        return out
 
-        results, failures = run_isolating(compute, sorted(refs))
-        mark_errors(batch, failures, stage="style")
+    def finish(self, batch: Batch, results: dict[int, np.ndarray]) -> None:
+        styles, images = self._styles, batch[IMAGE_COLUMN]
+        self._styles = None
+        size = len(batch[schema.STATUS])
         column = np.empty(size, dtype=object)
         for i in range(size):
             column[i] = results.get(i, images[i])
         batch[IMAGE_COLUMN] = column
-        batch["style"] = names
-        batch["style_hash"] = hashes
-        batch["style_backend"] = np.full(size, self.backend.name, dtype=object)
-        batch["style_strength"] = strengths
-        batch["style_preserve_color"] = keep
-        batch["style_s"] = np.full(size, (time.perf_counter() - start) / max(size, 1))
-        return batch
+        batch[schema.STYLE] = styles.names
+        batch[schema.STYLE_HASH] = styles.hashes
+        batch[schema.STYLE_BACKEND] = np.full(size, self.backend.name, dtype=object)
+        batch[schema.STYLE_STRENGTH] = styles.strengths
+        batch[schema.STYLE_PRESERVE_COLOR] = styles.keep

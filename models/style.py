@@ -168,8 +168,15 @@ class OnnxStyleBackend:
             stylized = np.asarray(Image.fromarray(stylized).resize((width, height), Image.LANCZOS))
         return stylized
 
-    def stylize_batch(self, images: list[np.ndarray], styles: list[StyleRef]) -> list[np.ndarray]:
-        """Stylize each uint8 image with its style (the networks take one image per run)."""
+    def stylize_batch(
+        self, images: list[np.ndarray], styles: list[StyleRef], *, micro_batch: int | None = None
+    ) -> list[np.ndarray]:
+        """Stylize each uint8 image with its style (the networks take one image per run).
+
+        ``micro_batch`` is accepted for the common interface and has nothing to do: every
+        run is one image at batch size 1 (the exported graphs' fixed batch axis), so a
+        row's result already depends on nothing but the row.
+        """
         return [
             self._builtin(image, style.builtin) if style.builtin is not None else self._arbitrary(image, style.vector)
             for image, style in zip(images, styles)
@@ -197,8 +204,18 @@ class AdaINStyleBackend:
         """Return the style statistics (relu4_1 channel means and stds) of a style image."""
         return self.stylizer.style_vector(pixels)
 
-    def stylize_batch(self, images: list[np.ndarray], styles: list[StyleRef]) -> list[np.ndarray]:
-        """Stylize images, one forward pass per group of equal-size images."""
+    def stylize_batch(
+        self, images: list[np.ndarray], styles: list[StyleRef], *, micro_batch: int | None = None
+    ) -> list[np.ndarray]:
+        """Stylize images, batched over groups of equal-size images.
+
+        Args:
+            micro_batch: images per forward pass, at a fixed padded shape
+                (``models.batching.in_fixed_chunks``), so an image's result does not depend
+                on the batch it came in.  ``None``: one forward pass per group.
+        """
+        from models.batching import in_fixed_chunks
+
         if any(style.builtin is not None for style in styles):
             raise ValueError("the adain backend has no built-in styles; give a style image URI")
         results: list[np.ndarray | None] = [None] * len(images)
@@ -206,9 +223,14 @@ class AdaINStyleBackend:
         for i, image in enumerate(images):
             groups.setdefault(image.shape, []).append(i)
         for indices in groups.values():
-            out = self.stylizer.stylize(
-                np.stack([images[i] for i in indices]), np.stack([styles[i].vector for i in indices])
-            )
+            pixels = np.stack([images[i] for i in indices])
+            vectors = np.stack([styles[i].vector for i in indices])
+            if micro_batch is None:
+                out = self.stylizer.stylize(pixels, vectors)
+            else:
+                out = in_fixed_chunks(
+                    lambda chunk: self.stylizer.stylize(pixels[chunk], vectors[chunk]), len(indices), micro_batch
+                )
             for i, image in zip(indices, out):
                 results[i] = image
         return results  # type: ignore[return-value]

@@ -1,22 +1,26 @@
 """Image encoding (uint8 arrays -> PNG/JPEG/WebP bytes) as a CPU ``map_batches`` task.
 
 Encoding runs here, on CPU tasks, so the GPU actors only ever hand over raw
-uint8 arrays and never wait on Pillow.
+uint8 arrays and never wait on Pillow.  :class:`ImageEncodeStage` is the stage
+(``actors.base.Stage``: timing column ``image_encode_s``, fault point
+``stage:image_encode``, a row that fails to encode becomes an error row);
+:func:`encode_images` is its function form, which Ray runs as tasks.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import time
 from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
-from actors.generate import IMAGE_COLUMN
+from actors.base import Batch, Stage
+from pipelines import schema
+from pipelines.schema import IMAGE_COLUMN, Status
 
-__all__ = ["CODECS", "encode_image", "encode_images"]
+__all__ = ["CODECS", "ImageEncodeStage", "encode_image", "encode_images"]
 
 # Format name -> function(PIL image, quality) -> bytes.
 CODECS: dict[str, Callable[[Image.Image, int], bytes]] = {}
@@ -45,21 +49,44 @@ def encode_image(pixels: np.ndarray, *, image_format: str, quality: int) -> byte
     return CODECS[image_format](Image.fromarray(np.ascontiguousarray(pixels)), quality)
 
 
-def encode_images(batch: dict[str, np.ndarray], *, image_format: str, quality: int) -> dict[str, np.ndarray]:
-    """Replace the image column by encoded bytes, their sha256 and the format."""
-    start = time.perf_counter()
-    size = len(batch["status"])
-    encoded = np.empty(size, dtype=object)
-    digests = np.empty(size, dtype=object)
-    for i in range(size):
-        if batch["status"][i] != "ok":
-            encoded[i], digests[i] = b"", ""
-            continue
-        encoded[i] = encode_image(batch[IMAGE_COLUMN][i], image_format=image_format, quality=quality)
-        digests[i] = hashlib.sha256(encoded[i]).hexdigest()
-    del batch[IMAGE_COLUMN]
-    batch["image"] = encoded
-    batch["sha256"] = digests
-    batch["image_format"] = np.full(size, image_format, dtype=object)
-    batch["image_encode_s"] = np.full(size, (time.perf_counter() - start) / max(size, 1))
-    return batch
+class ImageEncodeStage(Stage):
+    """Replace the image column by encoded bytes (``image``), their ``sha256`` and the ``image_format``.
+
+    Rows that are not ``ok`` get empty bytes and an empty digest.
+
+    Args:
+        image_format: a key of :data:`CODECS`.
+        quality: JPEG/WebP quality (PNG ignores it).
+    """
+
+    contract = schema.IMAGE_ENCODE
+
+    def __init__(self, *, image_format: str, quality: int) -> None:
+        self.image_format = image_format
+        self.quality = quality
+
+    def compute(self, batch: Batch, rows: list[int]) -> list[bytes]:
+        return [encode_image(batch[IMAGE_COLUMN][i], image_format=self.image_format, quality=self.quality) for i in rows]
+
+    def finish(self, batch: Batch, results: dict[int, bytes]) -> None:
+        size = len(batch[schema.STATUS])
+        encoded = np.empty(size, dtype=object)
+        digests = np.empty(size, dtype=object)
+        for i in range(size):
+            if i in results and batch[schema.STATUS][i] == Status.OK:
+                encoded[i], digests[i] = results[i], hashlib.sha256(results[i]).hexdigest()
+            else:
+                encoded[i], digests[i] = b"", ""
+        del batch[IMAGE_COLUMN]
+        batch[schema.IMAGE] = encoded
+        batch[schema.SHA256] = digests
+        batch[schema.IMAGE_FORMAT] = np.full(size, self.image_format, dtype=object)
+
+
+def encode_images(batch: Batch, *, image_format: str, quality: int) -> Batch:
+    """:class:`ImageEncodeStage` as a function, for ``map_batches`` CPU tasks (a class would need an actor pool)."""
+    return ImageEncodeStage(image_format=image_format, quality=quality)(batch)
+
+
+# ``FusedStage`` builds the stage itself when this function is one of its steps.
+encode_images.stage_class = ImageEncodeStage  # type: ignore[attr-defined]

@@ -10,7 +10,8 @@ from actors.encode import EncodeStage
 from actors.generate import GenerateStage
 from pipelines.images import encode_images
 from pipelines.resilience import stage_remote_args
-from pipelines.rows import INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, check_passthrough_columns, prepare_rows
+from pipelines.rows import check_passthrough_columns, prepare_rows
+from pipelines.schema import INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, SOURCE_COLUMNS
 from pipelines.sources import input_columns, list_input_files, read_prompts
 from pipelines.spec import ColumnMap, JobSpec, StageSpec
 
@@ -45,7 +46,7 @@ def prepared_rows(spec: JobSpec, *, listing: tuple | None = None) -> ray.data.Da
     names = input_columns(listing)
     if names is None:  # no file has a first batch to show: ask Ray (reads past empty files)
         names = ds.schema().names
-    found = [c for c in names if c not in ("source", "source_row", INPUT_ERROR_COLUMN)]
+    found = [c for c in names if c not in (*SOURCE_COLUMNS, INPUT_ERROR_COLUMN)]
     if spec.input.columns.prompt not in found:
         raise ValueError(
             f"input.columns.prompt: column {spec.input.columns.prompt!r} not in the input "

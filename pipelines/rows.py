@@ -13,31 +13,16 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines import schema
+from pipelines.schema import INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, RESERVED_COLUMNS, Status
 from pipelines.spec import ColumnMap, GenerationDefaults
 
-# Set by ``pipelines.sources`` on rows it could not parse (kept here so this module imports no Ray).
-INPUT_ERROR_COLUMN = "_pm_input_error"
+# INPUT_ERROR_COLUMN, OUTPUT_COLUMNS and RESERVED_COLUMNS live in ``pipelines.schema``; re-exported here.
+__all__ = [
+    "INPUT_ERROR_COLUMN", "OUTPUT_COLUMNS", "RESERVED_COLUMNS", "derive_seed", "prepare_rows", "check_passthrough_columns",
+]
 
-__all__ = ["OUTPUT_COLUMNS", "RESERVED_COLUMNS", "derive_seed", "prepare_rows", "check_passthrough_columns"]
-
-# Columns pixelmill writes itself; input columns with these names must be mapped.
-RESERVED_COLUMNS = frozenset(
-    {
-        "key", "id", "prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance",
-        "status", "stage", "error", "source", "source_row", "model", "model_hash", "scheduler",
-        "pipeline", "sha256", "style_hash", "style_backend", "image_format", "shard", "encode_s", "generate_s", "style_s", "image_encode_s",
-        "prompt_tokens", "prompt_truncated", "clip_score", "score_s",
-    }
-)
-# Columns the stages and the sink add; dropped when error records become input again.
-OUTPUT_COLUMNS = frozenset(
-    {
-        "key", "shard", "status", "stage", "error", "model", "model_hash", "scheduler", "pipeline",
-        "sha256", "style_hash", "style_backend", "image_format", "encode_s", "generate_s", "style_s",
-        "image_encode_s", "prompt_tokens", "prompt_truncated", "clip_score", "score_s",
-    }
-)
-_INT_FIELDS = ("width", "height", "steps")
+_INT_FIELDS = (schema.WIDTH, schema.HEIGHT, schema.STEPS)
 _SEED_MODULUS = 2**32
 
 
@@ -88,7 +73,7 @@ def _number(value: Any, name: str, *, integer: bool) -> float | int:
 
 def _row_settings(raw: dict[str, Any], defaults: GenerationDefaults) -> dict[str, Any]:
     settings: dict[str, Any] = {}
-    for name in (*_INT_FIELDS, "guidance"):
+    for name in schema.ROW_SETTINGS:
         value = raw.get(name)
         if _is_missing(value):
             settings[name] = getattr(defaults, name)
@@ -97,26 +82,26 @@ def _row_settings(raw: dict[str, Any], defaults: GenerationDefaults) -> dict[str
     for name in _INT_FIELDS:
         if settings[name] <= 0:
             raise ValueError(f"{name} must be positive, got {settings[name]}")
-    for name in ("width", "height"):
+    for name in (schema.WIDTH, schema.HEIGHT):
         if settings[name] % 8:
             raise ValueError(f"{name} must be a multiple of 8, got {settings[name]}")
-    if settings["guidance"] < 0:
-        raise ValueError(f"guidance must be >= 0, got {settings['guidance']}")
+    if settings[schema.GUIDANCE] < 0:
+        raise ValueError(f"guidance must be >= 0, got {settings[schema.GUIDANCE]}")
     return settings
 
 
 def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed: int) -> dict[str, Any]:
-    row_id = raw.get("id")
-    row_id = f"{raw['source']}#{raw['source_row']}" if _is_missing(row_id) else str(row_id)
-    prompt = raw.get("prompt")
-    negative = raw.get("negative_prompt")
+    row_id = raw.get(schema.ID)
+    row_id = f"{raw[schema.SOURCE]}#{raw[schema.SOURCE_ROW]}" if _is_missing(row_id) else str(row_id)
+    prompt = raw.get(schema.PROMPT)
+    negative = raw.get(schema.NEGATIVE_PROMPT)
     out: dict[str, Any] = {
-        "id": row_id,
-        "prompt": prompt if isinstance(prompt, str) else ("" if _is_missing(prompt) else str(prompt)),
-        "negative_prompt": defaults.negative_prompt if _is_missing(negative) else str(negative),
-        "status": "ok",
-        "stage": "",
-        "error": "",
+        schema.ID: row_id,
+        schema.PROMPT: prompt if isinstance(prompt, str) else ("" if _is_missing(prompt) else str(prompt)),
+        schema.NEGATIVE_PROMPT: defaults.negative_prompt if _is_missing(negative) else str(negative),
+        schema.STATUS: Status.OK.value,
+        schema.STAGE: "",
+        schema.ERROR: "",
     }
     try:
         if not _is_missing(raw.get(INPUT_ERROR_COLUMN)):
@@ -126,14 +111,14 @@ def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed:
         if not prompt.strip():
             raise ValueError("prompt is empty")
         out.update(_row_settings(raw, defaults))
-        seed = raw.get("seed")
-        out["seed"] = derive_seed(job_seed, row_id) if _is_missing(seed) else _number(seed, "seed", integer=True)
-        if not 0 <= out["seed"] < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63), got {out['seed']}")
+        seed = raw.get(schema.SEED)
+        out[schema.SEED] = derive_seed(job_seed, row_id) if _is_missing(seed) else _number(seed, "seed", integer=True)
+        if not 0 <= out[schema.SEED] < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {out[schema.SEED]}")
     except ValueError as error:
-        out.update(status="error", stage="input", error=str(error))
-        out.setdefault("seed", derive_seed(job_seed, row_id))
-        for name in (*_INT_FIELDS, "guidance"):
+        out.update({schema.STATUS: Status.ERROR.value, schema.STAGE: schema.INPUT_STAGE, schema.ERROR: str(error)})
+        out.setdefault(schema.SEED, derive_seed(job_seed, row_id))
+        for name in schema.ROW_SETTINGS:
             out.setdefault(name, getattr(defaults, name))
     return out
 
@@ -155,7 +140,7 @@ def prepare_rows(
         [_prepare_one(row, defaults=defaults, job_seed=job_seed) for row in raw.to_dict("records")],
         index=raw.index,
     )
-    canonical = canonical.astype({"seed": "int64", "width": "int64", "height": "int64", "steps": "int64", "guidance": "float64"})
+    canonical = canonical.astype({schema.SEED: "int64", **{name: "int64" for name in _INT_FIELDS}, schema.GUIDANCE: "float64"})
     consumed = set(canonical.columns) | set(ColumnMap.model_fields) | {INPUT_ERROR_COLUMN}
     passthrough = raw.drop(columns=[c for c in raw.columns if c in consumed])
     return pd.concat([canonical, passthrough], axis=1).reset_index(drop=True)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
-from pipelines.rows import INPUT_ERROR_COLUMN
+from pipelines.schema import INPUT_ERROR_COLUMN, LINE_COLUMN, SOURCE, SOURCE_ROW
 from pipelines.spec import InputSpec
 from pipelines.storage import filesystem
 
@@ -80,13 +80,13 @@ def _parse_json_line(number: int, line: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         return {INPUT_ERROR_COLUMN: f"line {number} is a JSON {type(value).__name__}, not an object"}
     value.pop(INPUT_ERROR_COLUMN, None)
-    value["_pm_line"] = number
+    value[LINE_COLUMN] = number
     return value
 
 
 def _rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
     """Build one batch; a value whose type differs from its column's usual type makes its row an error row."""
-    columns = list(dict.fromkeys(key for row in rows for key in row if key not in ("_pm_line", INPUT_ERROR_COLUMN)))
+    columns = list(dict.fromkeys(key for row in rows for key in row if key not in (LINE_COLUMN, INPUT_ERROR_COLUMN)))
     for column in columns:
         kinds = Counter(_json_kind(row[column]) for row in rows if row.get(column) is not None)
         if len(kinds) <= 1:
@@ -96,7 +96,7 @@ def _rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
             value = row.get(column)
             if value is not None and _json_kind(value) != usual and INPUT_ERROR_COLUMN not in row:
                 row[INPUT_ERROR_COLUMN] = (
-                    f"line {row['_pm_line']}: column {column!r} holds a {_json_kind(value)} "
+                    f"line {row[LINE_COLUMN]}: column {column!r} holds a {_json_kind(value)} "
                     f"where the file's other rows hold a {usual}"
                 )
                 row[column] = None
@@ -202,14 +202,14 @@ class PromptTableDatasource(FileBasedDatasource):
         try:
             for batch in self._reader(f):
                 table = pa.Table.from_batches([batch])
-                if {"source", "source_row"} & set(table.column_names):
+                if {SOURCE, SOURCE_ROW} & set(table.column_names):
                     raise ValueError(
                         f"input file {name} has a 'source' or 'source_row' column, which pixelmill "
                         "writes itself; rename it"
                     )
                 rows = pa.array(range(offset, offset + table.num_rows), type=pa.int64())
-                table = table.append_column("source", pa.array([name] * table.num_rows, type=pa.string()))
-                yield table.append_column("source_row", rows)
+                table = table.append_column(SOURCE, pa.array([name] * table.num_rows, type=pa.string()))
+                yield table.append_column(SOURCE_ROW, rows)
                 offset += table.num_rows
         except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
             raise ValueError(f"input file {name} could not be read as a prompt table: {error}") from error

@@ -72,3 +72,40 @@ def test_default_clip_scores_matched_pairs_above_shuffled(tmp_path_factory: pyte
     shuffled = stage(_world_batch(prompts[1:] + prompts[:1], images))["clip_score"]
     assert matched.mean() > shuffled.mean() + 20, (matched, shuffled)
     assert (matched > shuffled).sum() >= 7, (matched, shuffled)
+
+
+def _pairs(n: int) -> tuple[list[np.ndarray], list[str]]:
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (40 + 8 * (i % 3), 48, 3), dtype=np.uint8) for i in range(n)]
+    prompts = [("a big red circle on a blue square " * (i % 4)) + f"shape {i}" for i in range(n)]
+    return images, prompts
+
+
+def test_scores_are_batch_invariant(spec_model: ModelSpec) -> None:
+    """A row's score is bit-identical whatever batch it comes in: size, position, neighbours, bisection."""
+    stage = ScoreStage(score=ScoreSpec(model=spec_model), stage=StageSpec(micro_batch_size=3))
+    images, prompts = _pairs(7)
+    full = stage(_world_batch(prompts, images))["clip_score"]
+    for order in ([6, 5, 4, 3, 2, 1, 0], [3], [0, 3], [5, 1, 3, 0], [2, 6, 4, 1, 0, 3, 5, 2, 2]):
+        part = stage(_world_batch([prompts[i] for i in order], [images[i] for i in order]))["clip_score"]
+        np.testing.assert_array_equal(part, full[order], err_msg=str(order))
+    # A failed neighbour (status error) does not move the others' scores either.
+    batch = _world_batch(prompts, images)
+    batch["status"][2] = "error"
+    mixed = stage(batch)["clip_score"]
+    assert np.isnan(mixed[2])
+    np.testing.assert_array_equal(np.delete(mixed, 2), np.delete(full, 2))
+
+
+def test_scorer_micro_batch_fixes_the_shapes(spec_model: ModelSpec) -> None:
+    from models.clip_score import ClipScorer
+    from models.store import resolve_model_path
+
+    scorer = ClipScorer(resolve_model_path(spec_model.uri, cache_dir=spec_model.local_cache_dir()))
+    images, prompts = _pairs(5)
+    together = scorer.score(images, prompts, micro_batch=2)
+    alone = np.concatenate([scorer.score([image], [prompt], micro_batch=2) for image, prompt in zip(images, prompts)])
+    np.testing.assert_array_equal(together, alone)
+    assert together.dtype == np.float32 and together.shape == (5,)
+    # Without a micro-batch: one pass over all pairs; the same scores up to rounding.
+    np.testing.assert_allclose(scorer.score(images, prompts), together, rtol=1e-4, atol=1e-4)

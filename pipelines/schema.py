@@ -1,0 +1,144 @@
+"""pixelmill's row schema in one place: column names, row statuses, and the column sets.
+
+Every module that reads or writes a row's columns takes the names from here; the sets
+(``RESERVED_COLUMNS``, ``OUTPUT_COLUMNS``, ``STAGE_SECONDS``, ...) are derived from the
+per-stage declarations below (:data:`STAGES`), never kept by hand.  A stage actor
+(``actors.base.Stage``) names its :class:`StageColumns` as its ``contract``.
+
+This module imports nothing from ``actors``/``models``, nor Ray, torch or pandas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = [
+    "Status", "StageColumns",
+    # internal columns
+    "INTERNAL_PREFIX", "EMBED_PREFIX", "IMAGE_COLUMN", "INPUT_ERROR_COLUMN", "LINE_COLUMN", "is_internal",
+    # column names
+    "KEY", "ID", "PROMPT", "NEGATIVE_PROMPT", "SEED", "WIDTH", "HEIGHT", "STEPS", "GUIDANCE",
+    "STATUS", "STAGE", "ERROR", "SOURCE", "SOURCE_ROW", "SHARD",
+    "PROMPT_TOKENS", "PROMPT_TRUNCATED", "MODEL", "MODEL_HASH", "SCHEDULER", "PIPELINE",
+    "STYLE", "STYLE_HASH", "STYLE_BACKEND", "STYLE_STRENGTH", "STYLE_PRESERVE_COLOR",
+    "CLIP_SCORE", "IMAGE", "SHA256", "IMAGE_FORMAT",
+    # stages
+    "INPUT_STAGE", "ENCODE", "GENERATE", "STYLE_STAGE", "SCORE", "IMAGE_ENCODE", "STAGES", "STAGE_SECONDS",
+    # column sets
+    "ROW_SETTINGS", "STATUS_COLUMNS", "SOURCE_COLUMNS", "CANONICAL_COLUMNS", "SINK_COLUMNS", "TAR_ONLY_COLUMNS",
+    "OUTPUT_COLUMNS", "RESERVED_COLUMNS",
+]
+
+
+class Status(StrEnum):
+    """A row's ``status``.  Members are ``str``: they compare equal to, and are written as, the bare strings."""
+
+    OK = "ok"  # so far every stage succeeded; the sink writes its sample
+    ERROR = "error"  # a stage failed on it (``stage``/``error`` say which and why)
+    FILTERED = "filtered"  # a check dropped it on purpose (safety checker, ``score.min_score``)
+
+
+# --- internal columns: travel between stages, never written ------------------------------------
+INTERNAL_PREFIX = "_pm_"
+EMBED_PREFIX = INTERNAL_PREFIX + "emb_"  # text embeddings, encode -> generate: ``_pm_emb_<name>``
+IMAGE_COLUMN = INTERNAL_PREFIX + "image"  # the decoded ``uint8 [H, W, 3]`` image, generate -> image encoding
+INPUT_ERROR_COLUMN = INTERNAL_PREFIX + "input_error"  # set by ``pipelines.sources`` on rows it could not parse
+LINE_COLUMN = INTERNAL_PREFIX + "line"  # a JSON Lines row's line number while ``pipelines.sources`` reads it
+
+
+def is_internal(column: str) -> bool:
+    """Whether ``column`` is one of pixelmill's internal (``_pm_``) columns."""
+    return column.startswith(INTERNAL_PREFIX)
+
+
+# --- canonical row (``pipelines.rows``) -----------------------------------------------------------
+ID = "id"
+PROMPT = "prompt"
+NEGATIVE_PROMPT = "negative_prompt"
+SEED = "seed"
+WIDTH = "width"
+HEIGHT = "height"
+STEPS = "steps"
+GUIDANCE = "guidance"
+STATUS = "status"
+STAGE = "stage"
+ERROR = "error"
+# --- added by the reader (``pipelines.sources``) --------------------------------------------------
+SOURCE = "source"
+SOURCE_ROW = "source_row"
+# --- added by the stages --------------------------------------------------------------------------
+PROMPT_TOKENS = "prompt_tokens"
+PROMPT_TRUNCATED = "prompt_truncated"
+MODEL = "model"
+MODEL_HASH = "model_hash"
+SCHEDULER = "scheduler"
+PIPELINE = "pipeline"
+STYLE = "style"
+STYLE_HASH = "style_hash"
+STYLE_BACKEND = "style_backend"
+STYLE_STRENGTH = "style_strength"
+STYLE_PRESERVE_COLOR = "style_preserve_color"
+CLIP_SCORE = "clip_score"
+IMAGE = "image"  # the encoded image bytes: the tar member, not a Parquet column
+SHA256 = "sha256"
+IMAGE_FORMAT = "image_format"
+# --- added by the sink (``pipelines.sink``) -------------------------------------------------------
+KEY = "key"
+SHARD = "shard"
+
+
+@dataclass(frozen=True)
+class StageColumns:
+    """What one stage declares: its name and the columns it adds to every row.
+
+    Attributes:
+        name: the stage's name: the value of ``stage`` on rows it fails, and its
+            fault-injection point ``stage:<name>``.
+        adds: columns it writes on every row (pixelmill's own: reserved, and dropped
+            when error records become input again).
+        echoes: per-row settings it writes back as resolved (``style``, ...): an input
+            column of that name is the setting, so these are neither reserved nor dropped.
+        tar_only: columns it writes that go to the tar sample, not to the Parquet.
+    """
+
+    name: str
+    adds: tuple[str, ...] = ()
+    echoes: tuple[str, ...] = ()
+    tar_only: tuple[str, ...] = ()
+
+    @property
+    def seconds(self) -> str:
+        """The stage's timing column: seconds per row (batch time / rows in the batch)."""
+        return f"{self.name}_s"
+
+
+INPUT_STAGE = "input"  # the ``stage`` of rows ``pipelines.rows`` rejects (no actor, no timing column)
+ENCODE = StageColumns("encode", adds=(PROMPT_TOKENS, PROMPT_TRUNCATED))
+GENERATE = StageColumns("generate", adds=(MODEL, MODEL_HASH, SCHEDULER, PIPELINE))
+STYLE_STAGE = StageColumns(
+    "style", adds=(STYLE_HASH, STYLE_BACKEND), echoes=(STYLE, STYLE_STRENGTH, STYLE_PRESERVE_COLOR)
+)
+SCORE = StageColumns("score", adds=(CLIP_SCORE,))
+IMAGE_ENCODE = StageColumns("image_encode", adds=(SHA256, IMAGE_FORMAT), tar_only=(IMAGE,))
+# Every stage, in pipeline order (style and score run only when the job has them).
+STAGES: tuple[StageColumns, ...] = (ENCODE, GENERATE, STYLE_STAGE, SCORE, IMAGE_ENCODE)
+# Per-row seconds the stages write, in pipeline order.
+STAGE_SECONDS: tuple[str, ...] = tuple(stage.seconds for stage in STAGES)
+
+# --- column sets ----------------------------------------------------------------------------------
+# Generation settings a row may set itself (else the job's defaults).
+ROW_SETTINGS: tuple[str, ...] = (WIDTH, HEIGHT, STEPS, GUIDANCE)
+# Where a row stands: its status, the stage that failed it and why.
+STATUS_COLUMNS: tuple[str, ...] = (STATUS, STAGE, ERROR)
+SOURCE_COLUMNS: tuple[str, ...] = (SOURCE, SOURCE_ROW)
+# The columns ``pipelines.rows.prepare_rows`` writes; input columns pass through after them.
+CANONICAL_COLUMNS: tuple[str, ...] = (ID, PROMPT, NEGATIVE_PROMPT, *STATUS_COLUMNS, *ROW_SETTINGS, SEED)
+SINK_COLUMNS: tuple[str, ...] = (KEY, SHARD)
+# Written to the tar sample (as ``<key>.<format>``), left out of the Parquet and the sample JSON.
+TAR_ONLY_COLUMNS = frozenset(column for stage in STAGES for column in stage.tar_only)
+_STAGE_OUTPUTS = frozenset(column for stage in STAGES for column in (*stage.adds, stage.seconds))
+# Columns the stages and the sink add; dropped when error records become input again.
+OUTPUT_COLUMNS = frozenset({*SINK_COLUMNS, *STATUS_COLUMNS, *_STAGE_OUTPUTS})
+# Columns pixelmill writes itself; input columns with these names must be mapped.
+RESERVED_COLUMNS = frozenset({*CANONICAL_COLUMNS, *SOURCE_COLUMNS, *OUTPUT_COLUMNS})
