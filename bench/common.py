@@ -16,12 +16,17 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
+if TYPE_CHECKING:
+    from pipelines.accounting import RunSummary
+
 # ``PIXELMILL_BENCH_RESULTS`` moves them (the tests do, so a test run keeps the last real numbers).
-RESULTS_DIR = os.environ.get("PIXELMILL_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS_DIR = os.environ.get("PIXELMILL_BENCH_RESULTS") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "results"
+)
 BUCKET = "bench"
 
 
@@ -121,8 +126,11 @@ def job_spec(input_uri: str, output_uri: str, *sets: str, **sections: Any):
     return load_spec(raw=raw, sets=list(sets))
 
 
-def run_pipeline(spec, rows: list[dict], name: str) -> tuple[float, object]:
-    """Wall seconds of one ``run_job`` of ``spec`` over ``rows``, read from and written to ``s3://bench/<name>/``, and its summary."""
+def run_pipeline(spec, rows: list[dict], name: str) -> tuple[float, RunSummary]:
+    """Wall seconds of one ``run_job`` of ``spec`` over ``rows``, and its summary.
+
+    The rows are read from and the output written to ``s3://bench/<name>/``.
+    """
     from pipelines.runner import run_job
 
     source = write_prompt_table(f"s3://{BUCKET}/{name}/prompts.parquet", rows)
@@ -247,7 +255,7 @@ class MemoryProbe:
                 self._sample()
             self._stop.wait(self.interval_s)
 
-    def __enter__(self) -> "MemoryProbe":
+    def __enter__(self) -> MemoryProbe:
         self._thread.start()
         return self
 

@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
          "images_per_s": pipeline_rate},
         {"variant": f"pixelmill steady state (the extra {args.rows - small} rows)", "images": args.rows - small,
          "wall_s": wall - small_wall, "images_per_s": steady},
-        {"variant": "bare generate loop", "images": len(rows), "wall_s": len(rows) / bare_rate, "images_per_s": bare_rate},
+        {"variant": "bare generate loop", "images": len(rows), "wall_s": len(rows) / bare_rate,
+         "images_per_s": bare_rate},
     ]
     ratios = {
         "efficiency (whole run / bare)": {"value": pipeline_rate / bare_rate, "target": ">= 0.9",
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> dict:
                                              "met": steady / bare_rate >= 0.9},
     }
     return report("efficiency", table, ratios, extra={
-        "memory": memory.as_mib(), "cpu_s_by_kind": memory.cpu_by_kind(), "stage_s_per_row": stage_times, "threads": threads,
+        "memory": memory.as_mib(), "cpu_s_by_kind": memory.cpu_by_kind(), "stage_s_per_row": stage_times,
+        "threads": threads,
         "rows": args.rows, "small_rows": small, "generate_batch": args.batch, "score": not args.no_score,
         "start_up_s": wall - args.rows / steady,
     })

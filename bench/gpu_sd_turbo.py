@@ -39,7 +39,7 @@ import tempfile  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import Any, TypedDict, cast  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -76,8 +76,30 @@ VAE_SD = {
     "sample_size": 512,
     "scaling_factor": 0.18215,
 }
+
+
+class TextTower(TypedDict):
+    """The ``CLIPTextConfig`` keyword arguments that set the text tower's size."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    hidden_act: str
+    projection_dim: int
+
+
+class Timing(TypedDict):
+    """One timed point: ``batch`` images per call, ``batches`` calls in ``seconds``."""
+
+    batch: int
+    batches: int
+    seconds: float
+    images_per_s: float
+
+
 # OpenCLIP ViT-H/14's text tower, as SD 2.x / SD-Turbo ship it (23 of its 24 layers).
-TEXT_OPENCLIP_H = {
+TEXT_OPENCLIP_H: TextTower = {
     "hidden_size": 1024,
     "num_hidden_layers": 23,
     "num_attention_heads": 16,
@@ -114,7 +136,7 @@ SMOKE_VAE = {
     "layers_per_block": 1,
     "sample_size": 64,
 }
-SMOKE_TEXT = {**TEXT_OPENCLIP_H, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+SMOKE_TEXT: TextTower = {**TEXT_OPENCLIP_H, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
               "intermediate_size": 64, "projection_dim": 32}
 SMOKE_TAESD = {**TAESD, "encoder_block_out_channels": (16, 16), "decoder_block_out_channels": (16, 16),
                "num_encoder_blocks": (1, 1), "num_decoder_blocks": (1, 1)}
@@ -146,10 +168,11 @@ def build_pipeline(*, smoke: bool, device: torch.device):
     scheduler = EulerDiscreteScheduler(  # SD-Turbo's: trailing timesteps work from one step up
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="trailing", steps_offset=1
     )
-    pipe = StableDiffusionPipeline(
+    # Any: mypy does not see DiffusionPipeline's methods (``.to``, ``set_progress_bar_config``).
+    pipe = cast(Any, StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    ))
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -159,7 +182,8 @@ def save_tiny_vae(folder: str, *, smoke: bool) -> str:
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(0)
-    AutoencoderTiny(**(SMOKE_TAESD if smoke else TAESD)).save_pretrained(folder)
+    tiny = cast(Any, AutoencoderTiny(**(SMOKE_TAESD if smoke else TAESD)))  # mypy misses ModelMixin.save_pretrained
+    tiny.save_pretrained(folder)
     return folder
 
 
@@ -238,7 +262,7 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def measure(self, run: Callable[[], Any], *, batch: int, cap_s: float) -> dict[str, float]:
+    def measure(self, run: Callable[[], Any], *, batch: int, cap_s: float) -> Timing:
         """Warm up, then time ``run`` (one batch) for at least ``--iters`` and ``--min-s``, at most ``cap_s``."""
         for _ in range(self.args.warmup):
             run()
@@ -254,20 +278,23 @@ class Bench:
         spent = time.perf_counter() - begin
         return {"batch": batch, "batches": count, "seconds": round(spent, 4), "images_per_s": count * batch / spent}
 
-    def record(self, key: str, label: str, timing: dict[str, float], *, flops: float, applied: Any) -> None:
+    def record(self, key: str, label: str, timing: Timing, *, flops: float, applied: Any) -> None:
         mfu = timing["images_per_s"] * flops / (self.args.peak_tflops * 1e12)
-        self.results["variants"][key] = {"label": label, **timing, "mfu": mfu, "flops_per_image": flops, "applied": applied}
+        self.results["variants"][key] = {
+            "label": label, **timing, "mfu": mfu, "flops_per_image": flops, "applied": applied,
+        }
         print(f"{key}  {label:<44} batch {timing['batch']:>3}  {timing['images_per_s']:>9.2f} img/s  "
               f"MFU {100 * mfu:6.2f}%", flush=True)
         self.save()
 
-    def sweep(self, key: str, make_run: Callable[[int], Callable[[], Any]], *, reserve_s: float) -> dict[str, float] | None:
+    def sweep(self, key: str, make_run: Callable[[int], Callable[[], Any]], *, reserve_s: float) -> Timing | None:
         """Time each batch size of ``--batches`` while more than ``reserve_s`` of budget is left.
 
         Returns:
             the fastest point's timing, or None when none ran.
         """
-        best, points = None, {}
+        best: Timing | None = None
+        points: dict[str, float] = {}
         for batch in self.args.batches:
             if self.left() < reserve_s:
                 self.skip(f"{key}:batch{batch}", f"{self.left():.0f}s of budget left, sweep stops")
@@ -347,7 +374,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     run_for = lambda batch: fast_run(pipe, batch, size=size, device=device, pinned=fast.pinned_transfer)  # noqa: E731
     best = bench.sweep("b", run_for, reserve_s=args.compile_reserve_s + args.tiny_reserve_s)
     if best is not None:
-        bench.record("b", f"{dtype} + SDPA + channels_last (best batch)", best, flops=flops["per_image_vae"], applied=applied)
+        bench.record("b", f"{dtype} + SDPA + channels_last (best batch)", best, flops=flops["per_image_vae"],
+                     applied=applied)
     # (c) + tiny VAE decoder, loaded through models.fastpaths
     fast = FastPaths(tiny_vae=tiny_folder)
     applied = apply_fast_paths(pipe, fast, device, cuda_paths_on_cpu=on_cpu)
@@ -360,7 +388,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif args.smoke and not args.smoke_compile:
         bench.skip("d", "compile is not run in --smoke (add --smoke-compile to try it on CPU)")
     elif bench.left() < args.compile_reserve_s:
-        bench.skip("d", f"{bench.left():.0f}s of budget left, compile needs --compile-reserve-s {args.compile_reserve_s:.0f}")
+        bench.skip("d", f"{bench.left():.0f}s of budget left, "
+                        f"compile needs --compile-reserve-s {args.compile_reserve_s:.0f}")
     else:
         fast = FastPaths(tiny_vae=tiny_folder, compile=True, compile_mode=args.compile_mode)
         applied = apply_fast_paths(pipe, fast, device, cuda_paths_on_cpu=on_cpu)

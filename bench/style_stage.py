@@ -50,7 +50,9 @@ def main() -> None:
             start = time.perf_counter()
             stage(_batch(args.rows, args.size, style))
             seconds = time.perf_counter() - start
-            results[label] = {"rows": args.rows, "seconds": round(seconds, 3), "images_per_s": round(args.rows / seconds, 1)}
+            results[label] = {
+                "rows": args.rows, "seconds": round(seconds, 3), "images_per_s": round(args.rows / seconds, 1),
+            }
     print(f"style stage, ONNX backend, {args.size}x{args.size}, {args.rows} rows, one actor:")
     for label, result in results.items():
         print(f"  {label:26s} {result['images_per_s']:8.1f} images/s  ({result['seconds']} s)")
