@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     for rows in args.sizes:
         out = subprocess.run(
-            [sys.executable, "-m", "bench.scaling", "--one", str(rows), "--side", str(args.side), "--steps", str(args.steps)],
+            [sys.executable, "-m", "bench.scaling", "--one", str(rows),
+             "--side", str(args.side), "--steps", str(args.steps)],
             capture_output=True, text=True, check=True,
         ).stdout
         results.append(json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:]))
