@@ -120,7 +120,7 @@ class ModelSpec(_Strict):
 
 
 class GenerateSpec(_Strict):
-    """Which backend draws the images (``actors.backends``): ``diffusers`` (a diffusers pipeline,
+    """Which backend draws the images (``models.backends``): ``diffusers`` (a diffusers pipeline,
     the default) or ``gan`` (a one-pass text-conditional GAN, ``models.gan``, such as
     ``builtin:shapes-gan``). A GAN ignores steps and guidance; its rows record ``steps=1``."""
 
@@ -129,7 +129,8 @@ class GenerateSpec(_Strict):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        from actors.backends import GENERATE_BACKENDS  # names only: no torch
+        # The one backend registry; torch-free at import (the layer contract's one exception)
+        from models.backends import GENERATE_BACKENDS
 
         if value not in GENERATE_BACKENDS:
             raise ValueError(f"unknown backend {value!r}; allowed: {', '.join(GENERATE_BACKENDS)}")
