@@ -229,7 +229,9 @@ class AdaINStyleBackend:
                 out = self.stylizer.stylize(pixels, vectors)
             else:
                 out = in_fixed_chunks(
-                    lambda chunk: self.stylizer.stylize(pixels[chunk], vectors[chunk]), len(indices), micro_batch
+                    lambda chunk, pixels=pixels, vectors=vectors: self.stylizer.stylize(pixels[chunk], vectors[chunk]),
+                    len(indices),
+                    micro_batch,
                 )
             for i, image in zip(indices, out):
                 results[i] = image

@@ -66,7 +66,8 @@ class ImageEncodeStage(Stage):
         self.quality = quality
 
     def compute(self, batch: Batch, rows: list[int]) -> list[bytes]:
-        return [encode_image(batch[IMAGE_COLUMN][i], image_format=self.image_format, quality=self.quality) for i in rows]
+        images = batch[IMAGE_COLUMN]
+        return [encode_image(images[i], image_format=self.image_format, quality=self.quality) for i in rows]
 
     def finish(self, batch: Batch, results: dict[int, bytes]) -> None:
         size = len(batch[schema.STATUS])

@@ -19,7 +19,8 @@ from pipelines.spec import ColumnMap, GenerationDefaults
 
 # INPUT_ERROR_COLUMN, OUTPUT_COLUMNS and RESERVED_COLUMNS live in ``pipelines.schema``; re-exported here.
 __all__ = [
-    "INPUT_ERROR_COLUMN", "OUTPUT_COLUMNS", "RESERVED_COLUMNS", "derive_seed", "prepare_rows", "check_passthrough_columns",
+    "INPUT_ERROR_COLUMN", "OUTPUT_COLUMNS", "RESERVED_COLUMNS",
+    "derive_seed", "prepare_rows", "check_passthrough_columns",
 ]
 
 _INT_FIELDS = (schema.WIDTH, schema.HEIGHT, schema.STEPS)
@@ -140,7 +141,9 @@ def prepare_rows(
         [_prepare_one(row, defaults=defaults, job_seed=job_seed) for row in raw.to_dict("records")],
         index=raw.index,
     )
-    canonical = canonical.astype({schema.SEED: "int64", **{name: "int64" for name in _INT_FIELDS}, schema.GUIDANCE: "float64"})
+    canonical = canonical.astype(
+        {schema.SEED: "int64", **{name: "int64" for name in _INT_FIELDS}, schema.GUIDANCE: "float64"}
+    )
     consumed = set(canonical.columns) | set(ColumnMap.model_fields) | {INPUT_ERROR_COLUMN}
     passthrough = raw.drop(columns=[c for c in raw.columns if c in consumed])
     return pd.concat([canonical, passthrough], axis=1).reset_index(drop=True)

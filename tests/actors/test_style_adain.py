@@ -60,3 +60,20 @@ def test_adain_styles_a_batch(adain_stage) -> None:
     again = stage(_batch([stripes, dots]))
     assert np.array_equal(again[IMAGE_COLUMN][0], first[IMAGE_COLUMN][0])
     assert set(first["style_backend"]) == {"adain"}
+
+
+def test_adain_results_are_batch_invariant(adain_stage) -> None:
+    """``micro_batch_size`` rows per pass at a fixed padded shape: a row's pixels do not depend on its batch."""
+    first, folder = adain_stage
+    stage = StyleStage(style=first.style, stage=StageSpec(micro_batch_size=3))
+    styles = [str(folder / name) for name in ("stripes.png", "dots.png", "stripes.png", "dots.png", "dots.png")]
+    full = _batch(styles)
+    contents = list(full[IMAGE_COLUMN])
+    out = stage(full)[IMAGE_COLUMN]
+    for order in ([4, 3, 2, 1, 0], [2], [1, 4], [3, 0, 4, 2]):
+        part = _batch([styles[i] for i in order])
+        for j, i in enumerate(order):
+            part[IMAGE_COLUMN][j] = contents[i]
+        styled = stage(part)[IMAGE_COLUMN]
+        for j, i in enumerate(order):
+            assert np.array_equal(styled[j], out[i]), (order, i)
