@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     import ray.data
 
 __all__ = [
-    "FORMAT_READERS", "INPUT_ERROR_COLUMN", "PromptTableDatasource", "input_columns", "list_input_files", "read_prompts",
+    "FORMAT_READERS", "INPUT_ERROR_COLUMN", "PromptTableDatasource",
+    "input_columns", "list_input_files", "read_prompts",
 ]
 
 _GLOB_CHARS = "*?["
@@ -242,7 +243,7 @@ def input_columns(listing: tuple) -> list[str] | None:
 
 def read_prompts(
     spec: InputSpec, storage_options: dict[str, Any] | None = None, *, listing: tuple | None = None
-) -> "ray.data.Dataset":
+) -> ray.data.Dataset:
     """Return a Ray dataset of the prompt rows, with ``source`` and ``source_row`` columns.
 
     Args:

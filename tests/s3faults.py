@@ -113,7 +113,7 @@ def _slowdown_body(resource: str, request_id: str) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as S3 clients expect
-    server: "_Server"
+    server: _Server
 
     def setup(self) -> None:
         super().setup()
@@ -131,7 +131,7 @@ class _Handler(BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         try:
             super().handle_one_request()
-        except (ConnectionError, socket.timeout, OSError):
+        except (TimeoutError, ConnectionError, OSError):
             # Client went away mid-request (or the proxy is stopping): drop the connection.
             self.close_connection = True
 
@@ -244,7 +244,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    proxy: "FlakyS3Proxy"
+    proxy: FlakyS3Proxy
 
 
 class FlakyS3Proxy:
@@ -304,7 +304,7 @@ class FlakyS3Proxy:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    def start(self) -> "FlakyS3Proxy":
+    def start(self) -> FlakyS3Proxy:
         if self._server is not None:
             raise RuntimeError("FlakyS3Proxy already started")
         server = _Server((self.host, self.port), _Handler)
@@ -333,7 +333,7 @@ class FlakyS3Proxy:
         if thread is not None:
             thread.join(timeout=5)
 
-    def __enter__(self) -> "FlakyS3Proxy":
+    def __enter__(self) -> FlakyS3Proxy:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -372,7 +372,7 @@ class FlakyS3Proxy:
         self._fail_methods = None if methods is None else frozenset(m.upper() for m in methods)
 
     @contextlib.contextmanager
-    def faults(self, fail_rate: float) -> Iterator["FlakyS3Proxy"]:
+    def faults(self, fail_rate: float) -> Iterator[FlakyS3Proxy]:
         """Inject failures at ``fail_rate`` for the block, then restore the previous rate."""
         previous = self.fail_rate
         self.fail_rate = fail_rate

@@ -7,15 +7,16 @@ import pytest
 
 from actors.generate import IMAGE_COLUMN
 from actors.score import ScoreStage
-from training import world
 from pipelines.spec import ModelSpec, ScoreSpec, StageSpec
+from training import world
 
 
 def _batch(statuses: list[str]) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     images = np.empty(len(statuses), dtype=object)
     for i, status in enumerate(statuses):
-        images[i] = rng.integers(0, 255, (64, 48, 3), dtype=np.uint8) if status == "ok" else np.zeros((0, 0, 3), np.uint8)
+        ok = status == "ok"
+        images[i] = rng.integers(0, 255, (64, 48, 3), dtype=np.uint8) if ok else np.zeros((0, 0, 3), np.uint8)
     return {
         "prompt": np.array([f"a red circle {i}" for i in range(len(statuses))], dtype=object),
         "status": np.array(statuses, dtype=object),

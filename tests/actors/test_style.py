@@ -73,7 +73,7 @@ def test_builtin_and_image_styles_keep_size_and_dtype(stage: StyleStage, style_f
     out = stage(_batch(["style-03", "12", style_file, ""]))
     assert list(out["status"]) == ["ok"] * 4
     originals = [_content(i) for i in range(4)]
-    for i, image in enumerate(out[IMAGE_COLUMN]):
+    for image in out[IMAGE_COLUMN]:
         assert image.shape == (64, 48, 3) and image.dtype == np.uint8
     # styled rows changed visibly, the empty-style row passed through untouched
     for i in range(3):

@@ -43,7 +43,8 @@ def main(spec_path: str) -> dict[str, Any]:
         run = threading.Thread(target=lambda: done.update(summary=run_job(spec)), daemon=True)
         run.start()
         deadline = time.monotonic() + 300
-        while run.is_alive() and not OutputLayout(spec.output.uri, spec.storage_options).committed_shards() and time.monotonic() < deadline:
+        layout = OutputLayout(spec.output.uri, spec.storage_options)
+        while run.is_alive() and not layout.committed_shards() and time.monotonic() < deadline:
             time.sleep(0.2)
         host = _node_of_generate_actor()
         victim = next((w for w in workers if w.node_id == host), workers[0])

@@ -10,7 +10,9 @@ from pipelines.spec import load_spec
 from tests.pipelines.readback import check_exactly_once, read_output
 
 
-def test_min_score_filters_and_the_report_shows_it(ray_session, write_prompts, tmp_path: Path, model_cache: str) -> None:
+def test_min_score_filters_and_the_report_shows_it(
+    ray_session, write_prompts, tmp_path: Path, model_cache: str
+) -> None:
     rows = [{"id": f"c{i}", "prompt": f"a red circle on the left {i}"} for i in range(4)] + [{"id": "e", "prompt": ""}]
     out_dir = tmp_path / "out"
     spec = load_spec(raw={

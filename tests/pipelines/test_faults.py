@@ -97,12 +97,14 @@ def test_driver_killed_at_three_points_then_rerun(job, s3, tmp_path: Path, model
         # Shard numbers may skip (empty blocks write nothing): count this attempt's shard writes instead.
         nth = {"first": 1, "middle": new_shards // 2 + 1, "last": new_shards}[which]
         counter = str(tmp_path / f"writes-{which}")
-        result = job(out_uri, input_uri=source, faults=[{"at": point, "do": "kill_driver", "nth": nth, "count_dir": counter}])
+        kill = {"at": point, "do": "kill_driver", "nth": nth, "count_dir": counter}
+        result = job(out_uri, input_uri=source, faults=[kill])
         assert result.returncode == -signal.SIGKILL, _fail(result)
         s3.invalidate_cache()
         if point == "sink:after_publish":  # a published shard without its commit marker is left behind ...
             tars = {int(p.rsplit("/", 1)[-1][:5]) for p in s3.glob("pixelmill/out/*.tar")}
-            assert tars - set(OutputLayout(spec.output.uri, spec.storage_options).committed_shards()), "the killed attempt left no uncommitted tar"
+            committed_now = set(OutputLayout(spec.output.uri, spec.storage_options).committed_shards())
+            assert tars - committed_now, "the killed attempt left no uncommitted tar"
     result = job(out_uri, input_uri=source)
     assert result.returncode == 0, _fail(result)
     s3.invalidate_cache()

@@ -86,8 +86,11 @@ def test_poisoned_input_keeps_every_good_row(ray_session, tmp_path: Path, model_
     assert summary.errors_by_stage == {"input": 4, "generate": 1}
 
 
-def test_retry_errors_turns_fixed_rows_into_images(ray_session, s3, write_prompts, tmp_path: Path, model_cache: str) -> None:
-    rows = [{"id": f"r{i}", "prompt": f"a blue square {i}", "style": "s3://pixelmill/styles/late.png"} for i in range(3)]
+def test_retry_errors_turns_fixed_rows_into_images(
+    ray_session, s3, write_prompts, tmp_path: Path, model_cache: str
+) -> None:
+    late = "s3://pixelmill/styles/late.png"
+    rows = [{"id": f"r{i}", "prompt": f"a blue square {i}", "style": late} for i in range(3)]
     rows += [{"id": "plain", "prompt": "a red circle", "style": ""}, {"id": "empty", "prompt": ""}]
     s3.put(str(write_prompts(rows, "prompts.jsonl")), "pixelmill/in/prompts.jsonl")
     spec = _spec(
@@ -148,7 +151,9 @@ def test_stats_record_filtered_and_errors_separately(mode: str) -> None:
     assert summary.success_rate == pytest.approx(5 / 7)
 
 
-def test_safety_checker_hits_are_filtered_not_images(ray_session, write_prompts, tmp_path: Path, model_cache: str) -> None:
+def test_safety_checker_hits_are_filtered_not_images(
+    ray_session, write_prompts, tmp_path: Path, model_cache: str
+) -> None:
     from models.store import resolve_model_path
     from tests.models.test_image_checks import _with_safety_checker
 

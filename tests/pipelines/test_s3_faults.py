@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pathlib import Path
+
+import pytest
 
 from pipelines.runner import run_job
 from pipelines.spec import load_spec

@@ -99,9 +99,9 @@ def test_validate_command_does_not_import_torch_or_ray(tmp_path: Path) -> None:
     path = tmp_path / "job.yaml"
     path.write_text("input: {uri: a.jsonl}\noutput: {uri: out}\n")
     code = (
-        "import sys; from pipelines.cli import main; rc = main(['validate', %r]); "
+        f"import sys; from pipelines.cli import main; rc = main(['validate', {str(path)!r}]); "
         "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import'; sys.exit(rc)"
-    ) % str(path)
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stdout
