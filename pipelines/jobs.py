@@ -265,7 +265,7 @@ def _server_message(error: BaseException) -> str:
     return lines[0]
 
 
-def connect(address: str) -> "JobSubmissionClient":
+def connect(address: str) -> JobSubmissionClient:
     """Return a client for the job server at ``address``, or raise :class:`JobsError`."""
     from ray.job_submission import JobSubmissionClient
 

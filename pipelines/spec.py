@@ -183,7 +183,7 @@ class StageSpec(_Strict):
         return self.device
 
     @model_validator(mode="after")
-    def _gpu_dtype(self) -> "StageSpec":
+    def _gpu_dtype(self) -> StageSpec:
         if self.resolved_device() == "cuda" and self.num_gpus == 0:
             raise ValueError("device 'cuda' needs num_gpus > 0 so Ray places the actor on a GPU")
         return self
@@ -219,7 +219,7 @@ class StyleSpec(_Strict):
     adain: AdaINWeights | None = None
 
     @model_validator(mode="after")
-    def _adain_needs_weights(self) -> "StyleSpec":
+    def _adain_needs_weights(self) -> StyleSpec:
         if self.backend == "adain" and self.adain is None:
             raise ValueError("backend 'adain' needs adain.vgg and adain.decoder weight files")
         return self
@@ -307,7 +307,7 @@ class JobSpec(_Strict):
         return pools
 
     @model_validator(mode="after")
-    def _fused_encode_has_no_pool(self) -> "JobSpec":
+    def _fused_encode_has_no_pool(self) -> JobSpec:
         if not self.placement.fuse_encode_generate:
             return self
         pool_keys = ("concurrency", "num_gpus", "num_cpus")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -185,7 +185,7 @@ def size_ranges() -> dict[str, tuple[float, float]]:
 _SIZE_RANGES = size_ranges()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _kind_geometry(kind: str) -> tuple[float, float, float]:
     """(area / extent**2, centroid x offset / extent, centroid y offset / extent) of a kind."""
     side, extent = 256, 200.0

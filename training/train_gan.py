@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.gan import Generator, GeneratorConfig, GANImageGenerator
+from models.gan import GANImageGenerator, Generator, GeneratorConfig
 from models.texttower import TextTower
 from training import world
 from training.gan_parts import Discriminator, save_gan_folder, text_statistics, text_tower_from_clip

@@ -33,7 +33,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Literal
 
 import numpy as np
@@ -309,7 +309,7 @@ def shape_mask(shape: Shape, size: int = 64) -> np.ndarray:
     return kind_mask(shape.kind, _box_centre_px(shape.position, size), SIZES[shape.size] * size, size)
 
 
-@lru_cache(maxsize=None)
+@cache
 def is_held_out(colour: str, kind: str, position: str) -> bool:
     """Whether the (colour, shape, position) triple is reserved for test scenes (see module doc)."""
     digest = hashlib.sha256(f"{colour} {kind} {position}".encode()).digest()
