@@ -21,13 +21,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import schema
 from pipelines.layout import OutputLayout, shard_name
 
 __all__ = ["ReportData", "STAGE_SECONDS", "Sample", "StageTiming", "gather"]
 
-# Per-row seconds the stages write (batch time / rows in the batch), in pipeline order.
-STAGE_SECONDS = ("encode_s", "generate_s", "style_s", "score_s", "image_encode_s")
-SCORE_COLUMN = "clip_score"
+STAGE_SECONDS = schema.STAGE_SECONDS  # per-row seconds of each stage, in pipeline order
+SCORE_COLUMN = schema.CLIP_SCORE
 THUMBNAIL_PX = 128
 MAX_ERRORS = 50
 # A sample's members other than its image (the sink writes <key>.<image format>, .json, .txt).
@@ -167,9 +167,9 @@ def _scan_parquet(layout: OutputLayout, shards: dict[int, Any], plan: dict[int, 
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
             names = set(parquet.schema_arrow.names)
-            columns = [c for c in ("status", *STAGE_SECONDS, SCORE_COLUMN) if c in names]
+            columns = [c for c in (schema.STATUS, *STAGE_SECONDS, SCORE_COLUMN) if c in names]
             if wanted:
-                columns += [c for c in ("key", "prompt", "style") if c in names]
+                columns += [c for c in (schema.KEY, schema.PROMPT, schema.STYLE) if c in names]
             if SCORE_COLUMN in names:
                 scan.shards_with_scores += 1
             if not columns:
@@ -183,8 +183,8 @@ def _scan_parquet(layout: OutputLayout, shards: dict[int, Any], plan: dict[int, 
                         values = _finite(table.column(column))
                         scan.timings[column].rows += int(values.size)
                         scan.timings[column].seconds += float(values.sum())
-                if "status" in names:
-                    ok = table.column("status").to_numpy(zero_copy_only=False) == "ok"
+                if schema.STATUS in names:
+                    ok = table.column(schema.STATUS).to_numpy(zero_copy_only=False) == schema.Status.OK.value
                 else:
                     ok = np.ones(table.num_rows, dtype=bool)
                 if SCORE_COLUMN in names:
@@ -208,9 +208,9 @@ def _sample_from_row(shard: int, table: pa.Table, row: int, names: set[str]) -> 
     score = value(SCORE_COLUMN)
     return Sample(
         shard=shard,
-        key=str(value("key")),
-        prompt=str(value("prompt") or ""),
-        style=value("style"),
+        key=str(value(schema.KEY)),
+        prompt=str(value(schema.PROMPT) or ""),
+        style=value(schema.STYLE),
         score=float(score) if score is not None and math.isfinite(score) else None,
     )
 
@@ -278,7 +278,7 @@ def _read_errors(layout: OutputLayout, limit: int) -> tuple[list[dict[str, Any]]
             if len(records) >= limit:
                 continue
             names = set(parquet.schema_arrow.names)
-            columns = [c for c in ("key", "id", "stage", "error") if c in names]
+            columns = [c for c in (schema.KEY, schema.ID, schema.STAGE, schema.ERROR) if c in names]
             if not columns:
                 continue
             for batch in parquet.iter_batches(columns=columns, batch_size=min(_BATCH_ROWS, max(limit, 1))):

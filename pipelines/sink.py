@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
+from pipelines import schema
 from pipelines.faults import inject
 from pipelines.layout import SHARD_FILES, OutputLayout, shard_name
 from pipelines.spec import OutputSpec
@@ -41,7 +42,6 @@ __all__ = ["SHARD_WRITERS", "ShardDatasink"]
 _TAR_MTIME = 0
 # Member owner and mode as webdataset's TarWriter writes them.
 _TAR_OWNER, _TAR_MODE = "bigdata", 0o444
-_NOT_METADATA = ("image",)
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -81,7 +81,7 @@ class ShardContent:
     def __init__(self, shard: int, table: pa.Table, image_format: str) -> None:
         self.shard = shard
         self.table = table
-        self.metadata = table.drop_columns(list(_NOT_METADATA))
+        self.metadata = table.drop_columns(list(schema.TAR_ONLY_COLUMNS))
         self.image_format = image_format
         self.stats: dict[str, Any] = {}
 
@@ -97,13 +97,13 @@ def _write_tar(f: Any, content: ShardContent) -> None:
     ext = content.image_format
     with tarfile.open(fileobj=f, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
         for row in content.table.to_pylist():
-            if row["status"] != "ok":
+            if row[schema.STATUS] != schema.Status.OK:
                 continue
-            metadata = {k: _json_value(v) for k, v in row.items() if k not in _NOT_METADATA}
-            members = {ext: row["image"], "json": json.dumps(metadata, sort_keys=True).encode(),
-                       "txt": row["prompt"].encode()}
+            metadata = {k: _json_value(v) for k, v in row.items() if k not in schema.TAR_ONLY_COLUMNS}
+            members = {ext: row[schema.IMAGE], "json": json.dumps(metadata, sort_keys=True).encode(),
+                       "txt": row[schema.PROMPT].encode()}
             for suffix in sorted(members):  # webdataset's order: the sample's keys sorted
-                _add_member(tar, f"{row['key']}.{suffix}", members[suffix])
+                _add_member(tar, f"{row[schema.KEY]}.{suffix}", members[suffix])
 
 
 def _write_parquet(f: Any, content: ShardContent) -> None:
@@ -111,7 +111,7 @@ def _write_parquet(f: Any, content: ShardContent) -> None:
 
 
 def _error_records(content: ShardContent) -> pa.Table:
-    return content.metadata.filter(pc.equal(content.metadata.column("status"), "error"))
+    return content.metadata.filter(pc.equal(content.metadata.column(schema.STATUS), schema.Status.ERROR.value))
 
 
 def _write_errors(f: Any, content: ShardContent) -> None:
@@ -197,24 +197,25 @@ class ShardDatasink(Datasink[dict]):
     def _with_keys(self, table: pa.Table, shard: int) -> pa.Table:
         width = max(4, len(str(self.output.samples_per_shard - 1)))
         keys = [f"{shard_name(shard)}{i:0{width}d}" for i in range(table.num_rows)]
-        table = table.append_column("key", pa.array(keys, pa.string()))
-        return table.append_column("shard", pa.array([shard] * table.num_rows, pa.int64()))
+        table = table.append_column(schema.KEY, pa.array(keys, pa.string()))
+        return table.append_column(schema.SHARD, pa.array([shard] * table.num_rows, pa.int64()))
 
     @staticmethod
     def _stats(table: pa.Table, *, shard: int, run_id: str, started: str, seconds: float) -> dict[str, Any]:
-        status = table.column("status").to_pylist()
+        status = table.column(schema.STATUS).to_pylist()
+        stages, errors = table.column(schema.STAGE).to_pylist(), table.column(schema.ERROR).to_pylist()
         reasons = Counter(
             f"{stage}: {error.split(':', 1)[0]}"
-            for stage, error, state in zip(table.column("stage").to_pylist(), table.column("error").to_pylist(), status)
-            if state == "error"
+            for stage, error, state in zip(stages, errors, status)
+            if state == schema.Status.ERROR
         )
         return {
             "shard": shard,
             "run_id": run_id,
             "count": table.num_rows,
-            "successes": status.count("ok"),
-            "failures": status.count("error"),
-            "filtered": status.count("filtered"),
+            "successes": status.count(schema.Status.OK),
+            "failures": status.count(schema.Status.ERROR),
+            "filtered": status.count(schema.Status.FILTERED),
             "failures_by_reason": dict(reasons),
             "start_time": started,
             "end_time": _now(),
