@@ -23,7 +23,7 @@ class GenerateStage(Stage):
     """Callable class for ``map_batches``: draws images from the encode stage's embeddings.
 
     Loads the image half of the model with the backend the spec names
-    (``actors.backends``: a diffusers pipeline without its text encoders, or a GAN
+    (``models.backends``: a diffusers pipeline without its text encoders, or a GAN
     generator), once per actor.  Rows are grouped by size, steps and guidance so each
     group is one batched call; every row draws its latents (or noise) from its own
     seed, so a row's image does not depend on the batch it lands in.
@@ -46,7 +46,7 @@ class GenerateStage(Stage):
         generate: GenerateSpec | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        from actors.backends import GENERATE_BACKENDS, load_backend
+        from models.backends import GENERATE_BACKENDS, load_backend
         from actors.loading import local_model_folder
         from models.fastpaths import FastPaths
 
