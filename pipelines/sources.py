@@ -168,7 +168,8 @@ def list_input_files(spec: InputSpec, storage_options: dict[str, Any] | None = N
     formats = {p: _format_of(p) for p in files}
     found = {f for f in formats.values() if f}
     if not found:
-        raise FileNotFoundError(f"input.uri: no .parquet, .jsonl or .csv files at {spec.uri}")
+        extensions = [ext for exts, _ in FORMAT_READERS.values() for ext in exts]
+        raise FileNotFoundError(f"input.uri: no {', '.join(extensions)} files at {spec.uri}")
     if len(found) > 1:
         raise ValueError(f"input.uri: mixed formats {sorted(found)} at {spec.uri}; set input.format")
     fmt = found.pop()

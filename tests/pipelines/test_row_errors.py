@@ -127,7 +127,7 @@ def test_bad_input_files_are_named(ray_session, tmp_path: Path, write_prompts, m
     cases = [
         (corrupt, "prompts.parquet could not be read as a prompt table"),
         (no_prompt, "column 'prompt' not in the input"),
-        (tmp_path / "empty", "no .parquet, .jsonl or .csv files"),
+        (tmp_path / "empty", "no .parquet, .pq, .jsonl, .json, .ndjson, .csv files"),
     ]
     job = tmp_path / "job.yaml"
     job.write_text(f"input: {{uri: x}}\noutput: {{uri: {tmp_path}/o}}\nmodel: {{cache_dir: {model_cache}}}\n")
