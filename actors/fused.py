@@ -38,7 +38,11 @@ class FusedStage:
             if stage_class is not None:
                 self.steps.append(stage_class(**kwargs))
             else:
-                self.steps.append(lambda batch, step=step, kwargs=kwargs: step(batch, **kwargs))
+
+                def call(batch: Batch, step: Callable[..., Any] = step, kwargs: dict[str, Any] = kwargs) -> Batch:
+                    return step(batch, **kwargs)
+
+                self.steps.append(call)
 
     @property
     def contracts(self) -> list[StageColumns]:

@@ -46,8 +46,8 @@ class GenerateStage(Stage):
         generate: GenerateSpec | None = None,
         storage_options: dict[str, Any] | None = None,
     ) -> None:
-        from models.backends import GENERATE_BACKENDS, load_backend
         from actors.loading import local_model_folder
+        from models.backends import GENERATE_BACKENDS, load_backend
         from models.fastpaths import FastPaths
 
         backend = (generate or GenerateSpec()).backend

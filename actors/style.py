@@ -85,6 +85,7 @@ class StyleStage(Stage):
         device = stage_device(stage)
         options: dict[str, Any] = {"device": device}
         if style.backend == "adain":
+            assert style.adain is not None  # StyleSpec's validator requires the weights for this backend
             vgg, decoder = (local_file(uri, self.storage_options) for uri in (style.adain.vgg, style.adain.decoder))
             options.update(vgg_path=vgg, decoder_path=decoder)
             options["dtype"] = stage.dtype
@@ -178,6 +179,7 @@ class StyleStage(Stage):
         from models.style import blend, keep_colors
 
         styles, images = self._styles, batch[IMAGE_COLUMN]
+        assert styles is not None  # set by select, which runs first
         styled = self.backend.stylize_batch(
             [images[i] for i in rows], [styles.refs[i] for i in rows], micro_batch=self.micro_batch
         )
@@ -189,6 +191,7 @@ class StyleStage(Stage):
 
     def finish(self, batch: Batch, results: dict[int, np.ndarray]) -> None:
         styles, images = self._styles, batch[IMAGE_COLUMN]
+        assert styles is not None  # set by select, which runs first
         self._styles = None
         size = len(batch[schema.STATUS])
         column = np.empty(size, dtype=object)

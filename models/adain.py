@@ -18,6 +18,7 @@ those statistics and decodes, one forward pass per batch.
 from __future__ import annotations
 
 import os
+from typing import cast
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ def build_decoder() -> nn.Sequential:
     """Return the AdaIN decoder (relu4_1 features -> RGB) in the layout of ``decoder.pth``."""
     layers: list[nn.Module] = []
     for step in _DECODER_PLAN:
-        if step == "up":
+        if isinstance(step, str):  # "up"
             layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
         else:
             layers += [nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(*step, (3, 3)), nn.ReLU()]
@@ -233,7 +234,8 @@ def _init_small(net: nn.Sequential) -> None:
     for module in net:
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:  # every conv here has one
+                nn.init.zeros_(module.bias)
 
 
 def save_test_weights(folder: str, *, seed: int = 0) -> tuple[str, str]:
@@ -254,9 +256,11 @@ def save_test_weights(folder: str, *, seed: int = 0) -> tuple[str, str]:
         # ReLU features are all positive, so a random last conv adds a large per-colour offset
         # that clipping would flatten to 0 or 255; zero-sum kernels remove it, and a mid-grey
         # bias with a smaller gain keeps the RGB output mostly inside [0, 1]
-        last = decoder[-1].weight
+        last_conv = cast(nn.Conv2d, decoder[-1])  # the decoder ends with a conv (no ReLU)
+        last = last_conv.weight
         last.sub_(last.mean(dim=(1, 2, 3), keepdim=True)).mul_(0.1)
-        decoder[-1].bias.fill_(0.5)
+        assert last_conv.bias is not None
+        last_conv.bias.fill_(0.5)
     paths = (os.path.join(folder, "vgg_normalised.pth"), os.path.join(folder, "decoder.pth"))
     torch.save(vgg.state_dict(), paths[0])
     torch.save(decoder.state_dict(), paths[1])

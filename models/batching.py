@@ -30,7 +30,7 @@ reduction order, and changing GPU numerics would change every GPU run's bytes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -74,6 +74,16 @@ class RowwiseSmallLinear(TorchFunctionMode):
             if x.device.type == "cpu" and x.dim() >= 2 and x.numel() // max(x.shape[-1], 1) <= SMALL_GEMM_ROWS:
                 return _rowwise_linear(x, weight, bias)
         return func(*args, **kwargs)
+
+
+@overload
+def in_fixed_chunks(compute: Callable[[np.ndarray], np.ndarray], rows: int, size: int) -> np.ndarray: ...
+
+
+@overload
+def in_fixed_chunks(
+    compute: Callable[[np.ndarray], dict[str, np.ndarray]], rows: int, size: int
+) -> dict[str, np.ndarray]: ...
 
 
 def in_fixed_chunks(

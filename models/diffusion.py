@@ -48,11 +48,11 @@ import hashlib
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from models.batching import in_fixed_chunks
 from models.families import FAMILIES, EncodeFn, PipelineFamily, family_for, none_overrides, read_model_index
@@ -68,6 +68,15 @@ __all__ = [
     "PromptEncoder", "ImageGenerator", "load_text_half", "DTYPES", "NON_FINITE", "SAFETY_FLAGGED", "BLANK",
     "row_problems",
 ]
+
+
+class _ChunkCall(TypedDict):
+    """The keyword arguments ``ImageGenerator._run_chunk`` takes besides the rows."""
+
+    width: int
+    height: int
+    steps: int
+    guidance: float
 
 
 def _load_half(
@@ -363,7 +372,7 @@ class ImageGenerator:
             return np.zeros((0, height, width, 3), dtype=np.uint8), {}
         # 2. Embeddings to the pipeline's device and dtype
         tensors = self._to_tensors(embeds)
-        call = {"width": width, "height": height, "steps": steps, "guidance": guidance}
+        call: _ChunkCall = {"width": width, "height": height, "steps": steps, "guidance": guidance}
 
         def compute(rows: np.ndarray) -> dict[str, np.ndarray]:
             # 3. The chunk as generate computes it, still on the device; the padding (a
@@ -422,7 +431,8 @@ class ImageGenerator:
         # A fresh generator per row, even for a padding duplicate: a shared one would be
         # advanced twice (ancestral schedulers also draw noise in every step)
         generators = [torch.Generator(self.device).manual_seed(int(seeds[i])) for i in rows]
-        return self.pipe(
+        # the base class has no __call__; every concrete pipeline class (SD, SDXL, FLUX) defines one
+        return cast(Any, self.pipe)(
             **{key: value[index] for key, value in tensors.items()},
             generator=generators,
             width=width,

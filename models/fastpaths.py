@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -104,10 +104,12 @@ def load_tiny_vae(folder: str, *, like: torch.nn.Module, vae_scale_factor: int) 
             f"tiny VAE {folder!r} upsamples latents x{upsampling} but the pipeline's VAE x{vae_scale_factor}; "
             f"use a tiny VAE with {vae_scale_factor.bit_length()} decoder blocks (upsampling_scaling_factor 2)"
         )
-    if config.latent_channels != like.config.latent_channels:
+    # a diffusers VAE: its ``config`` is a FrozenDict, which nn.Module's typing reads as a submodule
+    like_channels = cast(Any, like).config.latent_channels
+    if config.latent_channels != like_channels:
         raise ValueError(
             f"tiny VAE {folder!r} takes {config.latent_channels} latent channels, "
-            f"the pipeline's VAE {like.config.latent_channels}"
+            f"the pipeline's VAE {like_channels}"
         )
     return tiny.to(parameter.device)
 
@@ -160,7 +162,8 @@ def apply_fast_paths(
         for name in CONVOLUTIONAL:
             module = getattr(pipe, name, None)
             if isinstance(module, torch.nn.Module):
-                module.to(memory_format=torch.channels_last)
+                # Module.to takes memory_format at run time; torch's overloads leave it out
+                cast(Any, module).to(memory_format=torch.channels_last)
                 applied["channels_last"].append(name)
     # 4. torch.compile in place (the pipeline keeps its own modules); traced on first call
     if fast.compile:

@@ -100,6 +100,9 @@ class TextWhitening(nn.Module):
     small directions the same scale as the large ones, so the networks can use them.
     """
 
+    mean: torch.Tensor  # buffers, registered in __init__
+    matrix: torch.Tensor
+
     def __init__(self, text_dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(text_dim))
@@ -265,13 +268,13 @@ class GANImageGenerator:
             raise ValueError(f"text_embeds are {text.shape[1]} wide; this generator takes {wanted}")
         if len(seeds) == 0:
             return np.zeros((0, height, width, 3), dtype=np.uint8), {}
-        text = torch.from_numpy(np.ascontiguousarray(text))
+        text_tensor = torch.from_numpy(np.ascontiguousarray(text))
 
         def compute(rows: np.ndarray) -> dict[str, np.ndarray]:
             # 2. Per-row noise (truncated), one generator pass for the fixed-size chunk
             config = self.generator.config
             noise = row_noise([seeds[i] for i in rows], config.noise_dim) * config.truncation
-            images = self.generator(noise.to(self.device, self.dtype), text[rows].to(self.device, self.dtype))
+            images = self.generator(noise.to(self.device, self.dtype), text_tensor[rows].to(self.device, self.dtype))
             images = (images.float() + 1) / 2
             # 3. Other sizes: resample the native image (the scene is laid out in canvas fractions)
             if (height, width) != (self.native_size, self.native_size):

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from models.families import read_model_index
 

@@ -46,7 +46,7 @@ def row_problems(
 
     Used by every image backend's ``generate_checked`` (``models.diffusion``, ``models.gan``).
     """
-    blank = ~images.any(axis=(1, 2, 3))
+    blank = np.asarray(~images.any(axis=(1, 2, 3)))
     problems: dict[int, tuple[str, str]] = {}
     for row in range(len(images)):
         if non_finite[row]:

@@ -42,6 +42,7 @@ NUM_BUILTIN_STYLES = 26
 BUILTIN_STYLES: dict[str, int] = {f"style-{i:02d}": i for i in range(NUM_BUILTIN_STYLES)}
 _ARBITRARY_SIZE = 384  # the arbitrary transformer network is fixed at 384x384
 _STYLE_SIZE = 256  # and the style predictor at 256x256
+_LANCZOS = Image.Resampling.LANCZOS
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,12 @@ class StyleRef:
 
     builtin: int | None = None
     vector: np.ndarray | None = None
+
+
+def _vector_of(style: StyleRef) -> np.ndarray:
+    """The style vector of a style that is not a built-in (``actors.style`` always gives it one)."""
+    assert style.vector is not None, "a style without a built-in index needs a vector"
+    return style.vector
 
 
 def builtin_style_index(value: str) -> int | None:
@@ -140,7 +147,7 @@ class OnnxStyleBackend:
         image = Image.fromarray(pixels).convert("RGB")
         side = min(image.size)
         left, top = (image.width - side) // 2, (image.height - side) // 2
-        image = image.crop((left, top, left + side, top + side)).resize((_STYLE_SIZE, _STYLE_SIZE), Image.LANCZOS)
+        image = image.crop((left, top, left + side, top + side)).resize((_STYLE_SIZE, _STYLE_SIZE), _LANCZOS)
         session = self.sessions["arbitrary_predict"]
         x = (np.asarray(image, dtype=np.float32) / 255.0)[None]
         return session.run(None, {session.get_inputs()[0].name: x})[0].reshape(-1).astype(np.float32)
@@ -158,14 +165,14 @@ class OnnxStyleBackend:
         height, width = pixels.shape[:2]
         scale = _ARBITRARY_SIZE / max(width, height)
         small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
-        small = np.asarray(Image.fromarray(pixels).resize((small_w, small_h), Image.LANCZOS), dtype=np.float32) / 255.0
+        small = np.asarray(Image.fromarray(pixels).resize((small_w, small_h), _LANCZOS), dtype=np.float32) / 255.0
         small = np.pad(small, ((0, _ARBITRARY_SIZE - small_h), (0, _ARBITRARY_SIZE - small_w), (0, 0)), mode="reflect")
         session = self.sessions["arbitrary_transform"]
         names = [i.name for i in session.get_inputs()]
         out = session.run(None, {names[0]: small[None], names[1]: vector.reshape(1, 1, 1, -1)})[0][0]
         stylized = _to_uint8(out[:small_h, :small_w])
         if (small_w, small_h) != (width, height):
-            stylized = np.asarray(Image.fromarray(stylized).resize((width, height), Image.LANCZOS))
+            stylized = np.asarray(Image.fromarray(stylized).resize((width, height), _LANCZOS))
         return stylized
 
     def stylize_batch(
@@ -178,7 +185,9 @@ class OnnxStyleBackend:
         row's result already depends on nothing but the row.
         """
         return [
-            self._builtin(image, style.builtin) if style.builtin is not None else self._arbitrary(image, style.vector)
+            self._builtin(image, style.builtin)
+            if style.builtin is not None
+            else self._arbitrary(image, _vector_of(style))
             for image, style in zip(images, styles)
         ]
 
@@ -224,15 +233,17 @@ class AdaINStyleBackend:
             groups.setdefault(image.shape, []).append(i)
         for indices in groups.values():
             pixels = np.stack([images[i] for i in indices])
-            vectors = np.stack([styles[i].vector for i in indices])
+            vectors = np.stack([_vector_of(styles[i]) for i in indices])
             if micro_batch is None:
                 out = self.stylizer.stylize(pixels, vectors)
             else:
-                out = in_fixed_chunks(
-                    lambda chunk, pixels=pixels, vectors=vectors: self.stylizer.stylize(pixels[chunk], vectors[chunk]),
-                    len(indices),
-                    micro_batch,
-                )
+
+                def compute(
+                    chunk: np.ndarray, pixels: np.ndarray = pixels, vectors: np.ndarray = vectors
+                ) -> np.ndarray:
+                    return self.stylizer.stylize(pixels[chunk], vectors[chunk])
+
+                out = in_fixed_chunks(compute, len(indices), micro_batch)
             for i, image in zip(indices, out):
                 results[i] = image
         return results  # type: ignore[return-value]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import ray.data
 
@@ -54,7 +55,7 @@ def prepared_rows(spec: JobSpec, *, listing: tuple | None = None) -> ray.data.Da
         )
     check_passthrough_columns(found, spec.input.columns)
     return ds.map_batches(
-        prepare_rows,
+        cast(Any, prepare_rows),  # Ray's UDF type has no room for the keyword arguments fn_kwargs fills
         batch_format="pandas",
         fn_kwargs={"columns": spec.input.columns, "defaults": spec.defaults, "job_seed": spec.seed},
     )
@@ -66,7 +67,7 @@ def retried_rows(spec: JobSpec, error_tables: ray.data.Dataset) -> ray.data.Data
         return batch.drop(columns=[c for c in batch.columns if c in OUTPUT_COLUMNS])
 
     return error_tables.map_batches(to_input, batch_format="pandas").map_batches(
-        prepare_rows,
+        cast(Any, prepare_rows),  # as in prepared_rows: keyword arguments from fn_kwargs
         batch_format="pandas",
         fn_kwargs={"columns": ColumnMap(), "defaults": spec.defaults, "job_seed": spec.seed},
     )
@@ -90,7 +91,7 @@ def process_rows(
         ds = ds.map_batches(stage_class, fn_constructor_kwargs=kwargs, **pool_options(resources))
     if spec.placement.encode_images == "task":
         ds = ds.map_batches(
-            encode_images,
+            cast(Any, encode_images),  # as in prepared_rows: keyword arguments from fn_kwargs
             fn_kwargs=_image_encoding_kwargs(spec),
             batch_size=min(64, spec.output.samples_per_shard),
         )
@@ -123,7 +124,7 @@ def _image_encoding_kwargs(spec: JobSpec) -> dict[str, Any]:
     return {"image_format": spec.output.image_format, "quality": spec.output.image_quality}
 
 
-def _placed_stages(spec: JobSpec) -> list[tuple[type, dict[str, Any], StageSpec]]:
+def _placed_stages(spec: JobSpec) -> list[tuple[Callable[..., Any], dict[str, Any], StageSpec]]:
     """The actor pools to run, after ``spec.placement``: each ``(class, constructor kwargs, resources)``.
 
     Without fusion every model stage is its own pool.  ``fuse_encode_generate`` runs the
@@ -132,7 +133,8 @@ def _placed_stages(spec: JobSpec) -> list[tuple[type, dict[str, Any], StageSpec]
     """
     from actors.fused import FusedStage
 
-    pools: list[tuple[list[tuple[type, dict[str, Any]]], StageSpec]] = []
+    # a pool's steps: stage classes, and encode_images (a function) when it runs in the last one
+    pools: list[tuple[list[tuple[Callable[..., Any], dict[str, Any]]], StageSpec]] = []
     for name, stage_class, kwargs, resources in _model_stages(spec):
         if name == "encode" and spec.placement.fuse_encode_generate:
             # In the generate actors the encoder shares their device: ``device: auto`` follows

@@ -113,7 +113,8 @@ def _json_kind(value: Any) -> str:
         return "boolean"
     if isinstance(value, (int, float)):
         return "number"
-    return {str: "string", list: "list", dict: "object"}.get(type(value), type(value).__name__)
+    kinds: dict[type, str] = {str: "string", list: "list", dict: "object"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _read_csv(f: pa.NativeFile) -> Iterator[pa.RecordBatch]:
@@ -168,8 +169,8 @@ def list_input_files(spec: InputSpec, storage_options: dict[str, Any] | None = N
     formats = {p: _format_of(p) for p in files}
     found = {f for f in formats.values() if f}
     if not found:
-        extensions = [ext for exts, _ in FORMAT_READERS.values() for ext in exts]
-        raise FileNotFoundError(f"input.uri: no {', '.join(extensions)} files at {spec.uri}")
+        known = [ext for exts, _ in FORMAT_READERS.values() for ext in exts]
+        raise FileNotFoundError(f"input.uri: no {', '.join(known)} files at {spec.uri}")
     if len(found) > 1:
         raise ValueError(f"input.uri: mixed formats {sorted(found)} at {spec.uri}; set input.format")
     fmt = found.pop()

@@ -32,7 +32,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -129,7 +129,8 @@ def write_once(fs: fsspec.AbstractFileSystem, path: str, *, staging_dir: str) ->
         return
     writer = _ObjectWriter(fs, path)
     try:
-        yield writer
+        # a RawIOBase is a binary file object, but typeshed does not derive it from IO[bytes]
+        yield cast(IO[bytes], writer)
     except BaseException:
         writer.discard()
         raise

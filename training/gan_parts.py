@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -92,10 +92,11 @@ def text_tower_from_clip(clip_path: str) -> tuple[Any, Any]:
     Returns:
         ``(tokenizer, text_encoder)``; the encoder in eval mode, ``requires_grad`` off.
     """
-    from transformers import AutoTokenizer, CLIPModel, CLIPTextModelWithProjection
+    from transformers import AutoTokenizer, CLIPModel, CLIPTextConfig, CLIPTextModelWithProjection
 
     clip = CLIPModel.from_pretrained(clip_path)
-    config = clip.config.text_config
+    # typed ``dict | CLIPTextConfig | None``: CLIPConfig turns a dict into the config on load
+    config = cast(CLIPTextConfig, clip.config.text_config)
     config.projection_dim = clip.config.projection_dim  # the text config's own field is unused by CLIPModel
     text_encoder = CLIPTextModelWithProjection(config)
     text_encoder.text_model.load_state_dict(clip.text_model.state_dict())

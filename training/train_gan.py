@@ -34,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
@@ -149,7 +150,8 @@ def _monitor(
         from PIL import Image
 
         Image.fromarray(_grid(pixels)).save(grid)
-    rates = {key: round(value, 3) for key, value in rate(captions, list(pixels)).items()}
+    # judge_shape is on, so every rate is a number (none is None)
+    rates = {key: round(value, 3) for key, value in rate(captions, list(pixels)).items() if value is not None}
     findings = [
         finding
         for caption, image in zip(captions, pixels)
@@ -172,8 +174,8 @@ def train(args: argparse.Namespace) -> dict:
         encoder = TextTower(folder)
         pixels, embeds, hard_negatives = _training_data(args.pool, args.seed, encoder)
         # Progress captions: test-split scenes of another seed than ``evaluate``'s (no peeking at its set)
-        monitor = [text for text, _image, _scene in world.held_out(64, MONITOR_SEED)]
-        monitor = (monitor, _embed(encoder, monitor))
+        monitor_captions = [text for text, _image, _scene in world.held_out(64, MONITOR_SEED)]
+        monitor = (monitor_captions, _embed(encoder, monitor_captions))
     print(f"data: {len(pixels)} pairs embedded in {time.time() - start:.0f}s", flush=True)
     config = GeneratorConfig(
         text_dim=embeds.shape[1], noise_dim=args.noise_dim, channels=tuple(args.g_channels)
@@ -279,7 +281,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         for label, path in (("trained", args.gan), ("random_weights", random_weight_copy(args.gan, folder))):
             images = generate(path, captions)
-            entry = {"adherence": rate(captions, images)}
+            entry: dict[str, Mapping[str, float | None]] = {"adherence": rate(captions, images)}
             if args.clip:
                 entry["clip"] = clip_matched_vs_shuffled(args.clip, captions, list(images))
             report[label] = entry

@@ -26,6 +26,8 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Iterable
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -169,7 +171,8 @@ def train_sd(args: argparse.Namespace) -> None:
     print(f"latent std {means.std():.4f}, scaling_factor {scale:.4f}", flush=True)
 
     # 3. Text encoder + UNet, v-prediction on scaled latents (uniform timesteps)
-    noise_schedule = DDPMScheduler(
+    # cast: diffusers' top-level names type as its dummy placeholder classes (no attributes)
+    noise_schedule = cast(Any, DDPMScheduler)(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="v_prediction"
     )
     params = [*text_encoder.parameters(), *unet.parameters()]
@@ -197,7 +200,7 @@ def train_sd(args: argparse.Namespace) -> None:
         if step % 100 == 0 or step == args.steps - 1:
             _log(step, args.steps, start, loss=loss.item())
 
-    pipe = StableDiffusionPipeline(
+    pipe = cast(Any, StableDiffusionPipeline)(  # the dummy-class typing again (see noise_schedule)
         vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer, unet=unet.eval(), scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
@@ -305,14 +308,14 @@ def generate(sd_path: str, captions: list[str], *, steps: int, guidance: float =
     )
 
 
-def clip_matched_vs_shuffled(clip_path: str, captions: list[str], images: np.ndarray) -> dict[str, float]:
+def clip_matched_vs_shuffled(clip_path: str, captions: list[str], images: Iterable[np.ndarray]) -> dict[str, float]:
     """Mean CLIP score of (image, own caption) and of (image, caption of the next image)."""
     from models.clip_score import ClipScorer
 
     scorer = ClipScorer(clip_path)
-    images = list(images)
-    matched = scorer.score(images, captions)
-    shuffled = scorer.score(images, captions[1:] + captions[:1])
+    image_list = list(images)
+    matched = scorer.score(image_list, captions)
+    shuffled = scorer.score(image_list, captions[1:] + captions[:1])
     return {"matched": float(matched.mean()), "shuffled": float(shuffled.mean())}
 
 
