@@ -132,11 +132,15 @@ def test_output_modes(ray_session, write_prompts, tmp_path: Path, model_cache: s
     path = write_prompts(ROWS[:3], "prompts.jsonl")
     out_dir = tmp_path / "out"
     spec = _spec(str(path), str(out_dir), model_cache, **{"output.samples_per_shard": 2})
-    run_job(spec)
-    before = {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name not in ("_run.json", "report.html")}
+    first = run_job(spec)
+    records = ("_run.json", "_runs", "report.html")  # rewritten by every run
+    before = {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name not in records}
     again = run_job(spec)  # resume of a finished job: nothing to do
     assert (again.rows, again.skipped, again.shards) == (0, 3, [])
-    assert {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name not in ("_run.json", "report.html")} == before
+    assert {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name not in records} == before
+    # one record per run, the latest also as _run.json
+    assert sorted(p.name for p in (out_dir / "_runs").iterdir()) == sorted(f"{r.run_id}.json" for r in (first, again))
+    assert json.loads((out_dir / "_run.json").read_text())["run_id"] == again.run_id
     appended = run_job(spec, mode="append")
     assert appended.shards == ["00002", "00003"]
     assert len(read_output(str(out_dir))["rows"]) == 6
