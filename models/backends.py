@@ -4,7 +4,7 @@ Every backend loads an image half that satisfies :class:`ImageBackend` and draws
 folders whose ``model_index.json`` ``_class_name`` it lists; :data:`GENERATE_BACKENDS` is the
 one registry (the spec's ``generate.backend`` names, the generate stage's loader, and which
 backend a folder needs all come from it). The text half of every folder is loaded by
-``models.diffusion.PromptEncoder`` (``load_text_half``: a diffusers pipeline, or a folder's
+``models.encoder.PromptEncoder`` (``models.loading.load_text_half``: a diffusers pipeline, or a folder's
 own text tower), so both halves consume and produce the same things whatever the backend.
 
 Adding a backend: a module with its image half (a class satisfying ``ImageBackend``) and one

@@ -1,7 +1,7 @@
 """The text half of a model folder that is not a diffusers pipeline: its own ``tokenizer/`` and
 ``text_encoder/`` (a transformers text model with a projection, e.g. ``CLIPTextModelWithProjection``).
 
-``models.diffusion.load_text_half`` loads every folder's text half, for ``PromptEncoder``:
+``models.loading.load_text_half`` loads every folder's text half, for ``PromptEncoder``:
 a diffusers pipeline (``models.families``) without its image components, or else a folder
 that :func:`is_text_tower` accepts, as a :class:`TextTower`. A folder qualifies by its
 ``model_index.json`` alone: no diffusers version, and transformers ``tokenizer`` and
