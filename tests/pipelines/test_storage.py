@@ -186,6 +186,7 @@ def test_retry_options_reach_every_s3_access(s3, tmp_path: Path, monkeypatch) ->
     assert user == {"client_kwargs": {"region_name": "us-east-1"}}  # and not modified
 
 
+@pytest.mark.slow  # a throttling proxy server and botocore's backoff
 def test_model_download_survives_503_slowdown(s3, moto_endpoint: str, tmp_path: Path) -> None:
     """A model folder copied through a throttling endpoint, with no retry settings in the job's options."""
     model = _fake_model(tmp_path / "model")
