@@ -102,11 +102,14 @@ def world_prompts(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def write_prompt_table(uri: str, rows: list[dict[str, Any]]) -> str:
     """Write ``rows`` as one Parquet file at ``uri`` (local or ``s3://``) and return the URI."""
-    import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    with fsspec.open(uri, "wb") as handle:
+    from pipelines.storage import filesystem
+
+    fs, path = filesystem(uri)  # the store's retry policy, as for every other byte
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path, "wb") as handle:
         pq.write_table(pa.Table.from_pylist(rows), handle)
     return uri
 
