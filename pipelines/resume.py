@@ -50,9 +50,12 @@ def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
     """
     layout.fs.makedirs(layout.root, exist_ok=True)
     if mode == "overwrite":
-        # An object store has no empty folders: a prefix nothing was written to does not exist.
-        for path in layout.fs.ls(layout.root, detail=False) if layout.exists() else []:
-            layout.fs.rm(path, recursive=True)
+        # Only what pixelmill wrote there: never a file it did not write. (An object store
+        # has no empty folders: a prefix nothing was written to does not exist.)
+        for path in layout.fs.find(layout.root) if layout.exists() else []:
+            if layout.is_owned(path):
+                layout.fs.rm(path)
+        layout.remove_tmp()
         return OutputPlan(shard_offset=0, done_parquet=[], skipped=0)
     committed = clean_output(layout)
     offset = max(committed) + 1 if committed else 0

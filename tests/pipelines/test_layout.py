@@ -156,3 +156,26 @@ def test_the_equation_names_every_term() -> None:
     summary.balance()
     assert not summary.balanced and "9 != 10" in summary.equation
     assert EQUATION_TERMS[0] == "images"
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_overwrite_removes_only_what_pixelmill_wrote(where: str, tmp_path: Path, request) -> None:
+    from pipelines.resume import prepare_output
+
+    if where == "s3":
+        fs = request.getfixturevalue("s3")
+        uri, root = "s3://pixelmill/out", "pixelmill/out"
+    else:
+        from fsspec.implementations.local import LocalFileSystem
+
+        fs, uri = LocalFileSystem(auto_mkdir=True), str(tmp_path / "out")
+        root = uri
+    names = ["00000.tar", "00000.parquet", "00000_stats.json", "_errors/00000.parquet", "_run.json",
+             "_runs/r1.json", "report.html", "notes.txt", "sub/data.csv", "prompts.jsonl"]
+    for name in names:
+        fs.pipe(f"{root}/{name}", b"x")
+    plan = prepare_output(OutputLayout(uri), "overwrite")
+    assert (plan.shard_offset, plan.skipped) == (0, 0)
+    fs.invalidate_cache()
+    left = sorted(path.split("/out/", 1)[1] for path in fs.find(root))
+    assert left == ["notes.txt", "prompts.jsonl", "sub/data.csv"]
