@@ -14,15 +14,19 @@ there and one in ``SHARD_FILES``.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import io
 import json
+import math
 import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from decimal import Decimal
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -55,16 +59,54 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, (dt.date, dt.datetime)):
+def json_value(value: Any) -> Any:
+    """Return a sample-JSON value for one Parquet value, without loss, by one rule per type.
+
+    - integers of any size stay JSON integers (Python's ``json`` writes them exactly);
+    - floats stay numbers; NaN and the infinities, which JSON cannot hold, become the strings
+      ``"NaN"``, ``"Infinity"``, ``"-Infinity"``;
+    - decimals become their exact string (``"12.30"``);
+    - bytes become base64 text (``{"base64": "AP8="}``, so they never read as a string value);
+    - dates, times and timestamps become ISO 8601 strings; durations become seconds (a number);
+    - lists become JSON arrays and structs JSON objects, element by element; a map becomes an
+      object when its keys are strings, else an array of ``[key, value]`` pairs;
+    - numpy scalars and arrays (from tensor columns) become the matching Python values.
+
+    Raises:
+        TypeError: a value of a type no Arrow column holds.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (dt.date, dt.datetime, dt.time)):
         return value.isoformat()
-    return value
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        return {str(key): json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+        # pyarrow hands a map as a list of (key, value) tuples
+        if items and all(isinstance(item, tuple) and len(item) == 2 for item in items):
+            if all(isinstance(key, str) for key, _ in items):
+                return {key: json_value(item) for key, item in items}
+            return [[json_value(key), json_value(item)] for key, item in items]
+        return [json_value(item) for item in items]
+    if isinstance(value, np.ndarray):
+        return json_value(value.tolist())
+    if isinstance(value, np.generic):
+        return json_value(value.item())
+    raise TypeError(f"no sample-JSON rule for a {type(value).__name__}")
+
+
+_NOT_IN_SAMPLE_JSON = frozenset(schema.TAR_ONLY_COLUMNS) | frozenset(schema.STAGE_SECONDS)
 
 
 class ShardContent:
@@ -99,7 +141,9 @@ def _write_tar(f: Any, content: ShardContent) -> None:
         for row in content.table.to_pylist():
             if row[schema.STATUS] != schema.Status.OK:
                 continue
-            metadata = {k: _json_value(v) for k, v in row.items() if k not in schema.TAR_ONLY_COLUMNS}
+            # Timings stay in the Parquet: a sample's JSON holds what the row is, so a rerun's
+            # samples (and, in a fresh run, its tars) are byte-identical.
+            metadata = {k: json_value(v) for k, v in row.items() if k not in _NOT_IN_SAMPLE_JSON}
             members = {ext: row[schema.IMAGE], "json": json.dumps(metadata, sort_keys=True).encode(),
                        "txt": row[schema.PROMPT].encode()}
             for suffix in sorted(members):  # webdataset's order: the sample's keys sorted

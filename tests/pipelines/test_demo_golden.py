@@ -48,3 +48,22 @@ def test_demo_output_is_unchanged(ray_session, tmp_path: Path, model_cache: str)
     assert sorted(records) == sorted(golden)
     for row_id, record in golden.items():
         assert records[row_id] == record, row_id
+
+
+def test_fresh_runs_write_byte_identical_tars_whatever_the_batching(
+    ray_session, tmp_path: Path, model_cache: str
+) -> None:
+    """Two fresh runs of the demo, other batch sizes, micro-batches fixed, another pool size: same tar bytes."""
+    digests = []
+    for name, sets in [
+        ("a", ["stages.encode.batch_size=16", "stages.generate.batch_size=4", "stages.generate.concurrency=1"]),
+        ("b", ["stages.encode.batch_size=3", "stages.generate.batch_size=5", "stages.generate.concurrency=2",
+               "stages.score.batch_size=7"]),
+    ]:
+        out = tmp_path / name
+        spec = load_spec(DEMO, sets=[f"input.uri={DEMO.parent / 'prompts.jsonl'}", f"output.uri={out}",
+                                     f"model.cache_dir={model_cache}", f"score.model.cache_dir={model_cache}",
+                                     "output.report=false", *sets])
+        assert run_job(spec, mode="overwrite").images == 12
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))})
+    assert len(digests[0]) == 2 and digests[0] == digests[1]
