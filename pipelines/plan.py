@@ -54,9 +54,11 @@ def prepared_rows(spec: JobSpec, *, listing: tuple | None = None) -> ray.data.Da
             f"{spec.input.uri} (columns: {found})"
         )
     check_passthrough_columns(found, spec.input.columns)
+    # pyarrow batches: pass-through columns stay the reader's Arrow columns (no pandas round trip,
+    # which turned uint64/decimal/huge integers and nullable ints into lossy or failing values).
     return ds.map_batches(
         cast(Any, prepare_rows),  # Ray's UDF type has no room for the keyword arguments fn_kwargs fills
-        batch_format="pandas",
+        batch_format="pyarrow",
         fn_kwargs={"columns": spec.input.columns, "defaults": spec.defaults, "job_seed": spec.seed},
     )
 
@@ -64,11 +66,11 @@ def prepared_rows(spec: JobSpec, *, listing: tuple | None = None) -> ray.data.Da
 def retried_rows(spec: JobSpec, error_tables: ray.data.Dataset) -> ray.data.Dataset:
     """Return error records (``_errors/*.parquet``) as canonical rows to process again."""
     def to_input(batch):
-        return batch.drop(columns=[c for c in batch.columns if c in OUTPUT_COLUMNS])
+        return batch.drop_columns([c for c in batch.column_names if c in OUTPUT_COLUMNS])
 
-    return error_tables.map_batches(to_input, batch_format="pandas").map_batches(
+    return error_tables.map_batches(to_input, batch_format="pyarrow").map_batches(
         cast(Any, prepare_rows),  # as in prepared_rows: keyword arguments from fn_kwargs
-        batch_format="pandas",
+        batch_format="pyarrow",
         fn_kwargs={"columns": ColumnMap(), "defaults": spec.defaults, "job_seed": spec.seed},
     )
 

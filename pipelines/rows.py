@@ -1,17 +1,50 @@
 """Turn raw input rows into pixelmill's canonical row: id, seed, generation settings, status.
 
-Runs as a Ray Data ``map_batches`` task on pandas batches.  Bad values never
+Runs as a Ray Data ``map_batches`` task on pyarrow batches.  Only the canonical
+fields are read (as Python objects, per row); every other input column passes
+through as the same Arrow column, untouched, so no value of any type or size
+goes through pandas, numpy, int64 or float64 on the way.  Bad values never
 raise: the row gets ``status="error"``, ``stage="input"`` and a reason, and
 flows on so that it is written to the shard's Parquet like every other row.
+
+Value rules (the README quotes them):
+
+- ``seed``: a whole number in ``[0, 2**63)`` (what a Parquet ``int64`` holds).
+  Negative, larger, fractional (``1.5``), non-numeric (``"12x"``), NaN or
+  infinite seeds make the row an error record.  A missing seed is derived
+  from the job seed and the row id.
+- ``width``, ``height``, ``steps``: whole numbers, positive and below
+  ``2**63`` (``width``/``height`` multiples of 8); ``guidance``: a finite
+  number ``>= 0``.  A float with a whole value (``64.0``) counts as that
+  whole number; booleans are not numbers.
+- Numbers may arrive as text (CSV cells, JSON text): surrounding whitespace is
+  ignored, and the rest must be a decimal number as JSON writes it: optional
+  sign, digits, optional fraction, optional exponent (``"64"``, ``" 64 "``,
+  ``"64.0"``, ``"6.4e1"`` all give 64; ``"64.5"`` is not a whole number;
+  ``"0x40"``, ``"1_000"``, ``"nan"``, ``"inf"`` are not numbers).  Text is
+  parsed exactly (no rounding through float64), so ``"9223372036854775807"``
+  is a valid seed.  Empty or whitespace-only text counts as missing (the
+  job's default, or a derived seed).
+- ``id``: text is the id exactly as written (``"007"`` stays ``"007"``, no
+  trimming); an integer is its decimal digits (``7`` -> ``"7"``, exact at any
+  size); a float is written as Python writes it (``7.0`` -> ``"7.0"``: store
+  ids as text or integers).  A missing, NaN or empty/whitespace-only id is
+  derived as ``<source>#<source_row>``.
+- Text that cannot be encoded as UTF-8 (a lone surrogate) in ``id``,
+  ``prompt`` or ``negative_prompt`` makes the row an error record; the
+  record's text shows the bad code point escaped (``\\ud800``).
 """
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 import math
+import numbers
+import re
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
 
 from pipelines import schema
 from pipelines.schema import INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, RESERVED_COLUMNS, Status
@@ -19,17 +52,30 @@ from pipelines.spec import ColumnMap, GenerationDefaults
 
 # INPUT_ERROR_COLUMN, OUTPUT_COLUMNS and RESERVED_COLUMNS live in ``pipelines.schema``; re-exported here.
 __all__ = [
-    "INPUT_ERROR_COLUMN", "OUTPUT_COLUMNS", "RESERVED_COLUMNS",
+    "INPUT_ERROR_COLUMN", "OUTPUT_COLUMNS", "RESERVED_COLUMNS", "SEED_LIMIT",
     "derive_seed", "prepare_rows", "check_passthrough_columns",
 ]
 
 _INT_FIELDS = (schema.WIDTH, schema.HEIGHT, schema.STEPS)
-_SEED_MODULUS = 2**32
+# Seeds are whole numbers in [0, SEED_LIMIT): what the int64 ``seed`` column holds.
+SEED_LIMIT = 2**63
+# Integer settings are stored as int64 too.
+_INT_LIMIT = 2**63
+# Arrow types of the canonical columns, in the order ``prepare_rows`` writes them.
+_CANONICAL_TYPES: dict[str, pa.DataType] = {
+    name: pa.int64() if name in (*_INT_FIELDS, schema.SEED) else pa.float64() if name == schema.GUIDANCE
+    else pa.string()
+    for name in schema.CANONICAL_COLUMNS
+}
+# A number written as text: optional sign, digits, optional fraction, optional exponent (ASCII only).
+_NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# A parsed number whose decimal exponent is above this is out of every range (and never expanded).
+_MAX_DIGITS = 100
 
 
 def derive_seed(job_seed: int, row_id: str) -> int:
     """Return a row's seed from the job seed and the row id (stable across runs and machines)."""
-    digest = hashlib.sha256(f"{job_seed}:{row_id}".encode()).digest()
+    digest = hashlib.sha256(f"{job_seed}:{row_id}".encode("utf-8", "backslashreplace")).digest()
     return int.from_bytes(digest[:4], "little")
 
 
@@ -50,26 +96,77 @@ def check_passthrough_columns(input_columns: list[str], columns: ColumnMap) -> N
 
 
 def _is_missing(value: Any) -> bool:
-    if value is None:
-        return True
+    """Null, or empty/whitespace-only text (an empty CSV cell)."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _utf8(text: str) -> str:
+    """``text`` with anything UTF-8 cannot encode (lone surrogates) escaped as ``\\udXXX``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_utf8(text: str, name: str) -> None:
     try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(
+            f"{name} is not valid Unicode text ({error.reason}: {text[error.start]!r} at position {error.start})"
+        ) from None
+
+
+def _decimal(value: Any, name: str) -> decimal.Decimal:
+    """Parse a number written as text exactly."""
+    text = value.strip()
+    if not _NUMBER_TEXT.fullmatch(text):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    return decimal.Decimal(text)
 
 
 def _number(value: Any, name: str, *, integer: bool) -> float | int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
+    """Return ``value`` as an exact ``int`` (``integer``) or a finite ``float``; ``ValueError`` says why not.
+
+    Accepts Python numbers (``int`` of any size, ``float``, ``Decimal``, numpy scalars) and
+    numbers written as text (see the module's rules); never rounds an integer through float64.
+    """
+    if isinstance(value, bool) or not isinstance(value, (numbers.Number, decimal.Decimal, str)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(value, str):
+        number: Any = _decimal(value, name)
+    elif isinstance(value, numbers.Integral):
+        number = int(value)
+    elif isinstance(value, (decimal.Decimal, numbers.Real)):
+        number = value
+    else:  # complex
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if isinstance(number, decimal.Decimal):
+        if not number.is_finite():
+            raise ValueError(f"{name} must be finite, got {value!r}")
+        if number and number.adjusted() > _MAX_DIGITS:
+            raise ValueError(f"{name} is out of range, got {value!r}")
+    elif not isinstance(number, int) and not math.isfinite(number):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if integer:
-        if number != int(number):
+        if isinstance(number, int):
+            return number
+        if isinstance(number, decimal.Decimal):
+            if number != number.to_integral_value():
+                raise ValueError(f"{name} must be a whole number, got {value!r}")
+            return int(number)
+        as_float = float(number)
+        if not as_float.is_integer():
             raise ValueError(f"{name} must be a whole number, got {value!r}")
-        return int(number)
-    return number
+        return int(as_float)
+    try:
+        result = float(number)
+    except OverflowError:
+        raise ValueError(f"{name} is out of range, got {value!r}") from None
+    if not math.isfinite(result):
+        raise ValueError(f"{name} is out of range, got {value!r}")
+    return result
 
 
 def _row_settings(raw: dict[str, Any], defaults: GenerationDefaults) -> dict[str, Any]:
@@ -83,6 +180,8 @@ def _row_settings(raw: dict[str, Any], defaults: GenerationDefaults) -> dict[str
     for name in _INT_FIELDS:
         if settings[name] <= 0:
             raise ValueError(f"{name} must be positive, got {settings[name]}")
+        if settings[name] >= _INT_LIMIT:
+            raise ValueError(f"{name} must be below 2**63, got {settings[name]}")
     for name in (schema.WIDTH, schema.HEIGHT):
         if settings[name] % 8:
             raise ValueError(f"{name} must be a multiple of 8, got {settings[name]}")
@@ -91,59 +190,99 @@ def _row_settings(raw: dict[str, Any], defaults: GenerationDefaults) -> dict[str
     return settings
 
 
+def _row_id(raw: dict[str, Any]) -> str:
+    value = raw.get(schema.ID)
+    if _is_missing(value) or _is_nan(value):
+        return f"{raw.get(schema.SOURCE)}#{raw.get(schema.SOURCE_ROW)}"
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "surrogateescape")  # undecodable bytes -> lone surrogates -> an error record
+    return value if isinstance(value, str) else str(value)
+
+
+def _seed(raw: dict[str, Any], job_seed: int, row_id: str) -> int:
+    value = raw.get(schema.SEED)
+    if _is_missing(value):
+        return derive_seed(job_seed, row_id)
+    seed = _number(value, "seed", integer=True)
+    if not 0 <= seed < SEED_LIMIT:
+        shown = seed if abs(seed) < 10**30 else value
+        raise ValueError(f"seed must be in [0, 2**63), got {shown!r}")
+    return int(seed)
+
+
 def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed: int) -> dict[str, Any]:
-    row_id = raw.get(schema.ID)
-    row_id = f"{raw[schema.SOURCE]}#{raw[schema.SOURCE_ROW]}" if _is_missing(row_id) else str(row_id)
+    """One raw row (canonical field names) -> its canonical fields; a bad value -> an error record."""
+    row_id = _row_id(raw)
     prompt = raw.get(schema.PROMPT)
     negative = raw.get(schema.NEGATIVE_PROMPT)
     out: dict[str, Any] = {
         schema.ID: row_id,
         schema.PROMPT: prompt if isinstance(prompt, str) else ("" if _is_missing(prompt) else str(prompt)),
-        schema.NEGATIVE_PROMPT: defaults.negative_prompt if _is_missing(negative) else str(negative),
+        schema.NEGATIVE_PROMPT: defaults.negative_prompt if negative is None else str(negative),
         schema.STATUS: Status.OK.value,
         schema.STAGE: "",
         schema.ERROR: "",
     }
     try:
-        if not _is_missing(raw.get(INPUT_ERROR_COLUMN)):
-            raise ValueError(str(raw[INPUT_ERROR_COLUMN]))
+        if raw.get(INPUT_ERROR_COLUMN) is not None:
+            raise ValueError(str(raw[INPUT_ERROR_COLUMN]) or "the reader could not read this row")
+        _check_utf8(row_id, "id")
         if not isinstance(prompt, str):
-            raise ValueError(f"prompt must be text, got {'nothing' if _is_missing(prompt) else type(prompt).__name__}")
+            raise ValueError(f"prompt must be text, got {'nothing' if prompt is None else type(prompt).__name__}")
+        _check_utf8(prompt, "prompt")
         if not prompt.strip():
             raise ValueError("prompt is empty")
-        out.update(_row_settings(raw, defaults))
-        seed = raw.get(schema.SEED)
-        out[schema.SEED] = derive_seed(job_seed, row_id) if _is_missing(seed) else _number(seed, "seed", integer=True)
-        if not 0 <= out[schema.SEED] < 2**63:
-            raise ValueError(f"seed must be in [0, 2**63), got {out[schema.SEED]}")
+        _check_utf8(out[schema.NEGATIVE_PROMPT], "negative_prompt")
+        settings = _row_settings(raw, defaults)
+        seed = _seed(raw, job_seed, row_id)
+        out.update(settings)
+        out[schema.SEED] = seed
     except ValueError as error:
         out.update({schema.STATUS: Status.ERROR.value, schema.STAGE: schema.INPUT_STAGE, schema.ERROR: str(error)})
-        out.setdefault(schema.SEED, derive_seed(job_seed, row_id))
+        out[schema.SEED] = derive_seed(job_seed, row_id)
         for name in schema.ROW_SETTINGS:
-            out.setdefault(name, getattr(defaults, name))
+            out[name] = getattr(defaults, name)
+    for name in (schema.ID, schema.PROMPT, schema.NEGATIVE_PROMPT, schema.ERROR):
+        out[name] = _utf8(out[name])
     return out
 
 
 def prepare_rows(
-    batch: pd.DataFrame, *, columns: ColumnMap, defaults: GenerationDefaults, job_seed: int
-) -> pd.DataFrame:
-    """Map a batch of raw input rows to canonical rows; other columns pass through.
+    batch: pa.Table, *, columns: ColumnMap, defaults: GenerationDefaults, job_seed: int
+) -> pa.Table:
+    """Map a batch of raw input rows to canonical rows; other columns pass through unchanged.
 
     Args:
-        batch: raw rows with ``source`` and ``source_row`` from the reader.
+        batch: raw rows with ``source`` and ``source_row`` from the reader (a pyarrow
+            table: ``map_batches(..., batch_format="pyarrow")``).
         columns: which input column holds each canonical field.
         defaults: job-level values for rows that do not override them.
         job_seed: the job's seed, mixed with row ids to derive row seeds.
+
+    Returns:
+        The canonical columns (``schema.CANONICAL_COLUMNS``, typed as ``_CANONICAL_TYPES``),
+        then every other input column as the same Arrow column.
     """
-    renames = {column: name for name, column in columns.overrides().items()}
-    raw = batch.rename(columns=renames)
-    canonical = pd.DataFrame(
-        [_prepare_one(row, defaults=defaults, job_seed=job_seed) for row in raw.to_dict("records")],
-        index=raw.index,
-    )
-    canonical = canonical.astype(
-        {schema.SEED: "int64", **{name: "int64" for name in _INT_FIELDS}, schema.GUIDANCE: "float64"}
-    )
-    consumed = set(canonical.columns) | set(ColumnMap.model_fields) | {INPUT_ERROR_COLUMN}
-    passthrough = raw.drop(columns=[c for c in raw.columns if c in consumed])
-    return pd.concat([canonical, passthrough], axis=1).reset_index(drop=True)
+    sources = {name: columns.overrides().get(name, name) for name in ColumnMap.model_fields}
+    sources[INPUT_ERROR_COLUMN] = INPUT_ERROR_COLUMN
+    sources[schema.SOURCE] = schema.SOURCE
+    sources[schema.SOURCE_ROW] = schema.SOURCE_ROW
+    names = batch.column_names
+    values = {
+        field: batch.column(column).to_pylist() if column in names else [None] * batch.num_rows
+        for field, column in sources.items()
+    }
+    prepared = [
+        _prepare_one({field: values[field][i] for field in sources}, defaults=defaults, job_seed=job_seed)
+        for i in range(batch.num_rows)
+    ]
+    arrays: list[pa.Array | pa.ChunkedArray] = [
+        pa.array([row[name] for row in prepared], type=kind) for name, kind in _CANONICAL_TYPES.items()
+    ]
+    fields = [pa.field(name, kind) for name, kind in _CANONICAL_TYPES.items()]
+    consumed = {*_CANONICAL_TYPES, *ColumnMap.model_fields, *columns.overrides().values(), INPUT_ERROR_COLUMN}
+    for index, name in enumerate(names):
+        if name not in consumed:
+            arrays.append(batch.column(index))
+            fields.append(batch.schema.field(index))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))

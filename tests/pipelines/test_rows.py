@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import pyarrow as pa
 import pytest
 
 from pipelines.rows import check_passthrough_columns, derive_seed, prepare_rows
@@ -10,11 +10,13 @@ from pipelines.spec import ColumnMap, GenerationDefaults
 
 
 def _prepare(rows: list[dict], columns: ColumnMap | None = None, seed: int = 0) -> list[dict]:
-    frame = pd.DataFrame(rows)
-    frame["source"] = "day/prompts.csv"
-    frame["source_row"] = range(len(frame))
-    out = prepare_rows(frame, columns=columns or ColumnMap(), defaults=GenerationDefaults(), job_seed=seed)
-    return out.to_dict("records")
+    """Prepare each row as its own one-row table (an Arrow column has one type; these rows may differ)."""
+    out: list[dict] = []
+    for number, row in enumerate(rows):
+        table = pa.Table.from_pylist([{**row, "source": "day/prompts.csv", "source_row": number}])
+        prepared = prepare_rows(table, columns=columns or ColumnMap(), defaults=GenerationDefaults(), job_seed=seed)
+        out += prepared.to_pylist()
+    return out
 
 
 def test_column_mapping_and_pass_through() -> None:
