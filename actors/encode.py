@@ -66,5 +66,8 @@ class EncodeStage(Stage):
         tokens = self.encoder.token_counts([str(p) for p in batch[schema.PROMPT]]) if size else []
         batch[schema.PROMPT_TOKENS] = np.asarray(tokens, dtype=np.int64)
         batch[schema.PROMPT_TRUNCATED] = batch[schema.PROMPT_TOKENS] > self.encoder.max_tokens
+        # The negative prompt goes through the same window: flag its truncation too
+        negatives = self.encoder.token_counts([str(p or "") for p in batch[schema.NEGATIVE_PROMPT]]) if size else []
+        batch[schema.NEGATIVE_PROMPT_TRUNCATED] = np.asarray(negatives, dtype=np.int64) > self.encoder.max_tokens
         for key, zeros in self.templates.items():
             batch[EMBED_PREFIX + key] = np.stack([results[i][key] if i in results else zeros for i in range(size)])

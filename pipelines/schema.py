@@ -20,7 +20,7 @@ __all__ = [
     # column names
     "KEY", "ID", "PROMPT", "NEGATIVE_PROMPT", "SEED", "WIDTH", "HEIGHT", "STEPS", "GUIDANCE",
     "STATUS", "STAGE", "ERROR", "SOURCE", "SOURCE_ROW", "SHARD",
-    "PROMPT_TOKENS", "PROMPT_TRUNCATED", "MODEL", "MODEL_HASH", "SCHEDULER", "PIPELINE",
+    "PROMPT_TOKENS", "PROMPT_TRUNCATED", "NEGATIVE_PROMPT_TRUNCATED", "MODEL", "MODEL_HASH", "SCHEDULER", "PIPELINE",
     "STYLE", "STYLE_HASH", "STYLE_BACKEND", "STYLE_STRENGTH", "STYLE_PRESERVE_COLOR",
     "CLIP_SCORE", "IMAGE", "SHA256", "IMAGE_FORMAT",
     # stages
@@ -70,6 +70,7 @@ SOURCE_ROW = "source_row"
 # --- added by the stages --------------------------------------------------------------------------
 PROMPT_TOKENS = "prompt_tokens"
 PROMPT_TRUNCATED = "prompt_truncated"
+NEGATIVE_PROMPT_TRUNCATED = "negative_prompt_truncated"
 MODEL = "model"
 MODEL_HASH = "model_hash"
 SCHEDULER = "scheduler"
@@ -114,7 +115,7 @@ class StageColumns:
 
 
 INPUT_STAGE = "input"  # the ``stage`` of rows ``pipelines.rows`` rejects (no actor, no timing column)
-ENCODE = StageColumns("encode", adds=(PROMPT_TOKENS, PROMPT_TRUNCATED))
+ENCODE = StageColumns("encode", adds=(PROMPT_TOKENS, PROMPT_TRUNCATED, NEGATIVE_PROMPT_TRUNCATED))
 GENERATE = StageColumns("generate", adds=(MODEL, MODEL_HASH, SCHEDULER, PIPELINE))
 STYLE_STAGE = StageColumns(
     "style", adds=(STYLE_HASH, STYLE_BACKEND), echoes=(STYLE, STYLE_STRENGTH, STYLE_PRESERVE_COLOR)

@@ -37,7 +37,8 @@ def _poisoned_input(path: Path) -> tuple[list[str], dict[str, str]]:
         lines.append(json.dumps({"id": f"ok{i:03d}", "prompt": f"a shape number {i}"}).encode())
     # Hard but valid text: these must become images.
     lines[10] = json.dumps({"id": "long", "prompt": "a red circle " * 4000}).encode()  # ~52 KB
-    lines[20] = json.dumps({"id": "emoji", "prompt": "a 🐱 cat\x07 with \u202e control \x00 chars"}).encode()
+    lines[20] = json.dumps({"id": "emoji", "prompt": "a 🐱 cat\x07 with \u202e control \x00 chars",
+                            "negative_prompt": "blurry " * 200}).encode()
     # Poison: 5 of 100 rows.
     lines[30] = json.dumps({"id": "empty", "prompt": "   "}).encode()
     lines[40] = json.dumps({"id": "null", "prompt": None}).encode()
@@ -83,6 +84,9 @@ def test_poisoned_input_keeps_every_good_row(ray_session, tmp_path: Path, model_
     assert images["emoji"]["txt"] == "a 🐱 cat\x07 with \u202e control \x00 chars"
     assert images["long"]["json"]["prompt_truncated"] and images["long"]["json"]["prompt_tokens"] > 77
     assert not images["emoji"]["json"]["prompt_truncated"]
+    # a negative prompt past the window is flagged too
+    assert images["emoji"]["json"]["negative_prompt_truncated"]
+    assert not images["long"]["json"]["negative_prompt_truncated"]
     assert summary.errors_by_stage == {"input": 4, "generate": 1}
 
 

@@ -23,7 +23,8 @@ def test_stage_seconds_follow_the_stages_in_order() -> None:
 
 def test_column_sets_are_the_ones_pixelmill_writes() -> None:
     stage_columns = {
-        "prompt_tokens", "prompt_truncated", "model", "model_hash", "scheduler", "pipeline", "style_hash",
+        "prompt_tokens", "prompt_truncated", "negative_prompt_truncated", "model", "model_hash", "scheduler",
+        "pipeline", "style_hash",
         "style_backend", "clip_score", "sha256", "image_format", *schema.STAGE_SECONDS,
     }
     assert schema.OUTPUT_COLUMNS == {"key", "shard", "status", "stage", "error", *stage_columns}
