@@ -239,9 +239,9 @@ def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed:
         out[schema.SEED] = seed
     except ValueError as error:
         out.update({schema.STATUS: Status.ERROR.value, schema.STAGE: schema.INPUT_STAGE, schema.ERROR: str(error)})
-        out[schema.SEED] = derive_seed(job_seed, row_id)
         for name in schema.ROW_SETTINGS:
             out[name] = getattr(defaults, name)
+        out[schema.SEED] = derive_seed(job_seed, row_id)
     for name in (schema.ID, schema.PROMPT, schema.NEGATIVE_PROMPT, schema.ERROR):
         out[name] = _utf8(out[name])
     return out
