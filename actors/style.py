@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from actors.base import Batch, Stage, healthy_rows
 from actors.loading import local_file, stage_device
+from actors.rowerrors import run_isolating
 from pipelines import schema
 from pipelines.schema import IMAGE_COLUMN
 from pipelines.spec import StageSpec, StyleSpec
@@ -113,6 +115,8 @@ class StyleStage(Stage):
             return self._by_uri[uri]
         try:
             data = read_bytes(uri, self.storage_options)
+        except IsADirectoryError:
+            raise ValueError(f"style reference {uri} is a directory/prefix, not an image") from None
         except FileNotFoundError:
             raise ValueError(f"style image not found: {uri}") from None
         self.fetches += 1
@@ -164,6 +168,22 @@ class StyleStage(Stage):
             styles.names[i] = value
             if i not in healthy or not value:
                 continue
+            message = self._resolve_row(batch, styles, i, value)
+            if message:
+                errors[i] = message
+        self.mark(batch, errors)
+        return [sorted(styles.refs)]
+
+    def _resolve_row(self, batch: Batch, styles: _BatchStyles, i: int, value: str) -> str:
+        """Resolve row ``i``'s settings into ``styles``; return its error message ("" when fine).
+
+        Runs through ``run_isolating`` like :meth:`compute`, so nothing the resolution raises
+        (a read error, a decoder refusal, a model error predicting the style vector) leaves
+        ``__call__``: it is this row's error, and a sticky device error still restarts the actor.
+        A ``ValueError`` (a bad setting or reference) gives its message alone.
+        """
+
+        def resolve(rows: Sequence[int]) -> list[str]:
             try:
                 strength = self._row_value(batch, self.style.strength_column, i)
                 styles.strengths[i] = self.style.strength if strength is None else _as_strength(strength)
@@ -171,9 +191,14 @@ class StyleStage(Stage):
                 styles.keep[i] = self.style.preserve_color if preserve is None else _as_bool(preserve)
                 styles.refs[i], styles.hashes[i] = self._resolve(value)
             except ValueError as error:
-                errors[i] = str(error)
-        self.mark(batch, errors)
-        return [sorted(styles.refs)]
+                return [str(error)]
+            return [""]
+
+        found, failed = run_isolating(resolve, [i])
+        message = failed.get(i) or found.get(i, "")
+        if message:
+            styles.refs.pop(i, None)
+        return message
 
     def compute(self, batch: Batch, rows: list[int]) -> list[np.ndarray]:
         from models.style import blend, keep_colors

@@ -17,7 +17,6 @@ caches them); ``stylize_batch`` only applies them.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -75,16 +74,15 @@ def builtin_style_index(value: str) -> int | None:
 def decode_style_image(data: bytes, name: str) -> np.ndarray:
     """Decode the bytes of a style image (``name``: its URI, for the message) into uint8 RGB ``[H, W, 3]``.
 
-    Raises:
-        ValueError: the bytes are not an image PIL can read.
-    """
-    from PIL import UnidentifiedImageError
+    The rules (pixel limit, first frame, EXIF orientation, high bit depths, alpha on
+    white) are :func:`models.images.decode_image`'s.
 
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"style reference {name} is not a readable image: {error}") from None
+    Raises:
+        ValueError: the bytes are not an image that decoder accepts; the message says why.
+    """
+    from models import images
+
+    return images.decode_image(data, source=f"style reference {name}", max_pixels=images.MAX_PIXELS)
 
 
 def blend(stylized: np.ndarray, original: np.ndarray, strength: float) -> np.ndarray:

@@ -224,9 +224,25 @@ def read_bytes(uri: str, storage_options: dict[str, Any] | None = None) -> bytes
 
     Raises:
         FileNotFoundError: nothing at ``uri``.
+        IsADirectoryError: ``uri`` is a directory, a prefix or a bucket root, not a file.
     """
     fs, path = filesystem(uri, storage_options)
-    return fs.cat_file(path)
+    try:
+        return fs.cat_file(path)
+    except Exception as error:  # a directory fails differently per filesystem (S3's bucket root: a bad key)
+        if _is_directory(fs, path):
+            raise IsADirectoryError(f"{uri} is a directory/prefix, not a file") from None
+        if isinstance(error, IsADirectoryError):
+            raise IsADirectoryError(f"{uri} is a directory/prefix, not a file") from None
+        raise
+
+
+def _is_directory(fs: Any, path: str) -> bool:
+    """Whether ``path`` is a directory/prefix (asked only after a read failed; never raises)."""
+    try:
+        return bool(fs.isdir(path))
+    except Exception:  # noqa: BLE001 - the read's own error is the one to report
+        return False
 
 
 def sync_folder(
