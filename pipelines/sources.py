@@ -6,41 +6,111 @@ gives parallel read tasks, retries and locality.  Ray's stock readers do not
 say where in its file a row came from, which stable row ids need, so
 :class:`PromptTableDatasource` adds two columns while streaming each file:
 ``source`` (the file's path relative to the input root) and ``source_row``.
+
+Reading rules (one value or one file's shape never sinks a job):
+
+1. CSV has no types: every CSV column is read as text, and quoted values may
+   span lines.  An empty field is null (the value is missing, so a setting
+   falls back to the job's default); a quoted empty field ``""`` is the empty
+   string.  Canonical columns are parsed per row by ``pipelines.rows``, so a
+   bad value fails its row only.
+2. JSONL canonical fields (id, negative_prompt, seed, width, height, steps,
+   guidance, style, style_strength, style_preserve_color, and the columns
+   ``input.columns`` maps to them) are passed on as text: a JSON string as is,
+   any other JSON value as its JSON text (``64`` -> ``"64"``), null as null.
+   The prompt must be a JSON string or null: any other value makes its row an
+   error row.
+3. A JSONL pass-through field whose values in a batch do not share one JSON
+   type, or that Arrow cannot hold (an integer beyond 64 bits, a nested
+   object whose inner types differ), is stored as JSON text
+   (``json.dumps(value, ensure_ascii=False, sort_keys=True)``) for every row
+   of that batch: never a row error, never a read failure.
+4. Ids are text: CSV ids ``007`` and ``7`` stay ``"007"`` and ``"7"``.
+5. A UTF-8 byte-order mark at the start of a CSV or JSONL file is skipped.  A
+   JSONL line that is not UTF-8, not JSON, not an object, or holds a lone
+   UTF-16 surrogate escape (``"\\ud800"``) becomes one row carrying
+   ``_pm_input_error`` (the reason); the fields it can keep (its id among
+   them) stay in that row.
+6. A 0-byte file of any format is zero rows (a 0-byte Parquet file too: it
+   holds no data, rather than corrupt data).  A non-empty file that is not
+   valid Parquet, or a CSV whose rows do not parse, stops the job with an
+   error naming the file.
+7. A URI that names an existing file or object means exactly that file, even
+   when its name holds glob characters (``[1].jsonl``, ``q?.jsonl``); glob
+   characters are a pattern only when no such file exists.  A folder or
+   prefix means every file under it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import posixpath
-from collections import Counter
+import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
+from pipelines import schema
 from pipelines.schema import INPUT_ERROR_COLUMN, LINE_COLUMN, SOURCE, SOURCE_ROW
-from pipelines.spec import InputSpec
+from pipelines.spec import ColumnMap, InputSpec
 from pipelines.storage import filesystem
 
 if TYPE_CHECKING:
     import ray.data
 
 __all__ = [
-    "FORMAT_READERS", "INPUT_ERROR_COLUMN", "PromptTableDatasource",
+    "FORMAT_READERS", "INPUT_ERROR_COLUMN", "PromptTableDatasource", "ReadRules",
     "input_columns", "list_input_files", "read_prompts",
 ]
 
 _GLOB_CHARS = "*?["
+_BOM = b"\xef\xbb\xbf"
+# Canonical fields read as text from JSONL (rule 2); rows.py and the style stage parse them per row.
+_TEXT_FIELDS: tuple[str, ...] = (
+    *(name for name in ColumnMap.model_fields if name != schema.PROMPT),
+    schema.STYLE, schema.STYLE_STRENGTH, schema.STYLE_PRESERVE_COLOR,
+)
 
 
-def _read_parquet(f: pa.NativeFile) -> Iterator[pa.RecordBatch]:
+@dataclass(frozen=True)
+class ReadRules:
+    """What a reader needs to know of the job's columns.
+
+    Attributes:
+        prompt: the input column holding the prompt (must be text).
+        id: the input column holding the row id (kept on rows the reader rejects).
+        text: input columns passed on as text (the canonical fields and their mapped names).
+    """
+
+    prompt: str = schema.PROMPT
+    id: str = schema.ID
+    text: frozenset[str] = frozenset(_TEXT_FIELDS)
+
+    @classmethod
+    def of(cls, columns: ColumnMap, extra_text: tuple[str, ...] = ()) -> ReadRules:
+        """Return the rules for a job's ``input.columns`` (plus other columns to read as text)."""
+        mapped = columns.overrides()
+        return cls(
+            prompt=columns.prompt,
+            id=columns.id or schema.ID,
+            text=frozenset({*_TEXT_FIELDS, *(v for k, v in mapped.items() if k != schema.PROMPT), *extra_text})
+            - {columns.prompt},
+        )
+
+
+def _read_parquet(f: pa.NativeFile, rules: ReadRules) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
 
+    if f.size() == 0:  # rule 6: a 0-byte file is zero rows
+        return
     yield from pq.ParquetFile(f).iter_batches(batch_size=8192)
 
 
-def _read_jsonl(f: pa.NativeFile) -> Iterator[pa.RecordBatch]:
+def _read_jsonl(f: pa.NativeFile, rules: ReadRules) -> Iterator[pa.RecordBatch]:
     # Not pyarrow.json: it fails the whole file on one bad line (bad UTF-8,
     # broken JSON, a value of another type); here that line becomes a row
     # whose INPUT_ERROR_COLUMN says why, and the rest of the file is read.
@@ -48,30 +118,43 @@ def _read_jsonl(f: pa.NativeFile) -> Iterator[pa.RecordBatch]:
     for number, line in _lines(f):
         if not line.strip():
             continue
-        rows.append(_parse_json_line(number, line))
+        rows.append(_parse_json_line(number, line, rules))
         if len(rows) == _JSONL_CHUNK_ROWS:
-            yield _rows_to_batch(rows)
+            yield _rows_to_batch(rows, rules)
             rows = []
     if rows:
-        yield _rows_to_batch(rows)
+        yield _rows_to_batch(rows, rules)
 
 
 _JSONL_CHUNK_ROWS = 8192
+# A \uD800-\uDFFF escape: the only way a JSON text can hold a string Arrow cannot encode.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
 
 
 def _lines(f: pa.NativeFile) -> Iterator[tuple[int, bytes]]:
-    """Yield ``(1-based line number, line bytes)`` from a binary stream, reading 1 MiB at a time."""
+    """Yield ``(1-based line number, line bytes)`` from a binary stream, reading 1 MiB at a time.
+
+    A UTF-8 byte-order mark at the start of the stream is skipped.
+    """
     number, pending = 0, b""
     while chunk := f.read(1 << 20):
         *complete, pending = (pending + chunk).split(b"\n")
         for line in complete:
             number += 1
-            yield number, line
+            yield number, line.removeprefix(_BOM) if number == 1 else line
     if pending:
-        yield number + 1, pending
+        yield number + 1, pending.removeprefix(_BOM) if number == 0 else pending
 
 
-def _parse_json_line(number: int, line: bytes) -> dict[str, Any]:
+def _encodable(value: Any) -> bool:
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse_json_line(number: int, line: bytes, rules: ReadRules) -> dict[str, Any]:
     try:
         value = json.loads(line.decode("utf-8"))
     except UnicodeDecodeError as error:
@@ -81,30 +164,57 @@ def _parse_json_line(number: int, line: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         return {INPUT_ERROR_COLUMN: f"line {number} is a JSON {type(value).__name__}, not an object"}
     value.pop(INPUT_ERROR_COLUMN, None)
+    errors: list[str] = []
+    if _SURROGATE_ESCAPE.search(line) and not _encodable(value):
+        bad = [key for key, item in value.items() if not (_encodable(key) and _encodable(item))]
+        for key in bad:
+            del value[key]
+        errors.append(
+            f"line {number}: {', '.join(ascii(key) for key in bad)} "
+            f"{'holds' if len(bad) == 1 else 'hold'} a lone UTF-16 surrogate escape (such as \\ud800), "
+            "which is not text"
+        )
+    prompt = value.get(rules.prompt)
+    if prompt is not None and not isinstance(prompt, str):
+        errors.append(f"line {number}: column {rules.prompt!r} holds a {_json_kind(prompt)}, not text")
+        del value[rules.prompt]
+    if errors:
+        value[INPUT_ERROR_COLUMN] = "; ".join(errors)
     value[LINE_COLUMN] = number
     return value
 
 
-def _rows_to_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-    """Build one batch; a value whose type differs from its column's usual type makes its row an error row."""
+def _json_text(value: Any) -> str | None:
+    """A value as text: a string as is, null as null, any other JSON value as its JSON text."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _passthrough_array(values: list[Any]) -> pa.Array:
+    """Arrow's own type for values that share one JSON type, else each value's JSON text (rule 3)."""
+    if len({_json_kind(v) for v in values if v is not None}) <= 1:
+        try:
+            return pa.array(values)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            pass
+    return pa.array(
+        [None if v is None else json.dumps(v, ensure_ascii=False, sort_keys=True) for v in values], pa.string()
+    )
+
+
+def _rows_to_batch(rows: list[dict[str, Any]], rules: ReadRules) -> pa.RecordBatch:
+    """Build one batch: canonical fields as text, pass-through fields by :func:`_passthrough_array`."""
     columns = list(dict.fromkeys(key for row in rows for key in row if key not in (LINE_COLUMN, INPUT_ERROR_COLUMN)))
+    arrays: dict[str, pa.Array] = {}
     for column in columns:
-        kinds = Counter(_json_kind(row[column]) for row in rows if row.get(column) is not None)
-        if len(kinds) <= 1:
-            continue
-        usual = kinds.most_common(1)[0][0]
-        for row in rows:
-            value = row.get(column)
-            if value is not None and _json_kind(value) != usual and INPUT_ERROR_COLUMN not in row:
-                row[INPUT_ERROR_COLUMN] = (
-                    f"line {row[LINE_COLUMN]}: column {column!r} holds a {_json_kind(value)} "
-                    f"where the file's other rows hold a {usual}"
-                )
-                row[column] = None
-    data = {column: [row.get(column) for row in rows] for column in columns}
-    data[INPUT_ERROR_COLUMN] = [row.get(INPUT_ERROR_COLUMN) for row in rows]
-    table = pa.table({k: pa.array(v) if k != INPUT_ERROR_COLUMN else pa.array(v, pa.string()) for k, v in data.items()})
-    return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([])
+        values = [row.get(column) for row in rows]
+        if column in rules.text:
+            arrays[column] = pa.array([_json_text(v) for v in values], pa.string())
+        else:
+            arrays[column] = _passthrough_array(values)
+    arrays[INPUT_ERROR_COLUMN] = pa.array([row.get(INPUT_ERROR_COLUMN) for row in rows], pa.string())
+    return pa.RecordBatch.from_pydict(arrays)
 
 
 def _json_kind(value: Any) -> str:
@@ -117,14 +227,62 @@ def _json_kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def _read_csv(f: pa.NativeFile) -> Iterator[pa.RecordBatch]:
+class _Prefixed(io.RawIOBase):
+    """A read-only stream: ``head`` (bytes already read), then the rest of ``f``."""
+
+    def __init__(self, head: bytes, f: Any) -> None:
+        super().__init__()
+        self._head, self._f = head, f
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        size = len(buffer)
+        if self._head:
+            data, self._head = self._head[:size], self._head[size:]
+        else:
+            data = self._f.read(size)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _csv_header(f: pa.NativeFile) -> tuple[bytes, int]:
+    """Read from ``f`` until the header record has ended (a newline outside quotes).
+
+    Returns:
+        ``(the bytes read, the length of the header record in them)``.
+    """
+    head = b""
+    while chunk := f.read(1 << 16):
+        head += chunk
+        quoted = False
+        for match in re.finditer(rb'["\n]', head):
+            if match.group() == b'"':
+                quoted = not quoted
+            elif not quoted:
+                return head, match.end()
+    return head, len(head)
+
+
+def _read_csv(f: pa.NativeFile, rules: ReadRules) -> Iterator[pa.RecordBatch]:
     import pyarrow.csv as pc
 
-    yield from pc.open_csv(f)
+    head, header_end = _csv_header(f)
+    if not head.removeprefix(_BOM).strip():  # rule 6: a 0-byte (or blank) file is zero rows
+        return
+    parse = pc.ParseOptions(newlines_in_values=True)
+    # The column names as pyarrow itself parses the header (BOM, quotes), then every column as text.
+    names = pc.open_csv(io.BytesIO(head[:header_end]), parse_options=parse).schema.names
+    convert = pc.ConvertOptions(
+        column_types={name: pa.string() for name in names},
+        strings_can_be_null=True, null_values=[""], quoted_strings_can_be_null=False,
+    )
+    yield from pc.open_csv(_Prefixed(head, f), parse_options=parse, convert_options=convert)
 
 
 # Format name -> (file extensions, streaming reader of one file).
-FORMAT_READERS: dict[str, tuple[tuple[str, ...], Callable[[pa.NativeFile], Iterator[pa.RecordBatch]]]] = {
+FORMAT_READERS: dict[str, tuple[tuple[str, ...], Callable[[pa.NativeFile, ReadRules], Iterator[pa.RecordBatch]]]] = {
     "parquet": ((".parquet", ".pq"), _read_parquet),
     "jsonl": ((".jsonl", ".json", ".ndjson"), _read_jsonl),
     "csv": ((".csv",), _read_csv),
@@ -141,6 +299,8 @@ def _format_of(path: str) -> str | None:
 def list_input_files(spec: InputSpec, storage_options: dict[str, Any] | None = None) -> tuple[Any, list[str], str, str]:
     """List the prompt files of an input URI, sorted, and pick their format.
 
+    A URI naming an existing file means that file, glob characters or not (rule 7).
+
     Returns:
         ``(fsspec filesystem, sorted file paths, root path, format name)``; the
         root is what ``source`` names are relative to.
@@ -150,15 +310,15 @@ def list_input_files(spec: InputSpec, storage_options: dict[str, Any] | None = N
         ValueError: mixed or unknown formats with ``format: auto``.
     """
     fs, path = filesystem(spec.uri, storage_options)
-    if any(char in path for char in _GLOB_CHARS):
-        files = [p for p in fs.glob(path) if fs.isfile(p)]
-        root = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0]
+    if fs.isfile(path):
+        files = [path]
+        root = posixpath.dirname(path)
     elif fs.isdir(path):
         files = fs.find(path)
         root = path.rstrip("/")
-    elif fs.isfile(path):
-        files = [path]
-        root = posixpath.dirname(path)
+    elif any(char in path for char in _GLOB_CHARS):
+        files = [p for p in fs.glob(path) if fs.isfile(p)]
+        root = path[: min(path.index(c) for c in _GLOB_CHARS if c in path)].rsplit("/", 1)[0]
     else:
         raise FileNotFoundError(f"input.uri: nothing found at {spec.uri}")
     files = sorted(p for p in files if not posixpath.basename(p).startswith(("_", ".")))
@@ -185,11 +345,16 @@ class PromptTableDatasource(FileBasedDatasource):
         format: a key of :data:`FORMAT_READERS`.
         source_names: ``{path: name relative to the input root}``.
         filesystem: a pyarrow filesystem (fsspec ones are wrapped by the caller).
+        rules: the job's columns as the readers need them (default: unmapped columns).
     """
 
-    def __init__(self, paths: list[str], *, format: str, source_names: dict[str, str], filesystem: Any) -> None:
+    def __init__(
+        self, paths: list[str], *, format: str, source_names: dict[str, str], filesystem: Any,
+        rules: ReadRules | None = None,
+    ) -> None:
         super().__init__(paths, filesystem=filesystem)
         self._reader = FORMAT_READERS[format][1]
+        self._rules = rules or ReadRules()
         self._random_access = format == "parquet"
         self._source_names = source_names
 
@@ -203,7 +368,7 @@ class PromptTableDatasource(FileBasedDatasource):
         name = self._source_names.get(path, path)
         offset = 0
         try:
-            for batch in self._reader(f):
+            for batch in self._reader(f, self._rules):
                 table = pa.Table.from_batches([batch])
                 if {SOURCE, SOURCE_ROW} & set(table.column_names):
                     raise ValueError(
@@ -218,24 +383,26 @@ class PromptTableDatasource(FileBasedDatasource):
             raise ValueError(f"input file {name} could not be read as a prompt table: {error}") from error
 
 
-def input_columns(listing: tuple) -> list[str] | None:
+def input_columns(listing: tuple, *, columns: ColumnMap | None = None) -> list[str] | None:
     """Return the column names of the input's first readable batch, read here on the driver.
 
     What ``Dataset.schema()`` would say (the schema of the first block), without running a
     Ray Data execution for it: that costs a few seconds of every job's start-up (a read
     task, and Ray Data's resource budget starting at zero).  ``None`` when no file has a
-    row or a schema to show.
+    row or a schema to show.  The files are read by the same readers and rules as
+    :func:`read_prompts` (a 0-byte file is skipped like any file without rows).
 
     Raises:
         ValueError: the first file cannot be read as a prompt table.
     """
     fs, files, root, fmt = listing
     reader = FORMAT_READERS[fmt][1]
+    rules = ReadRules.of(columns) if columns is not None else ReadRules()
     for path in files:
         name = posixpath.relpath(path, root) if root else path
         try:
             with fs.open(path, "rb") as handle:
-                first = next(iter(reader(pa.PythonFile(handle, mode="r"))), None)
+                first = next(iter(reader(pa.PythonFile(handle, mode="r"), rules)), None)
         except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
             raise ValueError(f"input file {name} could not be read as a prompt table: {error}") from error
         if first is not None:
@@ -244,12 +411,15 @@ def input_columns(listing: tuple) -> list[str] | None:
 
 
 def read_prompts(
-    spec: InputSpec, storage_options: dict[str, Any] | None = None, *, listing: tuple | None = None
+    spec: InputSpec, storage_options: dict[str, Any] | None = None, *, listing: tuple | None = None,
+    text_columns: tuple[str, ...] = (),
 ) -> ray.data.Dataset:
     """Return a Ray dataset of the prompt rows, with ``source`` and ``source_row`` columns.
 
     Args:
         listing: the result of :func:`list_input_files` when the caller already has it.
+        text_columns: more input columns to read as text from JSONL (say, a style
+            stage's own column names); ``spec.columns`` and the canonical names always are.
     """
     import ray.data
     from pyarrow.fs import FSSpecHandler, PyFileSystem
@@ -257,6 +427,7 @@ def read_prompts(
     fs, files, root, fmt = listing or list_input_files(spec, storage_options)
     names = {p: posixpath.relpath(p, root) if root else p for p in files}
     datasource = PromptTableDatasource(
-        files, format=fmt, source_names=names, filesystem=PyFileSystem(FSSpecHandler(fs))
+        files, format=fmt, source_names=names, filesystem=PyFileSystem(FSSpecHandler(fs)),
+        rules=ReadRules.of(spec.columns, text_columns),
     )
     return ray.data.read_datasource(datasource)
