@@ -160,3 +160,47 @@ def test_exif_rotated_style_image_is_used_upright(stage: StyleStage, tmp_path: P
     a, b = fresh._image_vector(str(rotated))[1], fresh._image_vector(str(upright))[1]
     unrotated = fresh.backend.style_vector(pixels)
     assert np.abs(a - b).mean() < np.abs(a - unrotated).mean() / 4
+
+
+def test_bad_style_rows_in_a_ray_run_are_error_records(
+    ray_session, s3, write_prompts, tmp_path: Path, model_cache: str
+) -> None:
+    """Through Ray: the run finishes and balances; each bad style row is in ``_errors/`` with its reason."""
+    from pipelines.runner import run_job
+    from pipelines.spec import load_spec
+    from tests.pipelines.readback import check_exactly_once, read_output
+
+    good = tmp_path / "stripes.png"
+    good.write_bytes(_png(_stripes(80, 80)))
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    rows = [
+        {"id": "builtin", "prompt": "a red circle", "seed": 5, "style": "style-04"},
+        {"id": "image", "prompt": "a red circle", "seed": 5, "style": str(good)},
+        {"id": "folder", "prompt": "a red circle", "seed": 5, "style": str(folder)},
+        {"id": "bucket", "prompt": "a blue square", "seed": 6, "style": "s3://pixelmill/"},
+        {"id": "junk", "prompt": "a blue square", "seed": 7, "style": str(junk)},
+        {"id": "plain", "prompt": "a blue square", "seed": 8, "style": ""},
+    ]
+    raw = {
+        "input": {"uri": str(write_prompts(rows, "prompts.jsonl"))},
+        "output": {"uri": str(tmp_path / "out"), "samples_per_shard": 4},
+        "model": {"cache_dir": model_cache},
+        "style": {},
+        "seed": 3,
+    }
+    summary = run_job(load_spec(raw=raw))
+    assert (summary.rows, summary.images, summary.errors) == (6, 3, 3)
+    assert summary.balanced
+    out = read_output(str(tmp_path / "out"))
+    check_exactly_once(out, [row["id"] for row in rows])
+    errors = {row["id"]: row for row in out["errors"]}
+    assert set(errors) == {"folder", "bucket", "junk"}
+    assert {row["stage"] for row in errors.values()} == {"style"}
+    assert {row["status"] for row in errors.values()} == {"error"}
+    assert "is a directory/prefix, not an image" in errors["folder"]["error"]
+    assert "s3://pixelmill/ is a directory/prefix, not an image" in errors["bucket"]["error"]
+    assert "is not a readable image" in errors["junk"]["error"]
+    assert {s["json"]["id"] for s in out["samples"]} == {"builtin", "image", "plain"}
