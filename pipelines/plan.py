@@ -41,7 +41,11 @@ def prepared_rows(spec: JobSpec, *, listing: tuple | None = None) -> ray.data.Da
         listing: the input files as listed by ``list_input_files``, if already known.
     """
     listing = listing or list_input_files(spec.input, spec.storage_options)
-    ds = read_prompts(spec.input, spec.storage_options, listing=listing)
+    style = spec.style
+    style_columns = (style.column, style.strength_column, style.preserve_color_column) if style else ()
+    # A style stage's own column names are settings too: read them as text, like the canonical ones
+    ds = read_prompts(spec.input, spec.storage_options, listing=listing,
+                      text_columns=tuple(c for c in style_columns if c))
     if spec.limit is not None:
         ds = ds.limit(spec.limit)
     names = input_columns(listing)
