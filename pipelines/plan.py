@@ -10,6 +10,7 @@ import ray.data
 from actors.encode import EncodeStage
 from actors.generate import GenerateStage
 from pipelines.images import encode_images
+from pipelines.passthrough import pack
 from pipelines.resilience import stage_remote_args
 from pipelines.rows import check_passthrough_columns, prepare_rows
 from pipelines.schema import INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, SOURCE_COLUMNS
@@ -93,6 +94,11 @@ def process_rows(
         # One hash partition per ~16 committed shards keeps each partition's id set small.
         partitions = max(1, min(64, len(done_ids.input_files()) // 16 + 1))
         ds = ds.join(done_ids, join_type="left_anti", num_partitions=partitions, on=("id",))
+    # Non-text pass-through columns ride around the numpy-based stages as Arrow bytes
+    # (pipelines.passthrough); the sink unpacks them, types and values as read.
+    style = spec.style
+    keep = [c for c in ((style.column, style.strength_column, style.preserve_color_column) if style else ()) if c]
+    ds = ds.map_batches(cast(Any, pack), batch_format="pyarrow", fn_kwargs={"keep": keep})
     for stage_class, kwargs, resources in _placed_stages(spec):
         ds = ds.map_batches(stage_class, fn_constructor_kwargs=kwargs, **pool_options(resources))
     if spec.placement.encode_images == "task":

@@ -146,8 +146,8 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
         Exception: whatever else stopped the job (model, Ray).
     """
     from pipelines.plan import build_dataset, prepared_rows
-    from pipelines.sink import ShardDatasink
-    from pipelines.sources import list_input_files
+    from pipelines.sink import ShardDatasink, passthrough_types
+    from pipelines.sources import input_schema, list_input_files
 
     # Fail on a missing input or an unreachable output before paying for Ray's start-up.
     with preflight():
@@ -158,8 +158,10 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
     with preflight():
         plan = prepare_output(layout, mode)
         dataset = build_dataset(spec, listing=listing, done_ids=done_ids(layout, plan.done_parquet))
+        column_types = passthrough_types(input_schema(listing, columns=spec.input.columns))
     sink = ShardDatasink(
-        spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options
+        spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
+        column_types=column_types,
     )
     execute(spec, layout, dataset, sink)
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,

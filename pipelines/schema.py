@@ -10,8 +10,15 @@ This module imports nothing from ``actors``/``models``, nor Ray, torch or pandas
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import math
 from dataclasses import dataclass
+from decimal import Decimal
 from enum import StrEnum
+from typing import Any
+
+import numpy as np
 
 __all__ = [
     "Status", "StageColumns",
@@ -28,6 +35,8 @@ __all__ = [
     # column sets
     "ROW_SETTINGS", "STATUS_COLUMNS", "SOURCE_COLUMNS", "CANONICAL_COLUMNS", "SINK_COLUMNS", "TAR_ONLY_COLUMNS",
     "OUTPUT_COLUMNS", "RESERVED_COLUMNS",
+    # the sample JSON
+    "json_value",
 ]
 
 
@@ -143,3 +152,52 @@ _STAGE_OUTPUTS = frozenset(column for stage in STAGES for column in (*stage.adds
 OUTPUT_COLUMNS = frozenset({*SINK_COLUMNS, *STATUS_COLUMNS, *_STAGE_OUTPUTS})
 # Columns pixelmill writes itself; input columns with these names must be mapped.
 RESERVED_COLUMNS = frozenset({*CANONICAL_COLUMNS, *SOURCE_COLUMNS, *OUTPUT_COLUMNS})
+
+
+# --- how each Arrow type travels into the sample JSON -------------------------------------------
+
+def json_value(value: Any) -> Any:
+    """Return a sample-JSON value for one Parquet value, without loss, by one rule per type.
+
+    - integers of any size stay JSON integers (Python's ``json`` writes them exactly);
+    - floats stay numbers; NaN and the infinities, which JSON cannot hold, become the strings
+      ``"NaN"``, ``"Infinity"``, ``"-Infinity"``;
+    - decimals become their exact string (``"12.30"``);
+    - bytes become base64 text (``{"base64": "AP8="}``, so they never read as a string value);
+    - dates, times and timestamps become ISO 8601 strings; durations become seconds (a number);
+    - lists become JSON arrays and structs JSON objects, element by element; a map becomes an
+      object when its keys are strings, else an array of ``[key, value]`` pairs;
+    - numpy scalars and arrays (from tensor columns) become the matching Python values.
+
+    Raises:
+        TypeError: a value of a type no Arrow column holds.
+    """
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (dt.date, dt.datetime, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict):
+        return {str(key): json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+        # pyarrow hands a map as a list of (key, value) tuples
+        if items and all(isinstance(item, tuple) and len(item) == 2 for item in items):
+            if all(isinstance(key, str) for key, _ in items):
+                return {key: json_value(item) for key, item in items}
+            return [[json_value(key), json_value(item)] for key, item in items]
+        return [json_value(item) for item in items]
+    if isinstance(value, np.ndarray):
+        return json_value(value.tolist())
+    if isinstance(value, np.generic):
+        return json_value(value.item())
+    raise TypeError(f"no sample-JSON rule for a {type(value).__name__}")

@@ -14,19 +14,15 @@ there and one in ``SHARD_FILES``.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import io
 import json
-import math
 import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from decimal import Decimal
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -36,10 +32,12 @@ from ray.data.datasource import Datasink
 from pipelines import schema
 from pipelines.faults import inject
 from pipelines.layout import SHARD_FILES, OutputLayout, shard_name
+from pipelines.passthrough import unpack
+from pipelines.schema import json_value
 from pipelines.spec import OutputSpec
 from pipelines.storage import write_once
 
-__all__ = ["SHARD_WRITERS", "ShardDatasink"]
+__all__ = ["SHARD_WRITERS", "ShardDatasink", "json_value", "passthrough_types"]
 
 # A fixed tar member time keeps reruns byte-identical.  An int: tarfile writes a PAX
 # extended header (an extra 1 KiB block) for every member whose mtime is a float.
@@ -57,53 +55,6 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-
-
-def json_value(value: Any) -> Any:
-    """Return a sample-JSON value for one Parquet value, without loss, by one rule per type.
-
-    - integers of any size stay JSON integers (Python's ``json`` writes them exactly);
-    - floats stay numbers; NaN and the infinities, which JSON cannot hold, become the strings
-      ``"NaN"``, ``"Infinity"``, ``"-Infinity"``;
-    - decimals become their exact string (``"12.30"``);
-    - bytes become base64 text (``{"base64": "AP8="}``, so they never read as a string value);
-    - dates, times and timestamps become ISO 8601 strings; durations become seconds (a number);
-    - lists become JSON arrays and structs JSON objects, element by element; a map becomes an
-      object when its keys are strings, else an array of ``[key, value]`` pairs;
-    - numpy scalars and arrays (from tensor columns) become the matching Python values.
-
-    Raises:
-        TypeError: a value of a type no Arrow column holds.
-    """
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return value
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, (dt.date, dt.datetime, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, dict):
-        return {str(key): json_value(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        items = list(value)
-        # pyarrow hands a map as a list of (key, value) tuples
-        if items and all(isinstance(item, tuple) and len(item) == 2 for item in items):
-            if all(isinstance(key, str) for key, _ in items):
-                return {key: json_value(item) for key, item in items}
-            return [[json_value(key), json_value(item)] for key, item in items]
-        return [json_value(item) for item in items]
-    if isinstance(value, np.ndarray):
-        return json_value(value.tolist())
-    if isinstance(value, np.generic):
-        return json_value(value.item())
-    raise TypeError(f"no sample-JSON rule for a {type(value).__name__}")
 
 
 _NOT_IN_SAMPLE_JSON = frozenset(schema.TAR_ONLY_COLUMNS) | frozenset(schema.STAGE_SECONDS)
@@ -178,6 +129,41 @@ SHARD_WRITERS: dict[str, Writer] = {
 assert list(SHARD_WRITERS) == [shard_file.kind for shard_file in SHARD_FILES], "a writer per shard file, in order"
 
 
+def passthrough_types(input_schema: pa.Schema | None) -> dict[str, pa.DataType]:
+    """Return the Arrow type each pass-through column is written with: its type in the input's
+    first batch (``pipelines.sources.input_schema``), and text for a column that is all null there.
+
+    The model stages hand rows on as numpy arrays, from which Arrow infers types again (a
+    ``decimal128(10, 2)`` came back as ``decimal128(4, 2)``, an all-null column as ``null``); the
+    sink casts each shard's pass-through columns back to these types, so shards agree.
+    """
+    if input_schema is None:
+        return {}
+    own = schema.RESERVED_COLUMNS | set(schema.SOURCE_COLUMNS)
+    return {
+        field.name: pa.string() if pa.types.is_null(field.type) else field.type
+        for field in input_schema
+        if field.name not in own and not schema.is_internal(field.name)
+    }
+
+
+def _with_column_types(table: pa.Table, column_types: dict[str, pa.DataType]) -> pa.Table:
+    """Cast the pass-through columns to their declared types where the values fit (a safe cast).
+
+    A column whose values do not fit (another file brought another type) keeps its own type
+    in this shard: never a failed shard, never a changed value.
+    """
+    for name, wanted in column_types.items():
+        if name not in table.column_names or table.schema.field(name).type == wanted:
+            continue
+        try:
+            column = table.column(name).cast(wanted, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            continue
+        table = table.set_column(table.column_names.index(name), pa.field(name, wanted), column)
+    return table
+
+
 class ShardDatasink(Datasink[dict]):
     """Write each write task's rows as one committed shard.
 
@@ -186,15 +172,18 @@ class ShardDatasink(Datasink[dict]):
         run_id: names this run's temporary folder.
         shard_offset: number of the first shard this run writes.
         storage_options: fsspec options for the output URI.
+        column_types: the Arrow type of each pass-through column (``passthrough_types``).
     """
 
     def __init__(
-        self, output: OutputSpec, *, run_id: str, shard_offset: int = 0, storage_options: dict[str, Any] | None = None
+        self, output: OutputSpec, *, run_id: str, shard_offset: int = 0,
+        storage_options: dict[str, Any] | None = None, column_types: dict[str, pa.DataType] | None = None,
     ) -> None:
         self.output = output
         self.run_id = run_id
         self.shard_offset = shard_offset
         self.storage_options = storage_options or {}
+        self.column_types = column_types or {}
         self.shard_stats: list[dict[str, Any]] = []
 
     @property
@@ -214,7 +203,11 @@ class ShardDatasink(Datasink[dict]):
         layout = OutputLayout(self.output.uri, self.storage_options)
         staging = layout.staging_dir(self.run_id)
         content = ShardContent(
-            shard, self._with_keys(pa.concat_tables(tables, promote_options="permissive"), shard),
+            shard,
+            self._with_keys(
+                _with_column_types(unpack(pa.concat_tables(tables, promote_options="permissive")), self.column_types),
+                shard,
+            ),
             self.output.image_format,
         )
         inject("sink:before_publish", shard=shard)

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_READERS", "INPUT_ERROR_COLUMN", "PromptTableDatasource", "ReadRules",
-    "input_columns", "list_input_files", "read_prompts",
+    "input_columns", "input_schema", "list_input_files", "read_prompts",
 ]
 
 _GLOB_CHARS = "*?["
@@ -384,7 +384,13 @@ class PromptTableDatasource(FileBasedDatasource):
 
 
 def input_columns(listing: tuple, *, columns: ColumnMap | None = None) -> list[str] | None:
-    """Return the column names of the input's first readable batch, read here on the driver.
+    """Return the column names of the input's first readable batch (see :func:`input_schema`)."""
+    schema = input_schema(listing, columns=columns)
+    return None if schema is None else schema.names
+
+
+def input_schema(listing: tuple, *, columns: ColumnMap | None = None) -> pa.Schema | None:
+    """Return the Arrow schema of the input's first readable batch, read here on the driver.
 
     What ``Dataset.schema()`` would say (the schema of the first block), without running a
     Ray Data execution for it: that costs a few seconds of every job's start-up (a read
@@ -406,7 +412,7 @@ def input_columns(listing: tuple, *, columns: ColumnMap | None = None) -> list[s
         except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
             raise ValueError(f"input file {name} could not be read as a prompt table: {error}") from error
         if first is not None:
-            return first.schema.names
+            return first.schema
     return None
 
 

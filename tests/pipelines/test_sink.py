@@ -75,3 +75,31 @@ def test_a_shard_keeps_every_pass_through_type_and_its_samples_leave_out_timings
     assert len(samples) == 2
     assert "generate_s" not in samples[0] and samples[0]["rec"] == {"k": 1}
     assert parquet.column("generate_s").to_pylist() == [0.5, 1.5]  # timings stay in the Parquet
+
+
+def test_pack_and_unpack_keep_every_type_and_value() -> None:
+    from pipelines.passthrough import PACKED_COLUMN, pack, unpack
+
+    base = pa.table({"id": ["a", "b"], "prompt": ["p", "q"], "status": ["ok", "ok"], "note": ["x", None]})
+    table = base
+    for name in PASS_THROUGH.column_names:
+        table = table.append_column(name, PASS_THROUGH.column(name))
+    packed = pack(table)
+    assert set(packed.column_names) == {"id", "prompt", "status", "note", PACKED_COLUMN}  # text stays as is
+    # rows travel apart (another block order) and come back as the read types and values
+    again = unpack(pa.concat_tables([packed.slice(1, 1), packed.slice(0, 1)]))
+    for name in PASS_THROUGH.column_names:
+        assert again.schema.field(name).type == PASS_THROUGH.schema.field(name).type, name
+        assert str(again.column(name).to_pylist()) == str(PASS_THROUGH.column(name).to_pylist()[::-1]), name  # NaN
+
+
+def test_packed_columns_of_conflicting_types_become_json_text() -> None:
+    from pipelines.passthrough import pack, unpack
+
+    first = pack(pa.table({"id": ["a"], "rank": pa.array([3], pa.int64())}))
+    second = pack(pa.table({"id": ["b"], "rank": pa.array([[1, 2]], pa.list_(pa.int64()))}))
+    joined = unpack(pa.concat_tables([first, second]))
+    assert joined.column("rank").to_pylist() == ["3", "[1, 2]"]
+    nulls_then_int = unpack(pa.concat_tables([pack(pa.table({"id": ["a"], "n": pa.array([None], pa.int64())})),
+                                              pack(pa.table({"id": ["b"], "n": pa.array([2**62], pa.int64())}))]))
+    assert nulls_then_int.column("n").type == pa.int64() and nulls_then_int.column("n").to_pylist() == [None, 2**62]
