@@ -114,11 +114,23 @@ def finish_run(
     layout.write_json(layout.run_record(summary.run_id), record)
     layout.write_json(layout.run_record(), record)
     layout.remove_tmp()
+    _write_card(layout, spec)
     if spec.output.report:
         _write_report(layout)
     if not summary.balanced:
         logger.error("pixelmill: the run does not balance: %s", summary.equation)
     return summary
+
+
+def _write_card(layout: OutputLayout, spec: JobSpec) -> None:
+    """Write the dataset card (``pipelines.card``); a card that fails is logged, never a failed run."""
+    from pipelines.card import write_card
+
+    try:
+        images = sum(int(stats.get("successes", 0)) for stats in layout.all_stats())
+        write_card(layout, image_format=spec.output.image_format, images=images)
+    except Exception as error:  # noqa: BLE001
+        logger.warning("pixelmill: could not write README.md: %s: %s", type(error).__name__, error)
 
 
 def _write_report(layout: OutputLayout) -> None:

@@ -139,7 +139,8 @@ def passthrough_types(input_schema: pa.Schema | None) -> dict[str, pa.DataType]:
     """
     if input_schema is None:
         return {}
-    own = schema.RESERVED_COLUMNS | set(schema.SOURCE_COLUMNS)
+    # pixelmill's own columns and the settings a stage writes back as resolved (style_strength, ...)
+    own = schema.RESERVED_COLUMNS | set(schema.SOURCE_COLUMNS) | {c for stage in schema.STAGES for c in stage.echoes}
     return {
         field.name: pa.string() if pa.types.is_null(field.type) else field.type
         for field in input_schema
@@ -147,14 +148,25 @@ def passthrough_types(input_schema: pa.Schema | None) -> dict[str, pa.DataType]:
     }
 
 
+def _widens(have: pa.DataType, wanted: pa.DataType) -> bool:
+    """Whether casting ``have`` to ``wanted`` only fills in a type, never reinterprets a value:
+    from an all-null column, or within integers, floats or decimals (a safe cast then checks
+    that every value fits). Text is never parsed into numbers ("007" stays "007")."""
+    if pa.types.is_null(have):
+        return True
+    return any(test(have) and test(wanted) for test in (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal))
+
+
 def _with_column_types(table: pa.Table, column_types: dict[str, pa.DataType]) -> pa.Table:
-    """Cast the pass-through columns to their declared types where the values fit (a safe cast).
+    """Cast the pass-through columns to their declared types where that only widens (``_widens``).
 
     A column whose values do not fit (another file brought another type) keeps its own type
     in this shard: never a failed shard, never a changed value.
     """
     for name, wanted in column_types.items():
         if name not in table.column_names or table.schema.field(name).type == wanted:
+            continue
+        if not _widens(table.schema.field(name).type, wanted):
             continue
         try:
             column = table.column(name).cast(wanted, safe=True)

@@ -5,7 +5,7 @@
 # Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x .venv/bin/python ] && .venv/bin/python -c "import pipelines, moto, torch, importlinter, mypy" 2>/dev/null || bash scripts/setup.sh
+[ -x .venv/bin/python ] && .venv/bin/python -c "import pipelines, moto, torch, importlinter, mypy, hypothesis, datasets" 2>/dev/null || bash scripts/setup.sh
 . .venv/bin/activate
 fast=()
 if [ "${1:-}" = "--fast" ]; then

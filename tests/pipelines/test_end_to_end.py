@@ -133,7 +133,7 @@ def test_output_modes(ray_session, write_prompts, tmp_path: Path, model_cache: s
     out_dir = tmp_path / "out"
     spec = _spec(str(path), str(out_dir), model_cache, **{"output.samples_per_shard": 2})
     first = run_job(spec)
-    records = ("_run.json", "_runs", "report.html")  # rewritten by every run
+    records = ("_run.json", "_runs", "report.html", "README.md")  # rewritten by every run
     before = {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name not in records}
     again = run_job(spec)  # resume of a finished job: nothing to do
     assert (again.rows, again.skipped, again.shards) == (0, 3, [])
