@@ -67,6 +67,7 @@ class ShardContent:
         shard: the shard number.
         table: every row of the shard with its ``key`` and ``shard`` columns.
         metadata: ``table`` without the image bytes.
+        errors: the shard's error records (``metadata`` rows with status error).
         image_format: the tar members' image extension.
         stats: the shard's stats, filled in just before the stats file is written.
     """
@@ -75,6 +76,7 @@ class ShardContent:
         self.shard = shard
         self.table = table
         self.metadata = table.drop_columns(list(schema.TAR_ONLY_COLUMNS))
+        self.errors = self.metadata.filter(pc.equal(self.metadata.column(schema.STATUS), schema.Status.ERROR.value))
         self.image_format = image_format
         self.stats: dict[str, Any] = {}
 
@@ -105,12 +107,8 @@ def _write_parquet(f: Any, content: ShardContent) -> None:
     pq.write_table(content.metadata, f)
 
 
-def _error_records(content: ShardContent) -> pa.Table:
-    return content.metadata.filter(pc.equal(content.metadata.column(schema.STATUS), schema.Status.ERROR.value))
-
-
 def _write_errors(f: Any, content: ShardContent) -> None:
-    pq.write_table(_error_records(content), f)
+    pq.write_table(content.errors, f)
 
 
 def _write_stats(f: Any, content: ShardContent) -> None:
@@ -123,7 +121,7 @@ _ALWAYS: Callable[[ShardContent], bool] = lambda content: True  # noqa: E731
 SHARD_WRITERS: dict[str, Writer] = {
     "tar": (_write_tar, _ALWAYS),
     "parquet": (_write_parquet, _ALWAYS),
-    "errors": (_write_errors, lambda content: _error_records(content).num_rows > 0),
+    "errors": (_write_errors, lambda content: content.errors.num_rows > 0),
     "stats": (_write_stats, _ALWAYS),
 }
 assert list(SHARD_WRITERS) == [shard_file.kind for shard_file in SHARD_FILES], "a writer per shard file, in order"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +12,7 @@ import models.images
 from actors.generate import IMAGE_COLUMN
 from actors.style import StyleStage
 from pipelines.spec import StageSpec, StyleSpec
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _stripes(width: int = 96, height: int = 96) -> np.ndarray:
-    pixels = np.zeros((height, width, 3), np.uint8)
-    pixels[:, ::8] = (250, 200, 20)
-    pixels[::8, :] = (20, 40, 220)
-    return pixels
+from tests.actors.test_style import _png, _stripes
 
 
 def _content(seed: int) -> np.ndarray:
