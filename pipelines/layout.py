@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import fsspec
+import pyarrow as pa
 
 from pipelines.storage import filesystem, is_local, join, write_once
 
@@ -195,6 +196,13 @@ class OutputLayout:
     def read_json(self, path: str) -> dict[str, Any]:
         """Return the JSON object stored at a full ``path`` under the root."""
         return json.loads(self.fs.cat_file(path))
+
+    def shard_schema(self, shard: int) -> pa.Schema:
+        """Return the Arrow schema of a committed shard's Parquet (read from its footer)."""
+        import pyarrow.parquet as pq
+
+        with self.fs.open(self.shard_file("parquet", shard), "rb") as handle:
+            return pq.read_schema(handle)
 
     def read_stats(self, shard: int) -> dict[str, Any]:
         """Return a committed shard's stats (``count``, ``successes``, ``failures``, ``filtered``, ...)."""

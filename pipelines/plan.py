@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+import pyarrow as pa
 import ray.data
 
 from actors.encode import EncodeStage
@@ -17,7 +18,7 @@ from pipelines.schema import INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, SOURCE_COLUMNS
 from pipelines.sources import input_columns, list_input_files, read_prompts
 from pipelines.spec import ColumnMap, JobSpec, StageSpec
 
-__all__ = ["build_dataset", "pool_options", "prepared_rows", "process_rows"]
+__all__ = ["build_dataset", "pool_options", "prepared_rows", "process_rows", "style_columns"]
 
 
 def pool_options(stage: StageSpec) -> dict[str, Any]:
@@ -35,18 +36,25 @@ def pool_options(stage: StageSpec) -> dict[str, Any]:
     }
 
 
-def prepared_rows(spec: JobSpec, *, listing: tuple | None = None) -> ray.data.Dataset:
+def style_columns(spec: JobSpec) -> tuple[str, ...]:
+    """Return the input columns a style stage reads: settings, read as text like the canonical ones."""
+    style = spec.style
+    names = (style.column, style.strength_column, style.preserve_color_column) if style else ()
+    return tuple(name for name in names if name)
+
+
+def prepared_rows(
+    spec: JobSpec, *, listing: tuple | None = None, declared: pa.Schema | None = None
+) -> ray.data.Dataset:
     """Return the job's input as canonical rows (``pipelines.rows``), lazily.
 
     Args:
         listing: the input files as listed by ``list_input_files``, if already known.
+        declared: the run's pass-through schema (``pipelines.column_types``), if decided.
     """
     listing = listing or list_input_files(spec.input, spec.storage_options)
-    style = spec.style
-    style_columns = (style.column, style.strength_column, style.preserve_color_column) if style else ()
-    # A style stage's own column names are settings too: read them as text, like the canonical ones
-    ds = read_prompts(spec.input, spec.storage_options, listing=listing,
-                      text_columns=tuple(c for c in style_columns if c))
+    ds = read_prompts(spec.input, spec.storage_options, listing=listing, text_columns=style_columns(spec),
+                      declared=declared)
     if spec.limit is not None:
         ds = ds.limit(spec.limit)
     names = input_columns(listing)
@@ -96,9 +104,7 @@ def process_rows(
         ds = ds.join(done_ids, join_type="left_anti", num_partitions=partitions, on=("id",))
     # Non-text pass-through columns ride around the numpy-based stages as Arrow bytes
     # (pipelines.passthrough); the sink unpacks them, types and values as read.
-    style = spec.style
-    keep = [c for c in ((style.column, style.strength_column, style.preserve_color_column) if style else ()) if c]
-    ds = ds.map_batches(cast(Any, pack), batch_format="pyarrow", fn_kwargs={"keep": keep})
+    ds = ds.map_batches(cast(Any, pack), batch_format="pyarrow", fn_kwargs={"keep": list(style_columns(spec))})
     for stage_class, kwargs, resources in _placed_stages(spec):
         ds = ds.map_batches(stage_class, fn_constructor_kwargs=kwargs, **pool_options(resources))
     if spec.placement.encode_images == "task":
@@ -166,7 +172,8 @@ def _placed_stages(spec: JobSpec) -> list[tuple[Callable[..., Any], dict[str, An
 
 
 def build_dataset(
-    spec: JobSpec, *, listing: tuple | None = None, done_ids: ray.data.Dataset | None = None
+    spec: JobSpec, *, listing: tuple | None = None, done_ids: ray.data.Dataset | None = None,
+    declared: pa.Schema | None = None,
 ) -> ray.data.Dataset:
     """Return the whole lazy plan of a job: its input rows through every stage, in shard blocks."""
-    return process_rows(spec, prepared_rows(spec, listing=listing), done_ids=done_ids)
+    return process_rows(spec, prepared_rows(spec, listing=listing, declared=declared), done_ids=done_ids)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pipelines.accounting import RunSummary
 from pipelines.layout import OutputLayout
 from pipelines.resume import OutputPlan, clean_output, done_after, done_ids
-from pipelines.runner import check_output_reachable, execute, finish_run, preflight, start_run
+from pipelines.runner import check_output_reachable, committed_schema, execute, finish_run, preflight, start_run
 from pipelines.spec import JobSpec
 
 __all__ = ["retry_errors"]
@@ -47,7 +47,8 @@ def retry_errors(spec: JobSpec) -> RunSummary:
         manifest = {"run_id": run_id, "first_shard": offset, "error_files": files}
         layout.write_json(layout.retry_manifest, manifest)
         plan = OutputPlan(shard_offset=offset, done_parquet=[], skipped=0)
-    sink = ShardDatasink(spec.output, run_id=run_id, shard_offset=offset, storage_options=spec.storage_options)
+    sink = ShardDatasink(spec.output, run_id=run_id, shard_offset=offset, storage_options=spec.storage_options,
+                         declared=committed_schema(layout))
     input_rows = 0
     if files:
         errors = ray.data.read_parquet(files, filesystem=PyFileSystem(FSSpecHandler(layout.fs)))

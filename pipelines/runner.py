@@ -29,6 +29,7 @@ from pipelines.storage import redact, storage_env_vars
 from pipelines.watchdog import RunStalled, Watchdog
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import ray.data
 
 __all__ = ["MODES", "PreflightError", "RunStalled", "RunSummary", "run_job"]
@@ -158,27 +159,52 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
         Exception: whatever else stopped the job (model, Ray).
     """
     from pipelines.plan import build_dataset, prepared_rows
-    from pipelines.sink import ShardDatasink, passthrough_types
-    from pipelines.sources import input_schema, list_input_files
+    from pipelines.sink import ShardDatasink
+    from pipelines.sources import list_input_files
 
-    # Fail on a missing input or an unreachable output before paying for Ray's start-up.
+    # Fail on a missing input, an unreachable output or an input that does not fit the
+    # output's schema before paying for Ray's start-up.
+    layout = OutputLayout(spec.output.uri, spec.storage_options)
     with preflight():
         listing = list_input_files(spec.input, spec.storage_options)
         check_output_reachable(spec)
-    layout = OutputLayout(spec.output.uri, spec.storage_options)
+        declared = run_schema(spec, layout, listing, mode)
     started, clock_start, run_id = start_run(spec)
     with preflight():
         plan = prepare_output(layout, mode)
-        dataset = build_dataset(spec, listing=listing, done_ids=done_ids(layout, plan.done_parquet))
-        column_types = passthrough_types(input_schema(listing, columns=spec.input.columns))
+        dataset = build_dataset(spec, listing=listing, done_ids=done_ids(layout, plan.done_parquet), declared=declared)
     sink = ShardDatasink(
         spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
-        column_types=column_types,
+        declared=declared,
     )
     execute(spec, layout, dataset, sink)
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,
                          input_rows=prepared_rows(spec, listing=listing).count())
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+
+
+def committed_schema(layout: OutputLayout) -> pa.Schema | None:
+    """Return the pass-through schema of the output's committed shards (its latest one's), or None."""
+    from pipelines import column_types
+
+    committed = layout.committed_shards()
+    if not committed:
+        return None
+    return column_types.decide([layout.shard_schema(committed[-1])], ())
+
+
+def run_schema(spec: JobSpec, layout: OutputLayout, listing: tuple, mode: Mode) -> pa.Schema:
+    """Return the pass-through schema this run writes with (``pipelines.column_types``, rules 1-3).
+
+    Raises:
+        ValueError: the input has a column the output's committed shards lack.
+    """
+    from pipelines import column_types
+    from pipelines.plan import style_columns
+    from pipelines.sources import passthrough_schema
+
+    scanned = passthrough_schema(listing, columns=spec.input.columns, extra_text=style_columns(spec))
+    return column_types.for_run(scanned, None if mode == "overwrite" else committed_schema(layout))
 
 
 def root_cause(error: BaseException) -> BaseException:

@@ -30,6 +30,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
 from pipelines import schema
+from pipelines.column_types import restore
 from pipelines.faults import inject
 from pipelines.layout import SHARD_FILES, OutputLayout, shard_name
 from pipelines.passthrough import unpack
@@ -37,7 +38,7 @@ from pipelines.schema import json_value
 from pipelines.spec import OutputSpec
 from pipelines.storage import write_once
 
-__all__ = ["SHARD_WRITERS", "ShardDatasink", "json_value", "passthrough_types"]
+__all__ = ["SHARD_WRITERS", "ShardDatasink", "json_value"]
 
 # A fixed tar member time keeps reruns byte-identical.  An int: tarfile writes a PAX
 # extended header (an extra 1 KiB block) for every member whose mtime is a float.
@@ -127,53 +128,6 @@ SHARD_WRITERS: dict[str, Writer] = {
 assert list(SHARD_WRITERS) == [shard_file.kind for shard_file in SHARD_FILES], "a writer per shard file, in order"
 
 
-def passthrough_types(input_schema: pa.Schema | None) -> dict[str, pa.DataType]:
-    """Return the Arrow type each pass-through column is written with: its type in the input's
-    first batch (``pipelines.sources.input_schema``), and text for a column that is all null there.
-
-    The model stages hand rows on as numpy arrays, from which Arrow infers types again (a
-    ``decimal128(10, 2)`` came back as ``decimal128(4, 2)``, an all-null column as ``null``); the
-    sink casts each shard's pass-through columns back to these types, so shards agree.
-    """
-    if input_schema is None:
-        return {}
-    # pixelmill's own columns and the settings a stage writes back as resolved (style_strength, ...)
-    own = schema.RESERVED_COLUMNS | set(schema.SOURCE_COLUMNS) | {c for stage in schema.STAGES for c in stage.echoes}
-    return {
-        field.name: pa.string() if pa.types.is_null(field.type) else field.type
-        for field in input_schema
-        if field.name not in own and not schema.is_internal(field.name)
-    }
-
-
-def _widens(have: pa.DataType, wanted: pa.DataType) -> bool:
-    """Whether casting ``have`` to ``wanted`` only fills in a type, never reinterprets a value:
-    from an all-null column, or within integers, floats or decimals (a safe cast then checks
-    that every value fits). Text is never parsed into numbers ("007" stays "007")."""
-    if pa.types.is_null(have):
-        return True
-    return any(test(have) and test(wanted) for test in (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal))
-
-
-def _with_column_types(table: pa.Table, column_types: dict[str, pa.DataType]) -> pa.Table:
-    """Cast the pass-through columns to their declared types where that only widens (``_widens``).
-
-    A column whose values do not fit (another file brought another type) keeps its own type
-    in this shard: never a failed shard, never a changed value.
-    """
-    for name, wanted in column_types.items():
-        if name not in table.column_names or table.schema.field(name).type == wanted:
-            continue
-        if not _widens(table.schema.field(name).type, wanted):
-            continue
-        try:
-            column = table.column(name).cast(wanted, safe=True)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
-            continue
-        table = table.set_column(table.column_names.index(name), pa.field(name, wanted), column)
-    return table
-
-
 class ShardDatasink(Datasink[dict]):
     """Write each write task's rows as one committed shard.
 
@@ -182,18 +136,19 @@ class ShardDatasink(Datasink[dict]):
         run_id: names this run's temporary folder.
         shard_offset: number of the first shard this run writes.
         storage_options: fsspec options for the output URI.
-        column_types: the Arrow type of each pass-through column (``passthrough_types``).
+        declared: the run's pass-through schema (``pipelines.column_types``); every shard is
+            written with it.
     """
 
     def __init__(
         self, output: OutputSpec, *, run_id: str, shard_offset: int = 0,
-        storage_options: dict[str, Any] | None = None, column_types: dict[str, pa.DataType] | None = None,
+        storage_options: dict[str, Any] | None = None, declared: pa.Schema | None = None,
     ) -> None:
         self.output = output
         self.run_id = run_id
         self.shard_offset = shard_offset
         self.storage_options = storage_options or {}
-        self.column_types = column_types or {}
+        self.declared = declared if declared is not None else pa.schema([])
         self.shard_stats: list[dict[str, Any]] = []
 
     @property
@@ -215,7 +170,7 @@ class ShardDatasink(Datasink[dict]):
         content = ShardContent(
             shard,
             self._with_keys(
-                _with_column_types(unpack(pa.concat_tables(tables, promote_options="permissive")), self.column_types),
+                restore(unpack(pa.concat_tables(tables, promote_options="permissive")), self.declared),
                 shard,
             ),
             self.output.image_format,

@@ -20,11 +20,12 @@ Reading rules (one value or one file's shape never sinks a job):
    any other JSON value as its JSON text (``64`` -> ``"64"``), null as null.
    The prompt must be a JSON string or null: any other value makes its row an
    error row.
-3. A JSONL pass-through field whose values in a batch do not share one JSON
-   type, or that Arrow cannot hold (an integer beyond 64 bits, a nested
-   object whose inner types differ), is stored as JSON text
-   (``json.dumps(value, ensure_ascii=False, sort_keys=True)``) for every row
-   of that batch: never a row error, never a read failure.
+3. A JSONL pass-through field whose values do not share one JSON type, or
+   that Arrow cannot hold (an integer beyond 64 bits, a nested object whose
+   inner types differ), is a JSON-text column: never a row error, never a
+   read failure.  Each pass-through column has one type for the whole output,
+   decided before any work from the whole input (:func:`passthrough_schema`,
+   ``pipelines.column_types``); every batch is put into it as it is read.
 4. Ids are text: CSV ids ``007`` and ``7`` stay ``"007"`` and ``"7"``.
 5. A UTF-8 byte-order mark at the start of a CSV or JSONL file is skipped.  A
    JSONL line that is not UTF-8, not JSON, not an object, or holds a lone
@@ -54,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
-from pipelines import schema
+from pipelines import column_types, schema
 from pipelines.schema import INPUT_ERROR_COLUMN, LINE_COLUMN, SOURCE, SOURCE_ROW
 from pipelines.spec import ColumnMap, InputSpec
 from pipelines.storage import filesystem
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMAT_READERS", "INPUT_ERROR_COLUMN", "PromptTableDatasource", "ReadRules",
-    "input_columns", "input_schema", "list_input_files", "read_prompts",
+    "input_columns", "input_schema", "list_input_files", "passthrough_schema", "read_prompts",
 ]
 
 _GLOB_CHARS = "*?["
@@ -89,16 +90,29 @@ class ReadRules:
     prompt: str = schema.PROMPT
     id: str = schema.ID
     text: frozenset[str] = frozenset(_TEXT_FIELDS)
+    declared: pa.Schema | None = None
+
+    @property
+    def consumed(self) -> frozenset[str]:
+        """The input columns the job reads as its own (never pass-through)."""
+        return self.text | {self.prompt, self.id}
 
     @classmethod
-    def of(cls, columns: ColumnMap, extra_text: tuple[str, ...] = ()) -> ReadRules:
-        """Return the rules for a job's ``input.columns`` (plus other columns to read as text)."""
+    def of(
+        cls, columns: ColumnMap, extra_text: tuple[str, ...] = (), declared: pa.Schema | None = None
+    ) -> ReadRules:
+        """Return the rules for a job's ``input.columns`` (plus other columns to read as text).
+
+        Args:
+            declared: the pass-through schema every batch is put into (``pipelines.column_types``).
+        """
         mapped = columns.overrides()
         return cls(
             prompt=columns.prompt,
             id=columns.id or schema.ID,
             text=frozenset({*_TEXT_FIELDS, *(v for k, v in mapped.items() if k != schema.PROMPT), *extra_text})
             - {columns.prompt},
+            declared=declared,
         )
 
 
@@ -191,30 +205,42 @@ def _json_text(value: Any) -> str | None:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-def _passthrough_array(values: list[Any]) -> pa.Array:
+def _passthrough_field(name: str, values: list[Any]) -> tuple[pa.Field, pa.Array]:
     """Arrow's own type for values that share one JSON type, else each value's JSON text (rule 3)."""
     if len({_json_kind(v) for v in values if v is not None}) <= 1:
         try:
-            return pa.array(values)
+            array = pa.array(values)
+            return pa.field(name, array.type), array
         except (pa.ArrowException, OverflowError, TypeError, ValueError):
             pass
-    return pa.array(
-        [None if v is None else json.dumps(v, ensure_ascii=False, sort_keys=True) for v in values], pa.string()
-    )
+    texts = [None if v is None else json.dumps(v, ensure_ascii=False, sort_keys=True) for v in values]
+    return column_types.json_text_field(name), pa.array(texts, pa.string())
 
 
 def _rows_to_batch(rows: list[dict[str, Any]], rules: ReadRules) -> pa.RecordBatch:
-    """Build one batch: canonical fields as text, pass-through fields by :func:`_passthrough_array`."""
+    """Build one batch: canonical fields as text, pass-through fields in their declared types
+    (``rules.declared``), or else by :func:`_passthrough_field`."""
     columns = list(dict.fromkeys(key for row in rows for key in row if key not in (LINE_COLUMN, INPUT_ERROR_COLUMN)))
-    arrays: dict[str, pa.Array] = {}
+    declared = rules.declared if rules.declared is not None else pa.schema([])
+    errors = [[row[INPUT_ERROR_COLUMN]] if row.get(INPUT_ERROR_COLUMN) else [] for row in rows]
+    fields, arrays = [], []
     for column in columns:
         values = [row.get(column) for row in rows]
         if column in rules.text:
-            arrays[column] = pa.array([_json_text(v) for v in values], pa.string())
+            field, array = pa.field(column, pa.string()), pa.array([_json_text(v) for v in values], pa.string())
+        elif column in declared.names:
+            field = declared.field(column)
+            array, reasons = column_types.to_column(values, field)
+            for row_errors, reason in zip(errors, reasons):
+                if reason:
+                    row_errors.append(reason)
         else:
-            arrays[column] = _passthrough_array(values)
-    arrays[INPUT_ERROR_COLUMN] = pa.array([row.get(INPUT_ERROR_COLUMN) for row in rows], pa.string())
-    return pa.RecordBatch.from_pydict(arrays)
+            field, array = _passthrough_field(column, values)
+        fields.append(field)
+        arrays.append(array)
+    fields.append(pa.field(INPUT_ERROR_COLUMN, pa.string()))
+    arrays.append(pa.array(["; ".join(e) if e else None for e in errors], pa.string()))
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
 
 
 def _json_kind(value: Any) -> str:
@@ -370,6 +396,8 @@ class PromptTableDatasource(FileBasedDatasource):
         try:
             for batch in self._reader(f, self._rules):
                 table = pa.Table.from_batches([batch])
+                if self._rules.declared is not None:
+                    table = column_types.conform(table, self._rules.declared)
                 if {SOURCE, SOURCE_ROW} & set(table.column_names):
                     raise ValueError(
                         f"input file {name} has a 'source' or 'source_row' column, which pixelmill "
@@ -416,9 +444,52 @@ def input_schema(listing: tuple, *, columns: ColumnMap | None = None) -> pa.Sche
     return None
 
 
+def _file_schemas(fs: Any, path: str, fmt: str, rules: ReadRules) -> Iterator[pa.Schema]:
+    """The schemas a file's rows come in: a Parquet footer, a CSV's first batch, every JSONL batch."""
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as handle:
+        f = pa.PythonFile(handle, mode="r")
+        if fmt == "parquet":
+            if f.size():
+                yield pq.read_schema(f)
+            return
+        batches = FORMAT_READERS[fmt][1](f, rules)
+        if fmt == "csv":  # every CSV column is text: the first batch says it all
+            first = next(batches, None)
+            batches = iter([] if first is None else [first])
+        for batch in batches:
+            yield batch.schema
+
+
+def passthrough_schema(
+    listing: tuple, *, columns: ColumnMap | None = None, extra_text: tuple[str, ...] = ()
+) -> pa.Schema:
+    """Return the one schema of the input's pass-through columns (``pipelines.column_types``, rules 1-2).
+
+    Read here on the driver before any work: Parquet footers, each CSV's header, and every
+    JSONL file whole (JSON declares no types).
+
+    Raises:
+        ValueError: a file cannot be read as a prompt table (names it).
+    """
+    fs, files, root, fmt = listing
+    rules = ReadRules.of(columns, extra_text) if columns is not None else ReadRules()
+
+    def schemas() -> Iterator[pa.Schema]:
+        for path in files:
+            try:
+                yield from _file_schemas(fs, path, fmt, rules)
+            except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as error:
+                name = posixpath.relpath(path, root) if root else path
+                raise ValueError(f"input file {name} could not be read as a prompt table: {error}") from error
+
+    return column_types.decide(schemas(), rules.consumed)
+
+
 def read_prompts(
     spec: InputSpec, storage_options: dict[str, Any] | None = None, *, listing: tuple | None = None,
-    text_columns: tuple[str, ...] = (),
+    text_columns: tuple[str, ...] = (), declared: pa.Schema | None = None,
 ) -> ray.data.Dataset:
     """Return a Ray dataset of the prompt rows, with ``source`` and ``source_row`` columns.
 
@@ -426,6 +497,8 @@ def read_prompts(
         listing: the result of :func:`list_input_files` when the caller already has it.
         text_columns: more input columns to read as text from JSONL (say, a style
             stage's own column names); ``spec.columns`` and the canonical names always are.
+        declared: the pass-through schema of the run (:func:`passthrough_schema`, or the
+            committed shards'); every batch is put into it (``pipelines.column_types.conform``).
     """
     import ray.data
     from pyarrow.fs import FSSpecHandler, PyFileSystem
@@ -434,6 +507,6 @@ def read_prompts(
     names = {p: posixpath.relpath(p, root) if root else p for p in files}
     datasource = PromptTableDatasource(
         files, format=fmt, source_names=names, filesystem=PyFileSystem(FSSpecHandler(fs)),
-        rules=ReadRules.of(spec.columns, text_columns),
+        rules=ReadRules.of(spec.columns, text_columns, declared),
     )
     return ray.data.read_datasource(datasource)

@@ -106,14 +106,14 @@ def test_packed_columns_of_conflicting_types_become_json_text() -> None:
 
 
 def test_declared_types_fill_in_nulls_and_never_reinterpret_text() -> None:
-    from pipelines.sink import _with_column_types, passthrough_types
+    from pipelines.column_types import decide, restore
 
-    declared = passthrough_types(pa.schema([("note", pa.null()), ("code", pa.int64()), ("dec", pa.decimal128(10, 2)),
-                                            ("style_strength", pa.string()), ("seed", pa.string())]))
-    assert declared == {"note": pa.string(), "code": pa.int64(), "dec": pa.decimal128(10, 2)}
+    declared = decide([pa.schema([("note", pa.null()), ("code", pa.int64()), ("dec", pa.decimal128(10, 2)),
+                                  ("style_strength", pa.string()), ("seed", pa.string())])], ())
+    assert declared == pa.schema([("note", pa.string()), ("code", pa.int64()), ("dec", pa.decimal128(10, 2))])
     shard = pa.table({"note": pa.nulls(2), "code": pa.array(["007", "7"]),
                       "dec": pa.array([Decimal("1.5"), None], pa.decimal128(4, 1))})
-    out = _with_column_types(shard, declared)
+    out = restore(shard, declared)
     assert out.schema.field("note").type == pa.string() and out.column("note").to_pylist() == [None, None]
     assert out.column("code").to_pylist() == ["007", "7"]  # text stays text
     assert out.schema.field("dec").type == pa.decimal128(10, 2) and out.column("dec").to_pylist()[0] == Decimal("1.5")
