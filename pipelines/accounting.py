@@ -49,6 +49,10 @@ class RunSummary:
     started: str = ""
     finished: str = ""
     spec: dict[str, Any] = field(default_factory=dict)
+    # what the run was made from (``pipelines.fingerprint``): the settings that change its
+    # images, and its input files with sizes and versions
+    settings: dict[str, Any] = field(default_factory=dict)
+    input: dict[str, Any] = field(default_factory=dict)
 
     def add_shards(self, shard_stats: list[dict[str, Any]]) -> None:
         """Add the counts of the shards this run committed (their stats, any order)."""

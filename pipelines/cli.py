@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
         help="resume: finish what the output lacks (default); overwrite: clear it first; "
         "append: add a new batch after the existing shards",
     )
+    run.add_argument(
+        "--allow-spec-change", action="store_true",
+        help="resume even though the settings that change images differ from the output's latest run "
+        "(the output then mixes both; each run's record keeps its own settings)",
+    )
     _add_min_success_rate(run)
     retry = commands.add_parser("retry-errors", help="process the rows of an output's errors table again")
     retry.add_argument("output_uri", metavar="OUT", help="the output of an earlier run")
@@ -233,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        summary = retry_errors(spec) if args.command == "retry-errors" else run_job(spec, mode=args.mode)
+        if args.command == "retry-errors":
+            summary = retry_errors(spec)
+        else:
+            summary = run_job(spec, mode=args.mode, allow_spec_change=args.allow_spec_change)
     except PreflightError as error:
         print(f"pixelmill: {error}", file=sys.stderr)
         return EXIT_NOTHING_DONE

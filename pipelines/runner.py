@@ -144,7 +144,7 @@ def _write_report(layout: OutputLayout) -> None:
         logger.warning("pixelmill: could not write report.html: %s: %s", type(error).__name__, error)
 
 
-def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
+def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = False) -> RunSummary:
     """Run a job to completion and return its summary.
 
     Args:
@@ -152,9 +152,12 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
         mode: ``resume`` finishes what the output lacks (rows in committed
             shards are skipped), ``overwrite`` clears the output first,
             ``append`` adds a new batch after the existing shards.
+        allow_spec_change: resume even when the settings differ from the output's latest
+            run's (``pipelines.fingerprint``).
 
     Raises:
-        PreflightError: the input is missing or the output unreachable (before any work).
+        PreflightError: the input is missing, the output unreachable, or a resume would mix
+            two specs or renumber rows (before any work).
         RunStalled: the watchdog saw no shard commit for ``ray.stall_timeout_s``.
         Exception: whatever else stopped the job (model, Ray).
     """
@@ -169,6 +172,7 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
         listing = list_input_files(spec.input, spec.storage_options)
         check_output_reachable(spec)
         declared = run_schema(spec, layout, listing, mode)
+        settings, input_record = made_from(spec, layout, listing, mode, allow_spec_change=allow_spec_change)
     started, clock_start, run_id = start_run(spec)
     with preflight():
         plan = prepare_output(layout, mode)
@@ -179,8 +183,30 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
     )
     execute(spec, layout, dataset, sink)
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,
-                         input_rows=prepared_rows(spec, listing=listing).count())
+                         input_rows=prepared_rows(spec, listing=listing).count(),
+                         settings=settings, input=input_record)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+
+
+def made_from(
+    spec: JobSpec, layout: OutputLayout, listing: tuple, mode: Mode, *, allow_spec_change: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return this run's settings and input records (``pipelines.fingerprint``); check a resume with them.
+
+    Raises:
+        ResumeRefused: a resume would mix two specs or renumber positional rows.
+    """
+    from pipelines import fingerprint, schema
+    from pipelines.sources import input_columns
+
+    id_column = spec.input.columns.id or schema.ID
+    positional = id_column not in (input_columns(listing, columns=spec.input.columns) or [])
+    settings = fingerprint.settings_of(spec)
+    input_record = fingerprint.input_of(listing, positional_ids=positional)
+    if mode == "resume" and layout.committed_shards():
+        fingerprint.check_resume(layout, input_uri=spec.input.uri, settings=settings, input_record=input_record,
+                                 allow_spec_change=allow_spec_change)
+    return settings, input_record
 
 
 def committed_schema(layout: OutputLayout) -> pa.Schema | None:
