@@ -29,17 +29,24 @@ def stage_device(stage: StageSpec) -> str:
 
 
 def local_model_folder(uri: str, *, cache_dir: str, storage_options: dict[str, Any] | None) -> str:
-    """Return a local model folder for ``uri``: built in (``builtin:NAME``), used in place, or synced once per node.
+    """Return a local model folder for ``uri``: built in (``builtin:NAME``), used in place, or fetched once per node.
 
     Args:
-        uri: ``builtin:NAME``, a local path, ``file://`` URI or any fsspec URL.
+        uri: ``builtin:NAME``, a Hub id (``org/name``, ``hf://org/name[@revision]``, ``pipelines.hub``),
+            a local path, ``file://`` URI or any fsspec URL.
         cache_dir: node-local folder for built-in models and remote copies.
         storage_options: fsspec options for remote URLs (credentials, endpoint, ...).
     """
     from models.store import is_builtin, resolve_model_path
+    from pipelines.hub import hub_folder, hub_model
     from pipelines.storage import sync_folder
 
-    local = uri if is_builtin(uri) else sync_folder(uri, cache_dir=cache_dir, storage_options=storage_options)
+    if is_builtin(uri):
+        local = uri
+    elif (hub := hub_model(uri)) is not None:
+        local = hub_folder(hub, uri, cache_dir=cache_dir)
+    else:
+        local = sync_folder(uri, cache_dir=cache_dir, storage_options=storage_options)
     return resolve_model_path(local, cache_dir=cache_dir)
 
 

@@ -218,6 +218,17 @@ ZOO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zoo")
 SHIPPED_MODELS = ("shapes-sd", "shapes-clip", "shapes-gan")
 
 
+def check_builtin_name(name: str) -> None:
+    """Return None when ``name`` is a built-in model (shipped in ``models/zoo`` or built in code).
+
+    Raises:
+        ValueError: it is not; the message lists the known names.
+    """
+    if name not in BUILTIN_MODELS and name not in SHIPPED_MODELS:
+        known = ", ".join(sorted([*BUILTIN_MODELS, *SHIPPED_MODELS]))
+        raise ValueError(f"unknown built-in model {name!r}; known: {known}")
+
+
 def ensure_builtin_model(name: str, *, cache_dir: str) -> str:
     """Return the folder of a built-in model: a shipped one in place, a code-built one under ``cache_dir``.
 
@@ -238,9 +249,7 @@ def ensure_builtin_model(name: str, *, cache_dir: str) -> str:
         if not is_complete(folder):
             raise FileNotFoundError(f"built-in model {name!r} is missing from this installation ({folder})")
         return folder
-    if name not in BUILTIN_MODELS:
-        known = ", ".join(sorted([*BUILTIN_MODELS, *SHIPPED_MODELS]))
-        raise ValueError(f"unknown built-in model {name!r}; known: {known}")
+    check_builtin_name(name)
 
     def fill(folder: str) -> None:
         BUILTIN_MODELS[name]().save_pretrained(folder, safe_serialization=True)

@@ -5,7 +5,7 @@ Exit codes (for schedulers):
     0  the run finished, balanced, at or above ``--min-success-rate``;
     1  the run finished but fell below ``--min-success-rate`` or did not
        balance (everything it could do is written), or it failed mid-run;
-    2  nothing was done: bad spec, missing input, unreachable output;
+    2  nothing was done: bad spec, missing input or model, unreachable storage, missing output bucket;
     3  the watchdog stopped a run that made no progress (rerun to resume).
 ``submit --wait`` exits with the cluster run's code; the job commands exit 2
 when the job server cannot be reached or refuses the request (token).
@@ -88,7 +88,7 @@ def _add_job_commands(commands: Any) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelmill", description="Turn prompt tables into image datasets on Ray.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("validate", "check a job spec and exit"), ("run", "run a job spec")):
+    for name, text in (("validate", "check a job spec and its model URIs and exit"), ("run", "run a job spec")):
         command = commands.add_parser(name, help=text)
         command.add_argument("spec", help="path to the job YAML")
         command.add_argument("--output", dest="output_uri", help="override output.uri")
@@ -226,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pixelmill: {error}", file=sys.stderr)
         return EXIT_NOTHING_DONE
     if args.command == "validate":
+        from pipelines.preflight import check_models
+
+        try:
+            check_models(spec)
+        except OSError as error:
+            print(f"pixelmill: {error}", file=sys.stderr)
+            return EXIT_NOTHING_DONE
         print(f"pixelmill: {args.spec} is valid (input {spec.input.uri} -> output {spec.output.uri})")
         return EXIT_OK
     if args.command == "submit":

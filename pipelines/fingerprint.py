@@ -78,12 +78,13 @@ def model_hash(model: ModelSpec, storage_options: dict[str, Any] | None = None) 
 
     A built-in model shipped in ``models/zoo`` and a local folder hash their files' names,
     sizes and config bytes (``models.store.model_fingerprint``); a code-built built-in is
-    its name (its code is the model); a folder in object storage hashes one listing of
-    names, sizes and ETags. An unreadable location gives ``"unknown"`` (the run itself
-    says why it cannot load it).
+    its name (its code is the model); a Hub id is the commit it resolves to; a folder in
+    object storage hashes one listing of names, sizes and ETags. An unreadable location
+    gives ``"unknown"`` (the run itself says why it cannot load it).
     """
     from models.builtin import SHIPPED_MODELS, ZOO_DIR
     from models.store import BUILTIN_PREFIX, is_builtin, model_fingerprint
+    from pipelines.hub import hub_commit, hub_model
     from pipelines.storage import filesystem
 
     uri = model.uri
@@ -91,6 +92,9 @@ def model_hash(model: ModelSpec, storage_options: dict[str, Any] | None = None) 
         if is_builtin(uri):
             name = uri[len(BUILTIN_PREFIX):]
             return model_fingerprint(posixpath.join(ZOO_DIR, name)) if name in SHIPPED_MODELS else name
+        hub = hub_model(uri)
+        if hub is not None:
+            return hub_commit(hub, uri, cache_dir=model.local_cache_dir())[:16]
         fs, root = filesystem(uri, storage_options)
         if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
             return model_fingerprint(root)

@@ -25,7 +25,9 @@ What Ray and Ray Data do by default, and what pixelmill sets on top:
   shard name from the same block), so a retry cannot double rows.
 * ``DataContext.max_errored_blocks`` stays **0**: above 0 Ray Data drops whole
   blocks that raise, silently, which is exactly how rows get lost.
-* **Object storage**: transient 5xx/throttling answers are retried by the
+* **Object storage**: the first request (the preflight's probe of each bucket)
+  is sent once with a short connect timeout (:func:`with_probe_settings`), so a
+  wrong endpoint fails in seconds; after it, transient 5xx/throttling answers are retried by the
   client with backoff (:func:`with_storage_retries`, applied by
   ``pipelines.storage.filesystem`` to every access: inputs, outputs, model
   folders, tiny VAEs, AdaIN weights, style images), and Ray Data's own
@@ -47,6 +49,7 @@ __all__ = [
     "is_out_of_memory",
     "is_sticky_device_error",
     "stage_remote_args",
+    "with_probe_settings",
     "with_storage_retries",
 ]
 
@@ -78,6 +81,11 @@ _STICKY_DEVICE_ERRORS = (
 # s3fs/botocore client retries: botocore's "standard" mode retries 5xx,
 # throttling (SlowDown, 503) and connection errors with exponential backoff and jitter.
 _S3_RETRIES = {"max_attempts": 10, "mode": "standard"}
+# The first request of a run (the preflight's probe of the input and output buckets) is sent
+# once, with a short connect timeout: a refused connection or an unknown host is a wrong
+# endpoint, not a transient fault, and ten attempts with backoff took 198 s to say nothing.
+PROBE_CONNECT_TIMEOUT_S = 5
+_S3_PROBE = {"retries": {"max_attempts": 1, "mode": "standard"}, "connect_timeout": PROBE_CONNECT_TIMEOUT_S}
 
 
 def stage_remote_args() -> dict[str, Any]:
@@ -118,4 +126,16 @@ def with_storage_retries(uri: str, storage_options: dict[str, Any]) -> dict[str,
     options = copy.deepcopy(storage_options)
     config = options.setdefault("config_kwargs", {})
     config.setdefault("retries", dict(_S3_RETRIES))
+    return options
+
+
+def with_probe_settings(uri: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """Return storage options for the preflight's probe: one attempt, a short connect timeout.
+
+    These replace the user's retry and timeout settings: the probe must answer in seconds.
+    """
+    if not uri.startswith(("s3://", "s3a://")):
+        return storage_options
+    options = copy.deepcopy(storage_options)
+    options.setdefault("config_kwargs", {}).update(copy.deepcopy(_S3_PROBE))
     return options

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from pipelines.accounting import RunSummary
 from pipelines.layout import OutputLayout
+from pipelines.preflight import check_models, check_output_reachable
 from pipelines.resume import OutputPlan, clean_output, done_after, done_ids
-from pipelines.runner import check_output_reachable, committed_schema, execute, finish_run, preflight, start_run
+from pipelines.runner import committed_schema, execute, finish_run, preflight, start_run
 from pipelines.spec import JobSpec
 
 __all__ = ["retry_errors"]
@@ -24,7 +25,7 @@ def retry_errors(spec: JobSpec) -> RunSummary:
         the run's summary; ``input_rows`` counts the error records retried.
 
     Raises:
-        PreflightError: the output cannot be reached (before any work).
+        PreflightError: the output cannot be reached or a model URI loads nothing (before any work).
     """
     import ray.data
     from pyarrow.fs import FSSpecHandler, PyFileSystem
@@ -34,6 +35,7 @@ def retry_errors(spec: JobSpec) -> RunSummary:
 
     with preflight():
         check_output_reachable(spec)
+        check_models(spec)
     layout = OutputLayout(spec.output.uri, spec.storage_options)
     started, clock_start, run_id = start_run(spec)
     committed = clean_output(layout)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines import faults
 from pipelines.accounting import RunSummary
 from pipelines.layout import ERRORS_DIR, OutputLayout
+from pipelines.preflight import check_models, check_output_reachable, check_reachable
 from pipelines.resilience import configure_data_context
 from pipelines.resume import MODES, Mode, done_ids, prepare_output
 from pipelines.spec import JobSpec
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
-__all__ = ["MODES", "PreflightError", "RunStalled", "RunSummary", "run_job"]
+__all__ = ["MODES", "PreflightError", "RunStalled", "RunSummary", "check_job", "run_job"]
 
 # A write task builds its shard's tar and Parquet and uploads them: CPU-bound work.  Sized
 # at one CPU so Ray does not run more of them than there are cores; at half a CPU,
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 
 class PreflightError(Exception):
-    """The job cannot start (missing or unreadable input, unreachable output); nothing was done."""
+    """The job cannot start (missing or unreadable input, unreachable storage, a model URI that loads nothing)."""
 
 
 def init_ray(spec: JobSpec) -> None:
@@ -156,8 +157,8 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = F
             run's (``pipelines.fingerprint``).
 
     Raises:
-        PreflightError: the input is missing, the output unreachable, or a resume would mix
-            two specs or renumber rows (before any work).
+        PreflightError: storage is unreachable, the input or a model is missing, or a resume
+            would mix two specs or renumber rows (before any work).
         RunStalled: the watchdog saw no shard commit for ``ray.stall_timeout_s``.
         Exception: whatever else stopped the job (model, Ray).
     """
@@ -165,12 +166,12 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = F
     from pipelines.sink import ShardDatasink
     from pipelines.sources import list_input_files
 
-    # Fail on a missing input, an unreachable output or an input that does not fit the
+    # Fail on unreachable storage, a missing model or input, or an input that does not fit the
     # output's schema before paying for Ray's start-up.
     layout = OutputLayout(spec.output.uri, spec.storage_options)
     with preflight():
+        check_job(spec)
         listing = list_input_files(spec.input, spec.storage_options)
-        check_output_reachable(spec)
         declared = run_schema(spec, layout, listing, mode)
         settings, input_record = made_from(spec, layout, listing, mode, allow_spec_change=allow_spec_change)
     started, clock_start, run_id = start_run(spec)
@@ -186,6 +187,17 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = F
                          input_rows=prepared_rows(spec, listing=listing).count(),
                          settings=settings, input=input_record)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+
+
+def check_job(spec: JobSpec) -> None:
+    """Check from the driver that the job's storage answers and its models exist (``pipelines.preflight``).
+
+    Raises:
+        OSError: the first check that fails, as one line naming the spec key.
+    """
+    check_reachable(spec.input.uri, spec.storage_options, key="input.uri", bucket_must_exist=False)
+    check_output_reachable(spec)
+    check_models(spec)
 
 
 def made_from(
@@ -253,15 +265,3 @@ def preflight() -> Iterator[None]:
         raise
     except Exception as error:  # noqa: BLE001 - reported to the user as one line, nothing was done
         raise PreflightError(first_line(root_cause(error))) from error
-
-
-def check_output_reachable(spec: JobSpec) -> None:
-    """Raise ``OSError`` with a clear message when the output location cannot be reached or written."""
-    layout = OutputLayout(spec.output.uri, spec.storage_options)
-    # Object stores have no folders: probe the bucket (a HEAD), which also checks the credentials.
-    probe = layout.root if layout.is_local() else layout.root.split("/", 1)[0]
-    try:
-        layout.fs.makedirs(layout.root, exist_ok=True)
-        layout.fs.info(probe)
-    except Exception as error:  # noqa: BLE001 - any client error means the same to the user
-        raise OSError(f"output.uri: cannot reach {spec.output.uri}: {type(error).__name__}: {error}") from error

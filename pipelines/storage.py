@@ -37,7 +37,7 @@ from typing import IO, Any, cast
 import fsspec
 from fsspec.core import url_to_fs
 
-from pipelines.resilience import with_storage_retries
+from pipelines.resilience import with_probe_settings, with_storage_retries
 
 __all__ = [
     "DEFAULT_CACHE_DIR",
@@ -65,6 +65,12 @@ STORAGE_ENV_VARS = (
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
     "AWS_PROFILE",
+    # The Hugging Face Hub (model URIs such as stabilityai/sd-turbo): token, caches, offline mode.
+    "HF_TOKEN",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
 )
 _SECRET_WORDS = ("secret", "token", "password", "key", "credential")
 
@@ -74,14 +80,21 @@ MODEL_MARKERS = ("model_index.json", "config.json")
 DEFAULT_CACHE_DIR = "~/.cache/pixelmill"
 
 
-def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Return ``(filesystem, path)`` for a URI, using the job's storage options."""
+def filesystem(
+    uri: str, storage_options: dict[str, Any] | None = None, *, probe: bool = False
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(filesystem, path)`` for a URI, using the job's storage options.
+
+    Args:
+        probe: a client for the preflight's first request (one attempt, short connect
+            timeout, ``pipelines.resilience.with_probe_settings``) instead of the run's retries.
+    """
     options = dict(storage_options or {})
     protocol = uri.split("://", 1)[0] if "://" in uri else "file"
     # Options are written for object storage; a local path must not receive them.
     if protocol in ("file", "local"):
         options = {}
-    options = with_storage_retries(uri, options)
+    options = with_probe_settings(uri, options) if probe else with_storage_retries(uri, options)
     fs, path = url_to_fs(os.path.expanduser(uri), **options)
     return fs, path
 
