@@ -62,7 +62,7 @@ def _add_job_commands(commands: Any) -> None:
     submit.add_argument(
         "--env-var", dest="env_vars", action="append", default=[], metavar="NAME",
         help="forward this variable's value from here to the job, by name (repeatable; "
-        "the AWS_* storage variables are always forwarded when set)",
+        "the AWS_* storage variables and HF_TOKEN, HF_HUB_OFFLINE, HF_ENDPOINT are always forwarded when set)",
     )
     submit.add_argument("--submission-id", help="a chosen job id (a second submission with it is refused)")
     submit.add_argument("--wait", action="store_true", help="follow the logs and exit with the run's exit code")

@@ -86,6 +86,15 @@ def _unavailable(model: HubModel, uri: str, reason: str) -> HubUnavailable:
     )
 
 
+_OFFLINE = "there is no network (HF_HUB_OFFLINE is set)"
+
+
+def _is_offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode()
+
+
 def hub_commit(model: HubModel, uri: str, *, cache_dir: str) -> str:
     """Check from the driver that ``model`` can be loaded; return the commit it resolves to.
 
@@ -96,18 +105,18 @@ def hub_commit(model: HubModel, uri: str, *, cache_dir: str) -> str:
         HubUnavailable: no cache holds it and there is no network, or the repo, revision or
             model marker is missing on the Hub.
     """
-    from huggingface_hub import HfApi, constants
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     cached = _cached(model, cache_dir)
     if cached is not None:
         return os.path.basename(cached)
-    if constants.is_offline_mode():
-        raise _unavailable(model, uri, "there is no network (HF_HUB_OFFLINE is set)")
+    if _is_offline():
+        raise _unavailable(model, uri, _OFFLINE)
     try:
         info = HfApi().model_info(model.repo_id, revision=model.revision, timeout=10)
     except OfflineModeIsEnabled:
-        raise _unavailable(model, uri, "there is no network (HF_HUB_OFFLINE is set)") from None
+        raise _unavailable(model, uri, _OFFLINE) from None
     except HfHubHTTPError as error:
         first = str(error).strip().split("\n", 1)[0]
         raise HubUnavailable(f"{uri}: the Hugging Face Hub refused it: {first}") from None
@@ -128,6 +137,8 @@ def hub_folder(model: HubModel, uri: str, *, cache_dir: str) -> str:
     cached = _cached(model, cache_dir)
     if cached is not None:  # cache hit: no network access at all
         return cached
+    if _is_offline():
+        raise _unavailable(model, uri, _OFFLINE)
     hub_cache = os.path.join(cache_dir, "hub")
     with exclusive_lock(os.path.join(hub_cache, ".locks", model.repo_id.replace("/", "--") + ".lock")):
         cached = _cached(model, cache_dir)  # another actor finished while we waited

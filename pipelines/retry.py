@@ -34,8 +34,8 @@ def retry_errors(spec: JobSpec) -> RunSummary:
     from pipelines.sink import ShardDatasink
 
     with preflight():
-        check_output_reachable(spec)
         check_models(spec)
+        check_output_reachable(spec)
     layout = OutputLayout(spec.output.uri, spec.storage_options)
     started, clock_start, run_id = start_run(spec)
     committed = clean_output(layout)

@@ -196,8 +196,8 @@ def check_job(spec: JobSpec) -> None:
         OSError: the first check that fails, as one line naming the spec key.
     """
     check_reachable(spec.input.uri, spec.storage_options, key="input.uri", bucket_must_exist=False)
-    check_output_reachable(spec)
     check_models(spec)
+    check_output_reachable(spec)  # last: it creates a local output folder
 
 
 def made_from(

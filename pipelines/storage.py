@@ -65,10 +65,10 @@ STORAGE_ENV_VARS = (
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
     "AWS_PROFILE",
-    # The Hugging Face Hub (model URIs such as stabilityai/sd-turbo): token, caches, offline mode.
+    # The Hugging Face Hub (model URIs such as stabilityai/sd-turbo): token, offline mode, mirror.
+    # Not its cache paths (HF_HOME, HF_HUB_CACHE): a local Ray's workers inherit them from the
+    # driver, and a cluster's nodes have their own disks.
     "HF_TOKEN",
-    "HF_HOME",
-    "HF_HUB_CACHE",
     "HF_HUB_OFFLINE",
     "HF_ENDPOINT",
 )
