@@ -4,9 +4,10 @@ Each check costs one or two cheap requests and raises with one line naming the s
 URI and what is wrong; ``pipelines.runner`` runs them before Ray starts (a failure is a
 ``PreflightError``, exit 2) and ``pixelmill validate`` runs :func:`check_models`.
 
-- **Storage** (:func:`check_reachable`, :func:`check_output_reachable`): the first request to
-  a bucket is a HEAD sent once with a short connect timeout (``pipelines.storage.filesystem``
-  with ``probe=True``), so a wrong endpoint fails in seconds, naming it. An output bucket that
+- **Storage** (:func:`ask`, :func:`check_reachable`, :func:`check_output_reachable`): the first
+  request to a bucket is a HEAD sent once with a short connect timeout (``pipelines.storage.filesystem``
+  with ``probe=True``), so a wrong endpoint fails in seconds, naming it; a 5xx or throttling
+  answer is asked again with the run's retries. An output bucket that
   does not exist is an error: pixelmill creates no buckets (s3fs ``makedirs`` would), only
   folders on local disk; object stores need none inside a bucket.
 - **Models** (:func:`check_models`): ``builtin:NAME`` is a known name; a Hub id
@@ -16,15 +17,18 @@ URI and what is wrong; ``pipelines.runner`` runs them before Ray starts (a failu
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from pipelines.hub import hub_commit, hub_model
 from pipelines.layout import OutputLayout
 from pipelines.spec import JobSpec
 from pipelines.storage import MODEL_MARKERS, filesystem, is_local, join
 
-__all__ = ["ModelUnavailable", "StorageUnreachable", "check_models", "check_output_reachable", "check_reachable",
-           "model_uris"]
+__all__ = ["ModelUnavailable", "StorageUnreachable", "ask", "check_models", "check_output_reachable",
+           "check_reachable", "model_uris"]
+
+T = TypeVar("T")
 
 
 class StorageUnreachable(OSError):
@@ -49,35 +53,57 @@ def _endpoint(fs: Any, uri: str) -> str:
     return str(url) if url else uri.split("://", 1)[0] + "://"
 
 
-def check_reachable(uri: str, storage_options: dict[str, Any], *, key: str, bucket_must_exist: bool) -> None:
-    """Probe the bucket of ``uri`` with one fast request; local paths are not probed.
+def ask(uri: str, storage_options: dict[str, Any], question: Callable[[Any, str], T], *, key: str) -> T:
+    """Return ``question(fs, path)`` for ``uri``, asked first through the one-attempt probe client.
 
-    Args:
-        key: the spec key that holds ``uri``, for the message.
-        bucket_must_exist: a missing bucket is an error (else the caller's own listing reports it).
+    A connection the endpoint refused (or a host that does not answer) is final at once; any
+    other failure of the probe (a 503 SlowDown, a 500) is asked again through the run's
+    retrying client, so throttling at start-up is retried as it is during the run.
 
     Raises:
-        StorageUnreachable: the endpoint was not reached, or the bucket does not exist.
-        OSError: any other refusal of the probe, when ``bucket_must_exist`` (for example no permission).
+        StorageUnreachable: the endpoint was not reached, named in the message.
+        Exception: whatever ``question`` raised through the retrying client (``FileNotFoundError`` at once).
     """
     fs, path = filesystem(uri, storage_options, probe=True)
-    if is_local(fs):
-        return
-    bucket = path.split("/", 1)[0]
     try:
-        fs.info(bucket)
+        return question(fs, path)
     except FileNotFoundError:
-        if bucket_must_exist:
-            raise StorageUnreachable(
-                f"{key}: the bucket {bucket!r} of {uri} does not exist (pixelmill creates no buckets: "
-                "check the name, or create it first)"
-            ) from None
-    except Exception as error:  # noqa: BLE001 - any client error means the same to the user
+        raise
+    except Exception as error:  # noqa: BLE001 - sorted below: unreachable or worth a retry
         if _is_connection_error(error):
             raise StorageUnreachable(
                 f"{key}: cannot connect to the storage endpoint {_endpoint(fs, uri)} for {uri}: "
                 f"{type(error).__name__}: {error}"
             ) from error
+    return question(*filesystem(uri, storage_options))
+
+
+def check_reachable(uri: str, storage_options: dict[str, Any], *, key: str, bucket_must_exist: bool) -> None:
+    """Probe the bucket of ``uri`` (one HEAD, :func:`ask`); local paths are not probed.
+
+    Args:
+        key: the spec key that holds ``uri``, for the message.
+        bucket_must_exist: a missing bucket or a refused HEAD is an error (else the caller's
+            own listing reports it).
+
+    Raises:
+        StorageUnreachable: the endpoint was not reached, or the bucket does not exist.
+        OSError: any other refusal of the probe, when ``bucket_must_exist`` (for example no permission).
+    """
+    if uri.split("://", 1)[0] in ("file", "local") or "://" not in uri:
+        return
+    try:
+        ask(uri, storage_options, lambda fs, path: fs.info(path.split("/", 1)[0]), key=key)
+    except StorageUnreachable:
+        raise
+    except FileNotFoundError:
+        if bucket_must_exist:
+            bucket = filesystem(uri, storage_options, probe=True)[1].split("/", 1)[0]
+            raise StorageUnreachable(
+                f"{key}: the bucket {bucket!r} of {uri} does not exist (pixelmill creates no buckets: "
+                "check the name, or create it first)"
+            ) from None
+    except Exception as error:  # noqa: BLE001 - any client error means the same to the user
         if bucket_must_exist:
             raise OSError(f"{key}: cannot reach {uri}: {type(error).__name__}: {error}") from error
 
@@ -121,9 +147,11 @@ def check_models(spec: JobSpec) -> None:
     for key, uri, cache_dir in model_uris(spec):
         try:
             if cache_dir is None:
-                _check_file(uri, spec.storage_options)
+                _check_file(uri, spec.storage_options, key=key)
             else:
-                _check_folder(uri, spec.storage_options, cache_dir=cache_dir)
+                _check_folder(uri, spec.storage_options, cache_dir=cache_dir, key=key)
+        except StorageUnreachable:
+            raise
         except Exception as error:  # noqa: BLE001 - one line with the key, whatever the client raised
             raise ModelUnavailable(f"{key}: {_first_line(error)}") from error
 
@@ -132,7 +160,7 @@ def _first_line(error: BaseException) -> str:
     return str(error).strip().split("\n", 1)[0] or type(error).__name__
 
 
-def _check_folder(uri: str, storage_options: dict[str, Any], *, cache_dir: str) -> None:
+def _check_folder(uri: str, storage_options: dict[str, Any], *, cache_dir: str, key: str) -> None:
     """Raise ``FileNotFoundError``/``ValueError``/``OSError`` unless ``uri`` names a loadable model folder."""
     from models.builtin import check_builtin_name  # torch-free at import
     from models.store import BUILTIN_PREFIX, is_builtin
@@ -144,17 +172,19 @@ def _check_folder(uri: str, storage_options: dict[str, Any], *, cache_dir: str) 
     if hub is not None:
         hub_commit(hub, uri, cache_dir=cache_dir)
         return
-    missing = f"no {' or '.join(MODEL_MARKERS)}"
     fs, root = filesystem(uri, storage_options, probe=True)
     if is_local(fs) and not fs.isdir(root):
         raise FileNotFoundError(f"{uri} does not exist (a model folder, a Hub id such as stabilityai/sd-turbo, "
                                 "or builtin:NAME)")
-    if not any(fs.exists(join(fs, root, marker)) for marker in MODEL_MARKERS):
-        raise FileNotFoundError(f"{uri} is not a model folder: {missing} in it")
+
+    def has_marker(fs: Any, root: str) -> bool:
+        return any(fs.exists(join(fs, root, marker)) for marker in MODEL_MARKERS)
+
+    if not ask(uri, storage_options, has_marker, key=key):
+        raise FileNotFoundError(f"{uri} is not a model folder: no {' or '.join(MODEL_MARKERS)} in it")
 
 
-def _check_file(uri: str, storage_options: dict[str, Any]) -> None:
+def _check_file(uri: str, storage_options: dict[str, Any], *, key: str) -> None:
     """Raise ``FileNotFoundError`` unless ``uri`` is a file."""
-    fs, path = filesystem(uri, storage_options, probe=True)
-    if not fs.isfile(path):
+    if not ask(uri, storage_options, lambda fs, path: fs.isfile(path), key=key):
         raise FileNotFoundError(f"{uri}: no file there")

@@ -106,3 +106,22 @@ def test_a_mistyped_output_bucket_is_not_created(tmp_path: Path, s3) -> None:
                            "does not exist"), line
     s3.invalidate_cache()
     assert s3.ls("") == ["pixelmill"]
+
+
+def test_throttling_at_start_up_is_retried_not_fatal(tmp_path: Path, s3, moto_endpoint: str) -> None:
+    from pipelines.preflight import check_models, check_output_reachable
+    from pipelines.spec import load_spec
+    from tests.s3faults import FlakyS3Proxy
+
+    s3.pipe("pixelmill/models/sd/model_index.json", b"{}")
+    # Every first try of a request is a 503 SlowDown: the one-attempt probe fails, the retrying client not.
+    with FlakyS3Proxy(moto_endpoint, fail_rate=1.0, seed=1, max_consecutive_failures=1) as proxy:
+        spec = load_spec(raw={
+            "input": {"uri": "s3://pixelmill/prompts.jsonl"}, "output": {"uri": "s3://pixelmill/throttled"},
+            "model": {"uri": "s3://pixelmill/models/sd"}, "score": None,
+            "storage_options": {"client_kwargs": {"endpoint_url": proxy.endpoint_url}},
+        })
+        check_output_reachable(spec)
+        check_models(spec)
+        failed = proxy.failed_by_method()
+    assert failed.get("HEAD", 0) >= 2, failed  # the bucket's HEAD and the model marker's each answered 503 once
