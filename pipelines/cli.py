@@ -104,6 +104,11 @@ def _parser() -> argparse.ArgumentParser:
         help="resume even though the settings that change images differ from the output's latest run "
         "(the output then mixes both; each run's record keeps its own settings)",
     )
+    run.add_argument(
+        "--force", action="store_true",
+        help="with --mode overwrite: go on even though the output holds files pixelmill did not write "
+        "(they are left in place; pixelmill never deletes a file it did not write)",
+    )
     _add_min_success_rate(run)
     retry = commands.add_parser("retry-errors", help="process the rows of an output's errors table again")
     retry.add_argument("output_uri", metavar="OUT", help="the output of an earlier run")
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "retry-errors":
             summary = retry_errors(spec)
         else:
-            summary = run_job(spec, mode=args.mode, allow_spec_change=args.allow_spec_change)
+            summary = run_job(spec, mode=args.mode, allow_spec_change=args.allow_spec_change, force=args.force)
     except PreflightError as error:
         print(f"pixelmill: {error}", file=sys.stderr)
         return EXIT_NOTHING_DONE

@@ -23,7 +23,7 @@ from pipelines import faults
 from pipelines.accounting import RunSummary
 from pipelines.layout import ERRORS_DIR, OutputLayout
 from pipelines.resilience import configure_data_context
-from pipelines.resume import MODES, Mode, done_ids, prepare_output
+from pipelines.resume import MODES, Mode, check_mode, done_ids, prepare_output
 from pipelines.spec import JobSpec
 from pipelines.storage import redact, storage_env_vars
 from pipelines.watchdog import RunStalled, Watchdog
@@ -144,7 +144,9 @@ def _write_report(layout: OutputLayout) -> None:
         logger.warning("pixelmill: could not write report.html: %s: %s", type(error).__name__, error)
 
 
-def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = False) -> RunSummary:
+def run_job(
+    spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = False, force: bool = False
+) -> RunSummary:
     """Run a job to completion and return its summary.
 
     Args:
@@ -154,6 +156,7 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = F
             ``append`` adds a new batch after the existing shards.
         allow_spec_change: resume even when the settings differ from the output's latest
             run's (``pipelines.fingerprint``).
+        force: overwrite an output that holds files pixelmill did not write (they stay).
 
     Raises:
         PreflightError: the input is missing, the output unreachable, or a resume would mix
@@ -170,7 +173,9 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = F
     layout = OutputLayout(spec.output.uri, spec.storage_options)
     with preflight():
         listing = list_input_files(spec.input, spec.storage_options)
+        check_apart(spec, listing, layout)
         check_output_reachable(spec)
+        check_mode(layout, mode, force=force)
         declared = run_schema(spec, layout, listing, mode)
         settings, input_record = made_from(spec, layout, listing, mode, allow_spec_change=allow_spec_change)
     started, clock_start, run_id = start_run(spec)
@@ -186,6 +191,33 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = F
                          input_rows=prepared_rows(spec, listing=listing).count(),
                          settings=settings, input=input_record)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+
+
+def check_apart(spec: JobSpec, listing: tuple, layout: OutputLayout) -> None:
+    """Refuse an input inside the output, or an output inside an input folder, in every mode.
+
+    Raises:
+        ValueError: the two overlap (an overwrite would delete the input, a later run would
+            read the shards as prompts).
+    """
+    from pipelines.storage import filesystem
+
+    fs, files, _, _ = listing
+    if type(fs) is not type(layout.fs):
+        return
+    output = layout.root.rstrip(layout.fs.sep) + layout.fs.sep
+    inside = [path for path in files if path.startswith(output)]
+    if inside:
+        raise ValueError(
+            f"input {spec.input.uri} is inside the output {spec.output.uri} ({inside[0]}); "
+            "put the input somewhere else: pixelmill writes and cleans the output folder"
+        )
+    _, input_path = filesystem(spec.input.uri, spec.storage_options)
+    if fs.isdir(input_path) and output.startswith(input_path.rstrip(fs.sep) + fs.sep):
+        raise ValueError(
+            f"output {spec.output.uri} is inside the input folder {spec.input.uri}; a later run would read "
+            "its shards as prompts: write the output somewhere else"
+        )
 
 
 def made_from(
