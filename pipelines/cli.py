@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUN_FAILED
     print(summary.line())
     print(f"pixelmill: {summary.equation}")
+    for warning in summary.warnings:
+        print(f"pixelmill: warning: {warning}", file=sys.stderr)
     if not summary.balanced:
         print("pixelmill: the run does not balance; see _run.json", file=sys.stderr)
         return EXIT_RUN_FAILED

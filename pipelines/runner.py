@@ -110,6 +110,7 @@ def finish_run(
     summary.errors_table = layout.display(ERRORS_DIR)
     summary.add_shards(sink.shard_stats)
     summary.finish(started=started, clock_start=clock_start)
+    summary.warnings += score_warnings(spec, summary)
     summary.spec = redact(spec.model_dump(mode="json"))
     record = asdict(summary)
     layout.write_json(layout.run_record(summary.run_id), record)
@@ -121,6 +122,28 @@ def finish_run(
     if not summary.balanced:
         logger.error("pixelmill: the run does not balance: %s", summary.equation)
     return summary
+
+
+def score_warnings(spec: JobSpec, summary: RunSummary) -> list[str]:
+    """Say when a run's images score far below what its built-in scorer gives matched pairs.
+
+    Far below: under the midpoint of the matched and shuffled levels of the model card
+    (``models.builtin.SCORE_LEVELS``), i.e. nearer to images of other captions than to
+    images of their own. Only built-in scorers have known levels.
+    """
+    from models.builtin import SCORE_LEVELS
+    from models.store import BUILTIN_PREFIX
+
+    if spec.score is None or summary.clip_score_mean is None:
+        return []
+    level = SCORE_LEVELS.get(spec.score.model.uri.removeprefix(BUILTIN_PREFIX))
+    if level is None or summary.clip_score_mean >= (level[0] + level[1]) / 2:
+        return []
+    return [
+        f"images score {summary.clip_score_mean:.1f} on average with {spec.score.model.uri}, far below the "
+        f"{level[0]:.1f} it gives images that match their captions ({level[1]:.1f} for mismatched ones): "
+        f"the prompts are likely outside what {spec.model.uri} can draw (README: Built-in models)"
+    ]
 
 
 def _write_card(layout: OutputLayout, spec: JobSpec) -> None:
