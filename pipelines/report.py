@@ -123,12 +123,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _fmt_score(value: float | None) -> str:
+    """Return a score with two decimals (``87.00`` beside ``93.27``): one format for every score shown."""
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if math.isfinite(value) else str(value)
+
+
 def _render(**context: Any) -> str:
     from jinja2 import Environment, StrictUndefined
 
     template = resources.files("pipelines").joinpath("templates/report.html.j2").read_text(encoding="utf-8")
     environment = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=False)
-    return environment.from_string(template).render(fmt=_fmt, **context)
+    return environment.from_string(template).render(fmt=_fmt, fmt_score=_fmt_score, **context)
 
 
 def render_report(
