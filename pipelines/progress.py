@@ -87,7 +87,8 @@ def progress_line(counts: Counts, *, total: int, elapsed_s: float) -> str:
     remaining = max(0, total - counts.rows)
     eta = remaining / rows_per_s if rows_per_s > 0 else (0.0 if remaining == 0 else None)
     errors = "1 error" if counts.errors == 1 else f"{counts.errors} errors"
-    return f"pixelmill: {counts.rows}/{total} rows, {rate:.1f} images/s, {errors}, ETA {format_eta(eta)}"
+    shown = f"{rate:.1f}" if rate >= 1 or rate == 0 else f"{rate:.2g}"  # 0.02 images/s on a CPU, not 0.0
+    return f"pixelmill: {counts.rows}/{total} rows, {shown} images/s, {errors}, ETA {format_eta(eta)}"
 
 
 def shard_counts(stats: dict[str, Any]) -> Counts:

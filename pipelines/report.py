@@ -90,7 +90,11 @@ def _shard_time_chart(stats: dict[int, dict[str, Any]]) -> str | None:
         return None
     figure, axes = _figure()
     if len(durations) <= _BARS_PER_SHARD_LIMIT:
-        axes.bar([shard_name(shard) for shard, _ in durations], [d for _, d in durations], color="#55a868")
+        # numeric positions with the names as tick labels: names like "00000" as categories make
+        # matplotlib log "Using categorical units ..." for every chart
+        positions = list(range(len(durations)))
+        axes.bar(positions, [d for _, d in durations], color="#55a868")
+        axes.set_xticks(positions, [shard_name(shard) for shard, _ in durations])
         axes.set_xlabel("shard")
         axes.tick_params(axis="x", labelrotation=90, labelsize=7)
         axes.set_ylabel("seconds")
