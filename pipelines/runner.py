@@ -15,13 +15,14 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from pipelines import faults
 from pipelines.accounting import RunSummary
 from pipelines.layout import ERRORS_DIR, OutputLayout
+from pipelines.progress import RunProgress, configure_ray_progress
 from pipelines.resilience import configure_data_context
 from pipelines.resume import MODES, Mode, check_mode, done_ids, prepare_output
 from pipelines.spec import JobSpec
@@ -91,12 +92,23 @@ def start_run(spec: JobSpec) -> tuple[dt.datetime, float, str]:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = spec.ray.preserve_order
     configure_data_context(context)
+    configure_ray_progress(context, enabled=spec.ray.progress_bars)
     return started, clock_start, f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def execute(spec: JobSpec, layout: OutputLayout, dataset: ray.data.Dataset, sink: Any) -> None:
-    """Write ``dataset`` through ``sink`` under the watchdog, which watches the committed-shard count."""
-    with Watchdog(lambda: len(layout.committed_shards()), timeout_s=spec.ray.stall_timeout_s):
+def execute(
+    spec: JobSpec, layout: OutputLayout, dataset: ray.data.Dataset, sink: Any, *, total: int | None = None
+) -> None:
+    """Write ``dataset`` through ``sink`` under the watchdog, which watches the committed-shard count.
+
+    With ``total`` (the rows this run has to do), ``pipelines.progress`` shows rows done, images/s,
+    errors and ETA while the shards commit.
+    """
+    progress = RunProgress(layout.committed_shards, layout.read_stats, total=total) if total is not None else None
+    with (
+        Watchdog(lambda: len(layout.committed_shards()), timeout_s=spec.ray.stall_timeout_s),
+        progress or nullcontext(),
+    ):
         # Own remote args keep the write from fusing with the repartition before it: a fused
         # task would hand every block it made to one write() call, i.e. one oversized shard.
         dataset.write_datasink(sink, ray_remote_args=WRITE_TASK_OPTIONS)
@@ -188,15 +200,19 @@ def run_job(
         Exception: whatever else stopped the job (model, Ray).
     """
     from pipelines.plan import build_dataset, prepared_rows
+    from pipelines.rows import check_input_columns
     from pipelines.sink import ShardDatasink
-    from pipelines.sources import list_input_files
+    from pipelines.sources import input_columns, list_input_files
 
-    # Fail on a missing input, an unreachable output or an input that does not fit the
-    # output's schema before paying for Ray's start-up.
+    # Fail on a missing input, a missing prompt column, an unreachable output or an input that
+    # does not fit the output's schema before paying for Ray's start-up.
     layout = OutputLayout(spec.output.uri, spec.storage_options)
     with preflight():
         listing = list_input_files(spec.input, spec.storage_options)
         check_apart(spec, listing, layout)
+        names = input_columns(listing, columns=spec.input.columns)
+        if names is not None:  # no file has a first batch: the plan checks what Ray reads
+            check_input_columns(names, spec.input.columns, uri=spec.input.uri)
         check_output_reachable(spec)
         check_mode(layout, mode, force=force)
         declared = run_schema(spec, layout, listing, mode)
@@ -209,9 +225,11 @@ def run_job(
         spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
         declared=declared,
     )
-    execute(spec, layout, dataset, sink)
+    # Counted before the work (one read pass, paid after the run before): the progress display's total.
+    input_rows = prepared_rows(spec, listing=listing).count()
+    execute(spec, layout, dataset, sink, total=max(0, input_rows - plan.skipped))
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,
-                         input_rows=prepared_rows(spec, listing=listing).count(),
+                         input_rows=input_rows,
                          settings=settings, input=input_record)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
 
