@@ -43,6 +43,9 @@ class RunSummary:
     errors_by_stage: dict[str, int] = field(default_factory=dict)
     errors_by_reason: dict[str, int] = field(default_factory=dict)
     errors_table: str = ""
+    scored: int = 0
+    clip_score_mean: float | None = None
+    warnings: list[str] = field(default_factory=list)
     shards: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     images_per_s: float = 0.0
@@ -61,6 +64,10 @@ class RunSummary:
             self.images += stats["successes"]
             self.errors += stats["failures"]
             self.filtered += stats.get("filtered", 0)
+            if stats.get("scored"):
+                total = (self.clip_score_mean or 0.0) * self.scored + stats["clip_score_mean"] * stats["scored"]
+                self.scored += stats["scored"]
+                self.clip_score_mean = round(total / self.scored, 4)
             for reason, count in stats["failures_by_reason"].items():
                 stage = reason.split(":", 1)[0]
                 self.errors_by_stage[stage] = self.errors_by_stage.get(stage, 0) + count

@@ -87,13 +87,17 @@ def _add_job_commands(commands: Any) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pixelmill", description="Turn prompt tables into image datasets on Ray.")
+    parser.add_argument("--version", action="version", version=f"pixelmill {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("validate", "check a job spec and its model URIs and exit"), ("run", "run a job spec")):
         command = commands.add_parser(name, help=text)
-        command.add_argument("spec", help="path to the job YAML")
+        command.add_argument("spec", nargs="?", help="path to the job YAML (optional with --input and --output: "
+                             "every other setting at its default)")
         command.add_argument("--output", dest="output_uri", help="override output.uri")
         _add_overrides(command)
     run = commands.choices["run"]
+    run.add_argument("--ray-progress", action="store_true",
+                     help="also show Ray Data's own per-operator progress bars (same as --set ray.progress_bars=true)")
     run.add_argument(
         "--mode", choices=("resume", "overwrite", "append"), default="resume",
         help="resume: finish what the output lacks (default); overwrite: clear it first; "
@@ -103,6 +107,11 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-spec-change", action="store_true",
         help="resume even though the settings that change images differ from the output's latest run "
         "(the output then mixes both; each run's record keeps its own settings)",
+    )
+    run.add_argument(
+        "--force", action="store_true",
+        help="with --mode overwrite: go on even though the output holds files pixelmill did not write "
+        "(they are left in place; pixelmill never deletes a file it did not write)",
     )
     _add_min_success_rate(run)
     retry = commands.add_parser("retry-errors", help="process the rows of an output's errors table again")
@@ -114,6 +123,16 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("output_uri", metavar="OUT", help="the output of a run")
     _add_job_commands(commands)
     return parser
+
+
+def _version() -> str:
+    """Return the installed pixelmill version (package metadata), or ``unknown`` when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pixelmill")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _recorded_spec(output_uri: str) -> dict[str, Any]:
@@ -140,7 +159,15 @@ def _load(args: argparse.Namespace):
         return load_spec(
             args.spec, raw=raw, sets=args.sets, input_uri=args.input_uri, output_uri=args.output_uri, limit=args.limit
         )
-    return load_spec(args.spec, sets=args.sets, input_uri=args.input_uri, output_uri=args.output_uri, limit=args.limit)
+    sets = [*args.sets, *(["ray.progress_bars=true"] if getattr(args, "ray_progress", False) else [])]
+    raw = None
+    if args.spec is None:  # no YAML: flags alone, as img2dataset runs
+        if not (args.input_uri and args.output_uri):
+            raise SpecError(f"{args.command} needs a job YAML, or --input and --output (then every other "
+                            "setting is its default)")
+        raw = {}
+    return load_spec(args.spec, raw=raw, sets=sets, input_uri=args.input_uri, output_uri=args.output_uri,
+                     limit=args.limit)
 
 
 def _submit(args: argparse.Namespace, spec: Any) -> int:
@@ -233,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as error:
             print(f"pixelmill: {error}", file=sys.stderr)
             return EXIT_NOTHING_DONE
-        print(f"pixelmill: {args.spec} is valid (input {spec.input.uri} -> output {spec.output.uri})")
+        source = args.spec or "the job from --input/--output"
+        print(f"pixelmill: {source} is valid (input {spec.input.uri} -> output {spec.output.uri})")
         return EXIT_OK
     if args.command == "submit":
         return _submit(args, spec)
@@ -248,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "retry-errors":
             summary = retry_errors(spec)
         else:
-            summary = run_job(spec, mode=args.mode, allow_spec_change=args.allow_spec_change)
+            summary = run_job(spec, mode=args.mode, allow_spec_change=args.allow_spec_change, force=args.force)
     except PreflightError as error:
         print(f"pixelmill: {error}", file=sys.stderr)
         return EXIT_NOTHING_DONE
@@ -261,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUN_FAILED
     print(summary.line())
     print(f"pixelmill: {summary.equation}")
+    for warning in summary.warnings:
+        print(f"pixelmill: warning: {warning}", file=sys.stderr)
     if not summary.balanced:
         print("pixelmill: the run does not balance; see _run.json", file=sys.stderr)
         return EXIT_RUN_FAILED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -13,8 +14,8 @@ from actors.generate import GenerateStage
 from pipelines.images import encode_images
 from pipelines.passthrough import pack
 from pipelines.resilience import stage_remote_args
-from pipelines.rows import check_passthrough_columns, prepare_rows
-from pipelines.schema import INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, SOURCE_COLUMNS
+from pipelines.rows import check_input_columns, prepare_rows
+from pipelines.schema import OUTPUT_COLUMNS
 from pipelines.sources import input_columns, list_input_files, read_prompts
 from pipelines.spec import ColumnMap, JobSpec, StageSpec
 
@@ -60,13 +61,7 @@ def prepared_rows(
     names = input_columns(listing)
     if names is None:  # no file has a first batch to show: ask Ray (reads past empty files)
         names = ds.schema().names
-    found = [c for c in names if c not in (*SOURCE_COLUMNS, INPUT_ERROR_COLUMN)]
-    if spec.input.columns.prompt not in found:
-        raise ValueError(
-            f"input.columns.prompt: column {spec.input.columns.prompt!r} not in the input "
-            f"{spec.input.uri} (columns: {found})"
-        )
-    check_passthrough_columns(found, spec.input.columns)
+    check_input_columns(names, spec.input.columns, uri=spec.input.uri)  # the runner's preflight checked it too
     # pyarrow batches: pass-through columns stay the reader's Arrow columns (no pandas round trip,
     # which turned uint64/decimal/huge integers and nullable ints into lossy or failing values).
     return ds.map_batches(
@@ -106,7 +101,11 @@ def process_rows(
     # (pipelines.passthrough); the sink unpacks them, types and values as read.
     ds = ds.map_batches(cast(Any, pack), batch_format="pyarrow", fn_kwargs={"keep": list(style_columns(spec))})
     for stage_class, kwargs, resources in _placed_stages(spec):
-        ds = ds.map_batches(stage_class, fn_constructor_kwargs=kwargs, **pool_options(resources))
+        with warnings.catch_warnings():
+            # Ray 2.60 names num_cpus/num_gpus but has no named parameter for max_task_retries
+            # (resilience.stage_remote_args); its deprecation notice is ours to act on, not the user's.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+            ds = ds.map_batches(stage_class, fn_constructor_kwargs=kwargs, **pool_options(resources))
     if spec.placement.encode_images == "task":
         ds = ds.map_batches(
             cast(Any, encode_images),  # as in prepared_rows: keyword arguments from fn_kwargs

@@ -90,7 +90,11 @@ def _shard_time_chart(stats: dict[int, dict[str, Any]]) -> str | None:
         return None
     figure, axes = _figure()
     if len(durations) <= _BARS_PER_SHARD_LIMIT:
-        axes.bar([shard_name(shard) for shard, _ in durations], [d for _, d in durations], color="#55a868")
+        # numeric positions with the names as tick labels: names like "00000" as categories make
+        # matplotlib log "Using categorical units ..." for every chart
+        positions = list(range(len(durations)))
+        axes.bar(positions, [d for _, d in durations], color="#55a868")
+        axes.set_xticks(positions, [shard_name(shard) for shard, _ in durations])
         axes.set_xlabel("shard")
         axes.tick_params(axis="x", labelrotation=90, labelsize=7)
         axes.set_ylabel("seconds")
@@ -123,12 +127,19 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _fmt_score(value: float | None) -> str:
+    """Return a score with two decimals (``87.00`` beside ``93.27``): one format for every score shown."""
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if math.isfinite(value) else str(value)
+
+
 def _render(**context: Any) -> str:
     from jinja2 import Environment, StrictUndefined
 
     template = resources.files("pipelines").joinpath("templates/report.html.j2").read_text(encoding="utf-8")
     environment = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=False)
-    return environment.from_string(template).render(fmt=_fmt, **context)
+    return environment.from_string(template).render(fmt=_fmt, fmt_score=_fmt_score, **context)
 
 
 def render_report(

@@ -55,8 +55,8 @@ def retry_errors(spec: JobSpec) -> RunSummary:
     if files:
         errors = ray.data.read_parquet(files, filesystem=PyFileSystem(FSSpecHandler(layout.fs)))
         rows = process_rows(spec, retried_rows(spec, errors), done_ids=done_ids(layout, plan.done_parquet))
-        execute(spec, layout, rows, sink)
         input_rows = errors.count()
+        execute(spec, layout, rows, sink, total=max(0, input_rows - plan.skipped))
     for path in files:  # every row of these files is now committed in a newer shard
         layout.fs.rm(path)
     layout.fs.rm(layout.retry_manifest)

@@ -79,6 +79,32 @@ def derive_seed(job_seed: int, row_id: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+# Column names that usually hold the prompt, in the order a mapping hint suggests them.
+_PROMPT_LIKE = ("text", "caption", "prompt_text", "description", "sentence", "title")
+
+
+def check_input_columns(names: list[str], columns: ColumnMap, *, uri: str) -> None:
+    """Raise ``ValueError`` when the input lacks the prompt column, or a column clashes with an output column.
+
+    Args:
+        names: the input's column names (pixelmill's own source columns are ignored).
+        columns: the spec's ``input.columns``.
+        uri: the input, named in the message.
+
+    The message says how to map the prompt column from the command line
+    (``--set input.columns.prompt=text``), naming the likeliest column.
+    """
+    found = [c for c in names if c not in (*schema.SOURCE_COLUMNS, INPUT_ERROR_COLUMN)]
+    if columns.prompt not in found:
+        likely = [c for c in _PROMPT_LIKE if c in found] or found or ["COLUMN"]
+        raise ValueError(
+            f"input.columns.prompt: column {columns.prompt!r} not in the input {uri} (columns: {found}); "
+            f"map the prompt column with --set input.columns.prompt={likely[0]} "
+            f"(or input.columns.prompt in the job YAML)"
+        )
+    check_passthrough_columns(found, columns)
+
+
 def check_passthrough_columns(input_columns: list[str], columns: ColumnMap) -> None:
     """Raise ``ValueError`` when an input column would overwrite a column pixelmill writes.
 

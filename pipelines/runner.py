@@ -15,7 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +23,9 @@ from pipelines import faults
 from pipelines.accounting import RunSummary
 from pipelines.layout import ERRORS_DIR, OutputLayout
 from pipelines.preflight import check_models, check_output_reachable, check_reachable
+from pipelines.progress import RunProgress, configure_ray_progress
 from pipelines.resilience import configure_data_context
-from pipelines.resume import MODES, Mode, done_ids, prepare_output
+from pipelines.resume import MODES, Mode, check_mode, done_ids, prepare_output
 from pipelines.spec import JobSpec
 from pipelines.storage import redact, storage_env_vars
 from pipelines.watchdog import RunStalled, Watchdog
@@ -92,12 +93,23 @@ def start_run(spec: JobSpec) -> tuple[dt.datetime, float, str]:
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = spec.ray.preserve_order
     configure_data_context(context)
+    configure_ray_progress(context, enabled=spec.ray.progress_bars)
     return started, clock_start, f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
-def execute(spec: JobSpec, layout: OutputLayout, dataset: ray.data.Dataset, sink: Any) -> None:
-    """Write ``dataset`` through ``sink`` under the watchdog, which watches the committed-shard count."""
-    with Watchdog(lambda: len(layout.committed_shards()), timeout_s=spec.ray.stall_timeout_s):
+def execute(
+    spec: JobSpec, layout: OutputLayout, dataset: ray.data.Dataset, sink: Any, *, total: int | None = None
+) -> None:
+    """Write ``dataset`` through ``sink`` under the watchdog, which watches the committed-shard count.
+
+    With ``total`` (the rows this run has to do), ``pipelines.progress`` shows rows done, images/s,
+    errors and ETA while the shards commit.
+    """
+    progress = RunProgress(layout.committed_shards, layout.read_stats, total=total) if total is not None else None
+    with (
+        Watchdog(lambda: len(layout.committed_shards()), timeout_s=spec.ray.stall_timeout_s),
+        progress or nullcontext(),
+    ):
         # Own remote args keep the write from fusing with the repartition before it: a fused
         # task would hand every block it made to one write() call, i.e. one oversized shard.
         dataset.write_datasink(sink, ray_remote_args=WRITE_TASK_OPTIONS)
@@ -111,6 +123,7 @@ def finish_run(
     summary.errors_table = layout.display(ERRORS_DIR)
     summary.add_shards(sink.shard_stats)
     summary.finish(started=started, clock_start=clock_start)
+    summary.warnings += score_warnings(spec, summary)
     summary.spec = redact(spec.model_dump(mode="json"))
     record = asdict(summary)
     layout.write_json(layout.run_record(summary.run_id), record)
@@ -122,6 +135,28 @@ def finish_run(
     if not summary.balanced:
         logger.error("pixelmill: the run does not balance: %s", summary.equation)
     return summary
+
+
+def score_warnings(spec: JobSpec, summary: RunSummary) -> list[str]:
+    """Say when a run's images score far below what its built-in scorer gives matched pairs.
+
+    Far below: under the midpoint of the matched and shuffled levels of the model card
+    (``models.builtin.SCORE_LEVELS``), i.e. nearer to images of other captions than to
+    images of their own. Only built-in scorers have known levels.
+    """
+    from models.builtin import SCORE_LEVELS
+    from models.store import BUILTIN_PREFIX
+
+    if spec.score is None or summary.clip_score_mean is None:
+        return []
+    level = SCORE_LEVELS.get(spec.score.model.uri.removeprefix(BUILTIN_PREFIX))
+    if level is None or summary.clip_score_mean >= (level[0] + level[1]) / 2:
+        return []
+    return [
+        f"images score {summary.clip_score_mean:.1f} on average with {spec.score.model.uri}, far below the "
+        f"{level[0]:.1f} it gives images that match their captions ({level[1]:.1f} for mismatched ones): "
+        f"the prompts are likely outside what {spec.model.uri} can draw (README: Built-in models)"
+    ]
 
 
 def _write_card(layout: OutputLayout, spec: JobSpec) -> None:
@@ -145,7 +180,9 @@ def _write_report(layout: OutputLayout) -> None:
         logger.warning("pixelmill: could not write report.html: %s: %s", type(error).__name__, error)
 
 
-def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = False) -> RunSummary:
+def run_job(
+    spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = False, force: bool = False
+) -> RunSummary:
     """Run a job to completion and return its summary.
 
     Args:
@@ -155,6 +192,7 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = F
             ``append`` adds a new batch after the existing shards.
         allow_spec_change: resume even when the settings differ from the output's latest
             run's (``pipelines.fingerprint``).
+        force: overwrite an output that holds files pixelmill did not write (they stay).
 
     Raises:
         PreflightError: storage is unreachable, the input or a model is missing, or a resume
@@ -163,15 +201,22 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = F
         Exception: whatever else stopped the job (model, Ray).
     """
     from pipelines.plan import build_dataset, prepared_rows
+    from pipelines.rows import check_input_columns
     from pipelines.sink import ShardDatasink
-    from pipelines.sources import list_input_files
+    from pipelines.sources import input_columns, list_input_files
 
-    # Fail on unreachable storage, a missing model or input, or an input that does not fit the
-    # output's schema before paying for Ray's start-up.
+    # Fail on unreachable storage, a missing model or input, a missing prompt column, an unreachable
+    # output or an input that does not fit the output's schema before paying for Ray's start-up.
     layout = OutputLayout(spec.output.uri, spec.storage_options)
     with preflight():
         check_job(spec)
         listing = list_input_files(spec.input, spec.storage_options)
+        check_apart(spec, listing, layout)
+        names = input_columns(listing, columns=spec.input.columns)
+        if names is not None:  # no file has a first batch: the plan checks what Ray reads
+            check_input_columns(names, spec.input.columns, uri=spec.input.uri)
+        check_output_reachable(spec)
+        check_mode(layout, mode, force=force)
         declared = run_schema(spec, layout, listing, mode)
         settings, input_record = made_from(spec, layout, listing, mode, allow_spec_change=allow_spec_change)
     started, clock_start, run_id = start_run(spec)
@@ -182,22 +227,53 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = F
         spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
         declared=declared,
     )
-    execute(spec, layout, dataset, sink)
+    # Counted before the work (one read pass, paid after the run before): the progress display's total.
+    input_rows = prepared_rows(spec, listing=listing).count()
+    execute(spec, layout, dataset, sink, total=max(0, input_rows - plan.skipped))
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,
-                         input_rows=prepared_rows(spec, listing=listing).count(),
+                         input_rows=input_rows,
                          settings=settings, input=input_record)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
 
 
-def check_job(spec: JobSpec) -> None:
-    """Check from the driver that the job's storage answers and its models exist (``pipelines.preflight``).
+def check_apart(spec: JobSpec, listing: tuple, layout: OutputLayout) -> None:
+    """Refuse an input inside the output, or an output inside an input folder, in every mode.
 
     Raises:
-        OSError: the first check that fails, as one line naming the spec key.
+        ValueError: the two overlap (an overwrite would delete the input, a later run would
+            read the shards as prompts).
+    """
+    from pipelines.storage import filesystem
+
+    fs, files, _, _ = listing
+    if type(fs) is not type(layout.fs):
+        return
+    output = layout.root.rstrip(layout.fs.sep) + layout.fs.sep
+    inside = [path for path in files if path.startswith(output)]
+    if inside:
+        raise ValueError(
+            f"input {spec.input.uri} is inside the output {spec.output.uri} ({inside[0]}); "
+            "put the input somewhere else: pixelmill writes and cleans the output folder"
+        )
+    _, input_path = filesystem(spec.input.uri, spec.storage_options)
+    if fs.isdir(input_path) and output.startswith(input_path.rstrip(fs.sep) + fs.sep):
+        raise ValueError(
+            f"output {spec.output.uri} is inside the input folder {spec.input.uri}; a later run would read "
+            "its shards as prompts: write the output somewhere else"
+        )
+
+
+def check_job(spec: JobSpec) -> None:
+    """Check from the driver, first of all, that the input's storage answers and the models exist.
+
+    The output is checked later (``check_output_reachable``), after the checks that must find
+    no output folder created (``check_apart``).
+
+    Raises:
+        OSError: the first check that fails, as one line naming the spec key (``pipelines.preflight``).
     """
     check_reachable(spec.input.uri, spec.storage_options, key="input.uri", bucket_must_exist=False)
     check_models(spec)
-    check_output_reachable(spec)  # last: it creates a local output folder
 
 
 def made_from(

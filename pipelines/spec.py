@@ -255,6 +255,8 @@ class RaySpec(_Strict):
     preserve_order: bool = True
     # Stop the run (exit code 3) when no shard commits for this long; 0 turns the watchdog off.
     stall_timeout_s: Annotated[float, Field(ge=0)] = 3600.0
+    # Ray Data's own per-operator progress bars (--ray-progress); pixelmill shows its own display either way.
+    progress_bars: bool = False
 
 
 class PlacementSpec(_Strict):

@@ -5,6 +5,6 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-# Pin the CPU build: any other torch spec downloads gigabytes of CUDA wheels.
-python -m pip install --quiet torch==2.13.0
+# Pin the CPU build first (requirements-cpu.txt): any other torch spec downloads gigabytes of CUDA wheels.
+python -m pip install --quiet -r requirements-cpu.txt
 python -m pip install --quiet -e ".[test]"
