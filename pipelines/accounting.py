@@ -43,6 +43,8 @@ class RunSummary:
     errors_by_stage: dict[str, int] = field(default_factory=dict)
     errors_by_reason: dict[str, int] = field(default_factory=dict)
     errors_table: str = ""
+    # Damaged shards the run found and removed (their rows were done again): shard name -> what was wrong.
+    damaged_shards: dict[str, str] = field(default_factory=dict)
     shards: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     images_per_s: float = 0.0

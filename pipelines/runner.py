@@ -179,15 +179,18 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
     )
     execute(spec, layout, dataset, sink)
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,
-                         input_rows=prepared_rows(spec, listing=listing).count())
+                         input_rows=prepared_rows(spec, listing=listing).count(), damaged_shards=plan.damaged)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
 
 
 def committed_schema(layout: OutputLayout) -> pa.Schema | None:
-    """Return the pass-through schema of the output's committed shards (its latest one's), or None."""
+    """Return the pass-through schema of the output's whole committed shards (its latest one's), or None.
+
+    A damaged shard (``OutputLayout.check_shards``) is left out: the run removes it and redoes its rows.
+    """
     from pipelines import column_types
 
-    committed = layout.committed_shards()
+    committed = layout.check_shards().whole
     if not committed:
         return None
     return column_types.decide([layout.shard_schema(committed[-1])], ())
