@@ -251,7 +251,8 @@ class OutputLayout:
                  for path, info in self.fs.find(self.root, detail=True).items()}
         pattern = STATS_FILE.regex()
         shards = sorted(int(match.group(1)) for name in sizes if (match := pattern.fullmatch("/" + name)))
-        contents = self.fs.cat([self.shard_file("stats", shard) for shard in shards], on_error="return")
+        paths = [self.shard_file("stats", shard) for shard in shards]
+        contents = self.fs.cat(paths, on_error="return") if paths else {}  # fsspec refuses an empty list
         stats: dict[int, dict[str, Any]] = {}
         damaged: dict[int, str] = {}
         for shard in shards:
