@@ -46,6 +46,8 @@ class RunSummary:
     scored: int = 0
     clip_score_mean: float | None = None
     warnings: list[str] = field(default_factory=list)
+    # Damaged shards the run found and removed (their rows were done again): shard name -> what was wrong.
+    damaged_shards: dict[str, str] = field(default_factory=dict)
     shards: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     images_per_s: float = 0.0

@@ -12,7 +12,8 @@ The layout of an output root::
     00000.parquet           every row of the shard (images left out)
     _errors/00000.parquet   the shard's error records (only when it has any)
     00000_stats.json        the commit marker, written last: a shard is committed
-                            exactly when its stats file exists
+                            exactly when its stats file exists; its ``files`` lists
+                            each other file of the shard with its size in bytes
     _run.json               the latest run's record (summary, equation, spec)
     _runs/<run id>.json     one record per run
     _retry.json             a retry-errors run in progress
@@ -23,6 +24,10 @@ The layout of an output root::
 ``SHARD_FILES`` lists the per-shard files in commit order. A new per-shard file is one
 entry there (and one writer in ``pipelines.sink``): cleanup, listing and the report
 pick it up from here.
+
+A committed shard is *whole* when every file its stats file lists is there with the
+size listed (``check_shards``, one listing of the root); otherwise it is *damaged* (a
+file deleted or truncated by hand, a bucket lifecycle rule) and counts as not committed.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ __all__ = [
     "STATS_FILE",
     "TMP_DIR",
     "OutputLayout",
+    "ShardCheck",
     "ShardFile",
     "shard_name",
 ]
@@ -96,6 +102,46 @@ _BY_KIND = {shard_file.kind: shard_file for shard_file in SHARD_FILES}
 def shard_name(shard: int) -> str:
     """Return the zero-padded name of a shard (``00042``)."""
     return f"{shard:0{SHARD_DIGITS}d}"
+
+
+@dataclass(frozen=True)
+class ShardCheck:
+    """The committed shards of an output, checked against one listing (``OutputLayout.check_shards``).
+
+    Attributes:
+        stats: the stats of each whole shard, by shard number, ascending.
+        damaged: what is wrong with each damaged shard (``00001.tar is missing``), by shard number.
+    """
+
+    stats: dict[int, dict[str, Any]]
+    damaged: dict[int, str]
+
+    @property
+    def whole(self) -> list[int]:
+        """The numbers of the whole shards, ascending."""
+        return list(self.stats)
+
+
+def shard_damage(shard: int, stats: dict[str, Any], sizes: dict[str, int]) -> str | None:
+    """Return what is wrong with a committed shard, or None when it is whole.
+
+    Args:
+        shard: the shard number.
+        stats: its stats file; ``files`` maps each other file (name relative to the root) to
+            its size in bytes. Stats written before ``files`` existed list nothing: then the
+            shard's required files must be there, at any size.
+        sizes: the size of every file under the root, by name relative to the root.
+    """
+    listed = stats.get("files")
+    if not isinstance(listed, dict):
+        listed = {f.name(shard): None for f in SHARD_FILES[:-1] if not f.optional}
+    problems = []
+    for name, size in sorted(listed.items()):
+        if name not in sizes:
+            problems.append(f"{name} is missing")
+        elif size is not None and sizes[name] != size:
+            problems.append(f"{name} has {sizes[name]} bytes, its stats file says {size}")
+    return "; ".join(problems) or None
 
 
 class OutputLayout:
@@ -159,6 +205,10 @@ class OutputLayout:
         """The run report (``report.html``)."""
         return self.path(REPORT)
 
+    def relative(self, path: str) -> str:
+        """Return a full path under the root as a name relative to it (``_errors/00001.parquet``)."""
+        return path[len(self.root) :].lstrip(self.fs.sep) if path.startswith(self.root) else path
+
     def display(self, *names: str) -> str:
         """Return a path under the root as the user wrote the URI (``s3://b/out/_errors``)."""
         return join(self.fs, self.uri, *names)
@@ -187,6 +237,37 @@ class OutputLayout:
         if not self.exists():
             return []
         return sorted(self._numbered(STATS_FILE))
+
+    def check_shards(self) -> ShardCheck:
+        """Return the committed shards split into whole and damaged ones, from one listing of the root.
+
+        A shard whose stats file cannot be read or parsed is damaged too. The stats files are
+        read in one call (concurrent requests on an object store).
+        """
+        self.refresh()
+        if not self.exists():
+            return ShardCheck(stats={}, damaged={})
+        sizes = {self.relative(path): int(info.get("size") or 0)
+                 for path, info in self.fs.find(self.root, detail=True).items()}
+        pattern = STATS_FILE.regex()
+        shards = sorted(int(match.group(1)) for name in sizes if (match := pattern.fullmatch("/" + name)))
+        paths = [self.shard_file("stats", shard) for shard in shards]
+        contents = self.fs.cat(paths, on_error="return") if paths else {}  # fsspec refuses an empty list
+        stats: dict[int, dict[str, Any]] = {}
+        damaged: dict[int, str] = {}
+        for shard in shards:
+            content = contents.get(self.shard_file("stats", shard))
+            try:
+                parsed = json.loads(content) if isinstance(content, bytes) else None
+            except ValueError:
+                parsed = None
+            if not isinstance(parsed, dict):
+                damaged[shard] = f"{STATS_FILE.name(shard)} cannot be read"
+            elif (damage := shard_damage(shard, parsed, sizes)) is not None:
+                damaged[shard] = damage
+            else:
+                stats[shard] = parsed
+        return ShardCheck(stats=stats, damaged=damaged)
 
     def files(self, kind: str) -> list[str]:
         """Return the full paths of every existing per-shard file of ``kind``, in shard order."""
@@ -242,6 +323,12 @@ class OutputLayout:
             leftovers += [path for shard, path in self._numbered(shard_file).items() if shard not in committed]
         return sorted(leftovers)
 
+    def remove_shard(self, shard: int) -> None:
+        """Remove a shard's files: its stats file first, so a crash midway leaves only uncommitted files."""
+        for path in reversed(self.shard_files(shard)):
+            if self.fs.exists(path):
+                self.fs.rm(path)
+
     def is_owned(self, path: str) -> bool:
         """Return whether ``path`` (a full path under the root) is a file pixelmill writes there.
 
@@ -249,7 +336,7 @@ class OutputLayout:
         the lease, the report and anything under ``_tmp/``. Anything else (a user's notes,
         an input file placed in the output) is not pixelmill's to delete.
         """
-        relative = path[len(self.root) :].lstrip(self.fs.sep) if path.startswith(self.root) else path
+        relative = self.relative(path)
         if relative in (RUN_RECORD, RETRY_MANIFEST, LEASE, REPORT):
             return True
         if relative.startswith(TMP_DIR + "/"):

@@ -15,12 +15,13 @@ are skipped); the error table stops after the first ``max_errors`` records.
 What grows with the output is one float per image when it has scores (for the
 histogram) and one small dict per shard.
 
-Sections: the run header (from ``_run.json``: the accounting equation and
-whether it balances), counts (images, errors by stage and by reason, filtered,
-skipped), a contact sheet of a deterministic sample of images (``seed``),
-per-stage throughput from the per-row ``*_s`` columns, shard write times from
-the stats files, a histogram of ``clip_score`` (where the output has it), and
-the first error records.
+Sections: a banner naming each damaged shard (a file its stats file lists is missing
+or of another size; its rows are left out of the report, and the next resume redoes
+them), the run header (from ``_run.json``: the accounting equation and whether it
+balances), counts (images, errors by stage and by reason, filtered, skipped), a
+contact sheet of a deterministic sample of images (``seed``), per-stage throughput
+from the per-row ``*_s`` columns, shard write times from the stats files, a histogram
+of ``clip_score`` (where the output has it), and the first error records.
 """
 
 from __future__ import annotations
@@ -179,6 +180,7 @@ def render_report(
         score_column=SCORE_COLUMN,
         errors=data.errors,
         error_total=data.error_total,
+        damaged=[(shard_name(shard), damage) for shard, damage in data.damaged.items()],
     )
 
 
@@ -216,7 +218,12 @@ def build_report(
 
 
 def report_main(output_uri: str, *, sample_size: int = 48, seed: int = 0) -> int:
-    """``pixelmill report OUT``: write ``OUT/report.html``; return the exit code (0, or 2 when OUT is no output)."""
+    """``pixelmill report OUT``: write ``OUT/report.html`` and return the exit code.
+
+    Returns:
+        0; 1 when the report failed, or was written but the output has damaged shards (each
+        named on stderr); 2 when OUT is no output.
+    """
     try:
         uri = build_report(output_uri, sample_size=sample_size, seed=seed)
     except (FileNotFoundError, PermissionError) as error:
@@ -226,4 +233,11 @@ def report_main(output_uri: str, *, sample_size: int = 48, seed: int = 0) -> int
         print(f"pixelmill: the report failed: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     print(f"pixelmill: report written to {uri}")
+    damaged = OutputLayout(output_uri).check_shards().damaged
+    for shard, damage in damaged.items():
+        print(f"pixelmill: DAMAGED shard {shard_name(shard)}: {damage}", file=sys.stderr)
+    if damaged:
+        print(f"pixelmill: the output is damaged: {len(damaged)} shard(s) left out of the report; "
+              "run the job again (resume) to redo their rows", file=sys.stderr)
+        return 1
     return 0

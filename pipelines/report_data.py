@@ -1,9 +1,10 @@
 """Gathering a report's facts from an output: stats, run record, a sample, timings, scores, errors.
 
-Reads only what a finished run leaves, through ``pipelines.layout``: the committed
-shards' stats files, their Parquet (one file and one batch at a time, needed columns
-only), the sampled images' tar members (headers walked, other members skipped) and the
-first ``max_errors`` error records. ``pipelines.report`` renders what this returns.
+Reads only what a finished run leaves, through ``pipelines.layout``: the whole committed
+shards' stats files (a damaged shard, ``OutputLayout.check_shards``, is only named),
+their Parquet (one file and one batch at a time, needed columns only), the sampled
+images' tar members (headers walked, other members skipped) and the first
+``max_errors`` error records. ``pipelines.report`` renders what this returns.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class ReportData:
     write: dict[str, Any]
     errors: list[dict[str, Any]]
     error_total: int
+    damaged: dict[int, str] = field(default_factory=dict)  # shard -> what is wrong; left out of everything else
 
 
 def gather(layout: OutputLayout, *, sample_size: int, seed: int, max_errors: int = MAX_ERRORS) -> ReportData:
@@ -105,13 +107,14 @@ def gather(layout: OutputLayout, *, sample_size: int, seed: int, max_errors: int
     layout.refresh()  # listings cached by this process may predate the run's writes
     if not layout.exists() or not layout.fs.isdir(layout.root):
         raise FileNotFoundError(f"no pixelmill output at {layout.uri}")
-    stats = {int(s["shard"]): s for s in layout.all_stats()}
+    check = layout.check_shards()
+    stats = check.stats
     run = layout.last_run()
-    if run is None and not stats:
+    if run is None and not stats and not check.damaged:
         raise FileNotFoundError(f"{layout.uri} holds no _run.json and no committed shard")
     scan = _scan_parquet(layout, stats, _plan_sample(stats, sample_size, seed))
     _read_thumbnails(layout, scan.samples)
-    errors, error_total = _read_errors(layout, max_errors)
+    errors, error_total = _read_errors(layout, list(stats), max_errors)
     return ReportData(
         run=run,
         stats=stats,
@@ -128,6 +131,7 @@ def gather(layout: OutputLayout, *, sample_size: int, seed: int, max_errors: int
         write=_write_times(stats),
         errors=errors,
         error_total=error_total,
+        damaged=check.damaged,
     )
 
 
@@ -266,9 +270,10 @@ def _read_thumbnails(layout: OutputLayout, samples: dict[str, Sample]) -> None:
                     break
 
 
-def _read_errors(layout: OutputLayout, limit: int) -> tuple[list[dict[str, Any]], int]:
-    """Return the first ``limit`` error records (shard order) and the number of records in ``_errors/``."""
-    fs, files = layout.fs, layout.files("errors")
+def _read_errors(layout: OutputLayout, shards: list[int], limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Return the first ``limit`` error records (shard order) of ``shards`` and their number of records."""
+    wanted = {layout.shard_file("errors", shard) for shard in shards}
+    fs, files = layout.fs, [path for path in layout.files("errors") if path in wanted]
     records: list[dict[str, Any]] = []
     total = 0
     for path in files:

@@ -2,17 +2,19 @@
 
 A shard is committed exactly when its stats file exists (``pipelines.layout``). At
 start a run removes what dead runs left (``_tmp/`` and files of shards that never
-committed), applies the output mode, and reads the ids of the committed rows with Ray
-Data so the plan can anti-join them away before any model runs.
+committed) and every damaged shard (a file its stats file lists is missing or of another
+size: it counts as not committed, so its rows are done again), applies the output mode,
+and reads the ids of the committed rows with Ray Data so the plan can anti-join them
+away before any model runs.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from pipelines.layout import OutputLayout
+from pipelines.layout import OutputLayout, shard_name
 
 if TYPE_CHECKING:
     import ray.data
@@ -34,6 +36,7 @@ class OutputPlan:
     shard_offset: int
     done_parquet: list[str]
     skipped: int
+    damaged: dict[str, str] = field(default_factory=dict)  # shard name -> what was wrong (removed, redone)
 
 
 def foreign_files(layout: OutputLayout) -> list[str]:
@@ -73,13 +76,23 @@ def check_mode(layout: OutputLayout, mode: Mode, *, force: bool = False) -> None
         )
 
 
-def clean_output(layout: OutputLayout) -> list[int]:
-    """Remove what dead runs left (temporaries, shard files without stats); return committed shards."""
+def clean_output(layout: OutputLayout) -> tuple[list[int], dict[str, str]]:
+    """Remove what dead runs left and every damaged shard.
+
+    Returns:
+        the whole committed shards (ascending), and what was wrong with each damaged shard
+        removed (by shard name).
+    """
     layout.remove_tmp()
+    check = layout.check_shards()
+    for shard, damage in check.damaged.items():
+        logger.warning("pixelmill: shard %s is damaged (%s): removing it, its rows are done again",
+                       shard_name(shard), damage)
+        layout.remove_shard(shard)
     for path in layout.uncommitted_files():
         logger.info("pixelmill: removing %s (its shard never committed)", path)
         layout.fs.rm(path)
-    return layout.committed_shards()
+    return check.whole, {shard_name(shard): damage for shard, damage in check.damaged.items()}
 
 
 def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
@@ -99,11 +112,13 @@ def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
                 layout.fs.rm(path)
         layout.remove_tmp()
         return OutputPlan(shard_offset=0, done_parquet=[], skipped=0)
-    committed = clean_output(layout)
+    committed, damaged = clean_output(layout)
     offset = max(committed) + 1 if committed else 0
     if mode == "append" or not committed:
-        return OutputPlan(shard_offset=offset, done_parquet=[], skipped=0)
-    return done_after(layout, committed, offset)
+        return OutputPlan(shard_offset=offset, done_parquet=[], skipped=0, damaged=damaged)
+    plan = done_after(layout, committed, offset)
+    plan.damaged = damaged
+    return plan
 
 
 def done_after(layout: OutputLayout, shards: list[int], offset: int) -> OutputPlan:

@@ -38,7 +38,7 @@ def retry_errors(spec: JobSpec) -> RunSummary:
         check_output_reachable(spec)
     layout = OutputLayout(spec.output.uri, spec.storage_options)
     started, clock_start, run_id = start_run(spec)
-    committed = clean_output(layout)
+    committed, damaged = clean_output(layout)
     offset = max(committed) + 1 if committed else 0
     if layout.fs.exists(layout.retry_manifest):  # a retry that died: finish it
         manifest = layout.read_json(layout.retry_manifest)
@@ -61,5 +61,5 @@ def retry_errors(spec: JobSpec) -> RunSummary:
         layout.fs.rm(path)
     layout.fs.rm(layout.retry_manifest)
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode="retry-errors", skipped=plan.skipped,
-                         input_rows=input_rows)
+                         input_rows=input_rows, damaged_shards=damaged)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)

@@ -232,7 +232,7 @@ def run_job(
     execute(spec, layout, dataset, sink, total=max(0, input_rows - plan.skipped))
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,
                          input_rows=input_rows,
-                         settings=settings, input=input_record)
+                         settings=settings, input=input_record, damaged_shards=plan.damaged)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
 
 
@@ -298,10 +298,13 @@ def made_from(
 
 
 def committed_schema(layout: OutputLayout) -> pa.Schema | None:
-    """Return the pass-through schema of the output's committed shards (its latest one's), or None."""
+    """Return the pass-through schema of the output's whole committed shards (its latest one's), or None.
+
+    A damaged shard (``OutputLayout.check_shards``) is left out: the run removes it and redoes its rows.
+    """
     from pipelines import column_types
 
-    committed = layout.committed_shards()
+    committed = layout.check_shards().whole
     if not committed:
         return None
     return column_types.decide([layout.shard_schema(committed[-1])], ())

@@ -7,7 +7,9 @@ names from the same block, so retries cannot double rows).
 
 Commit protocol (see ARCHITECTURE.md): the shard's files are written in the order of
 ``pipelines.layout.SHARD_FILES``, each with :func:`pipelines.storage.write_once`, so it
-appears complete or not at all; the stats file comes last and is the commit marker.
+appears complete or not at all; the stats file comes last and is the commit marker. It
+lists each other file written with its size (``files``), so a later run can tell a whole
+shard from a damaged one.
 ``SHARD_WRITERS`` holds one small writer per file: a new per-shard file is one entry
 there and one in ``SHARD_FILES``.
 """
@@ -176,6 +178,7 @@ class ShardDatasink(Datasink[dict]):
             self.output.image_format,
         )
         inject("sink:before_publish", shard=shard)
+        sizes: dict[str, int] = {}  # each file written: name relative to the root -> bytes
         for shard_file in SHARD_FILES:
             write, needed = SHARD_WRITERS[shard_file.kind]
             if shard_file is SHARD_FILES[-1]:  # the commit marker
@@ -183,6 +186,7 @@ class ShardDatasink(Datasink[dict]):
                 content.stats = self._stats(
                     content.table, shard=shard, run_id=self.run_id, started=started, seconds=time.perf_counter() - start
                 )
+                content.stats["files"] = dict(sizes)  # what a later run checks the shard against (layout.check_shards)
             if not needed(content):
                 continue
             path = layout.shard_file(shard_file.kind, shard)
@@ -190,6 +194,7 @@ class ShardDatasink(Datasink[dict]):
                 layout.fs.makedirs(path.rsplit(layout.fs.sep, 1)[0], exist_ok=True)
             with write_once(layout.fs, path, staging_dir=staging) as f:
                 write(f, content)
+                sizes[shard_file.name(shard)] = f.tell()
         inject("sink:after_commit", shard=shard)
         return content.stats
 
