@@ -23,7 +23,7 @@ from pipelines import faults
 from pipelines.accounting import RunSummary
 from pipelines.layout import ERRORS_DIR, OutputLayout
 from pipelines.resilience import configure_data_context
-from pipelines.resume import MODES, Mode, done_ids, prepare_output
+from pipelines.resume import MODES, Mode, RunRows, done_keys, prepare_output
 from pipelines.spec import JobSpec
 from pipelines.storage import redact, storage_env_vars
 from pipelines.watchdog import RunStalled, Watchdog
@@ -158,7 +158,8 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
         RunStalled: the watchdog saw no shard commit for ``ray.stall_timeout_s``.
         Exception: whatever else stopped the job (model, Ray).
     """
-    from pipelines.plan import build_dataset, prepared_rows
+    from pipelines.dedupe import first_occurrences
+    from pipelines.plan import prepared_rows, process_rows
     from pipelines.sink import ShardDatasink
     from pipelines.sources import list_input_files
 
@@ -172,14 +173,16 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
     started, clock_start, run_id = start_run(spec)
     with preflight():
         plan = prepare_output(layout, mode)
-        dataset = build_dataset(spec, listing=listing, done_ids=done_ids(layout, plan.done_parquet), declared=declared)
+        rows = prepared_rows(spec, listing=listing, declared=declared)
+        run_rows = RunRows(rows, first_occurrences(rows), done_keys(layout, plan.done_parquet))
+        dataset = process_rows(spec, run_rows.todo())
     sink = ShardDatasink(
         spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
         declared=declared,
     )
     execute(spec, layout, dataset, sink)
-    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,
-                         input_rows=prepared_rows(spec, listing=listing).count())
+    input_rows, skipped = run_rows.counts()
+    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=skipped, input_rows=input_rows)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
 
 
