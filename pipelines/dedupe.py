@@ -62,14 +62,20 @@ def duplicate_reason(first_at: str) -> str:
     return f"duplicate id (first at {first_at})"
 
 
+def _join(*parts: pa.ChunkedArray, sep: str) -> pa.ChunkedArray:
+    # One text type for every part: a join hands string columns back as large_string.
+    texts = [pc.cast(part, pa.large_string()) for part in parts]
+    return pc.binary_join_element_wise(*texts, pa.scalar(sep, pa.large_string()))
+
+
 def _place(table: pa.Table) -> pa.ChunkedArray:
     """``<source>#<source_row>`` of every row."""
-    return pc.binary_join_element_wise(table[SOURCE], pc.cast(table[SOURCE_ROW], pa.string()), "#")
+    return _join(table[SOURCE], table[SOURCE_ROW], sep="#")
 
 
 def _order(table: pa.Table) -> pa.ChunkedArray:
-    rows = pc.utf8_lpad(pc.cast(table[SOURCE_ROW], pa.string()), _ROW_DIGITS, "0")
-    return pc.binary_join_element_wise(table[SOURCE], rows, _SEP)
+    rows = pc.utf8_lpad(pc.cast(table[SOURCE_ROW], pa.large_string()), _ROW_DIGITS, "0")
+    return _join(table[SOURCE], rows, sep=_SEP)
 
 
 def _with_order(batch: pa.Table) -> pa.Table:
@@ -109,8 +115,8 @@ def apply_marks(batch: pa.Table) -> pa.Table:
     for name, value in values.items():
         index = batch.column_names.index(name)
         column = batch[name]
-        new = value if isinstance(value, pa.ChunkedArray) else pa.scalar(value, column.type)
-        batch = batch.set_column(index, name, pc.if_else(marked, new, column).cast(column.type))
+        new = pc.cast(value, column.type) if isinstance(value, pa.ChunkedArray) else pa.scalar(value, column.type)
+        batch = batch.set_column(index, name, pc.if_else(marked, new, column))
     return batch.drop_columns([DUPLICATE_MARK])
 
 
@@ -151,5 +157,5 @@ def mark_duplicates(rows: ray.data.Dataset, firsts: ray.data.Dataset | None) -> 
 def with_resume_key(batch: pa.Table) -> pa.Table:
     """Return ``batch`` (input or committed rows) with its :data:`RESUME_KEY` column appended."""
     duplicate = pc.fill_null(pc.equal(batch[STAGE], DUPLICATE_STAGE), False)
-    key = pc.if_else(duplicate, pc.fill_null(_place(batch), ""), pa.scalar("", pa.string()))
+    key = pc.if_else(duplicate, pc.fill_null(_place(batch), ""), pa.scalar("", pa.large_string()))
     return batch.append_column(RESUME_KEY, key)
