@@ -2,8 +2,10 @@
 
 Every input row of a run ends as exactly one of: an image, an error record, a filtered
 record, or a row skipped as already done, so ``images + errors + filtered + skipped ==
-input_rows``. ``input_rows`` is counted by a separate pass over the input; the other
-terms come from the stats of the shards the run committed.
+input_rows``. ``input_rows`` (after ``limit``) and ``skipped`` (those of them found already
+done) are counted by Ray in passes of their own (``pipelines.resume.RunRows.counts``); the
+other terms come from the stats of the shards the run committed. A later occurrence of an id
+is an error record (``pipelines.dedupe``), so it needs no term of its own.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pipelines.layout import shard_name
 
 __all__ = ["EQUATION_TERMS", "RunSummary"]
 
-# The terms that add up to ``input_rows``; a new way for a row to end (a duplicate id,
-# a fan-out child) is one more term here and one more counter field below.
+# The terms that add up to ``input_rows``; a new way for a row to end (a fan-out child)
+# is one more term here and one more counter field below.
 EQUATION_TERMS: tuple[str, ...] = ("images", "errors", "filtered", "skipped")
 
 

@@ -7,19 +7,21 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
 
 from actors.encode import EncodeStage
 from actors.generate import GenerateStage
+from pipelines.dedupe import DUPLICATE_MARK, apply_marks
 from pipelines.images import encode_images
 from pipelines.passthrough import pack
 from pipelines.resilience import stage_remote_args
 from pipelines.rows import check_input_columns, prepare_rows
-from pipelines.schema import OUTPUT_COLUMNS
+from pipelines.schema import DUPLICATE_STAGE, ERROR, OUTPUT_COLUMNS, STAGE
 from pipelines.sources import input_columns, list_input_files, read_prompts
 from pipelines.spec import ColumnMap, JobSpec, StageSpec
 
-__all__ = ["build_dataset", "pool_options", "prepared_rows", "process_rows", "style_columns"]
+__all__ = ["pool_options", "prepared_rows", "process_rows", "retried_rows", "style_columns"]
 
 
 def pool_options(stage: StageSpec) -> dict[str, Any]:
@@ -72,31 +74,30 @@ def prepared_rows(
 
 
 def retried_rows(spec: JobSpec, error_tables: ray.data.Dataset) -> ray.data.Dataset:
-    """Return error records (``_errors/*.parquet``) as canonical rows to process again."""
+    """Return error records (``_errors/*.parquet``) as canonical rows to process again.
+
+    A duplicate record (``pipelines.dedupe``) comes back as the same record: its id's first
+    occurrence is committed, so retrying it would make a second row of that id.
+    """
     def to_input(batch):
+        duplicate = pc.equal(batch[STAGE], DUPLICATE_STAGE)
+        batch = batch.append_column(DUPLICATE_MARK, pc.if_else(duplicate, batch[ERROR], pa.scalar("", pa.string())))
         return batch.drop_columns([c for c in batch.column_names if c in OUTPUT_COLUMNS])
 
     return error_tables.map_batches(to_input, batch_format="pyarrow").map_batches(
         cast(Any, prepare_rows),  # as in prepared_rows: keyword arguments from fn_kwargs
         batch_format="pyarrow",
         fn_kwargs={"columns": ColumnMap(), "defaults": spec.defaults, "job_seed": spec.seed},
-    )
+    ).map_batches(apply_marks, batch_format="pyarrow")
 
 
-def process_rows(
-    spec: JobSpec, ds: ray.data.Dataset, *, done_ids: ray.data.Dataset | None = None
-) -> ray.data.Dataset:
+def process_rows(spec: JobSpec, ds: ray.data.Dataset) -> ray.data.Dataset:
     """Return the lazy dataset of finished rows, in blocks of exactly one shard.
 
     Args:
-        ds: canonical rows (:func:`prepared_rows` or :func:`retried_rows`).
-        done_ids: ids already committed (resume); those rows are dropped by a
-            distributed anti-join before any model runs.
+        ds: the rows to process: canonical rows (:func:`prepared_rows` or :func:`retried_rows`)
+            less those already done (``pipelines.resume.RunRows.todo``).
     """
-    if done_ids is not None:
-        # One hash partition per ~16 committed shards keeps each partition's id set small.
-        partitions = max(1, min(64, len(done_ids.input_files()) // 16 + 1))
-        ds = ds.join(done_ids, join_type="left_anti", num_partitions=partitions, on=("id",))
     # Non-text pass-through columns ride around the numpy-based stages as Arrow bytes
     # (pipelines.passthrough); the sink unpacks them, types and values as read.
     ds = ds.map_batches(cast(Any, pack), batch_format="pyarrow", fn_kwargs={"keep": list(style_columns(spec))})
@@ -168,11 +169,3 @@ def _placed_stages(spec: JobSpec) -> list[tuple[Callable[..., Any], dict[str, An
         (steps[0][0], steps[0][1], resources) if len(steps) == 1 else (FusedStage, {"steps": steps}, resources)
         for steps, resources in pools
     ]
-
-
-def build_dataset(
-    spec: JobSpec, *, listing: tuple | None = None, done_ids: ray.data.Dataset | None = None,
-    declared: pa.Schema | None = None,
-) -> ray.data.Dataset:
-    """Return the whole lazy plan of a job: its input rows through every stage, in shard blocks."""
-    return process_rows(spec, prepared_rows(spec, listing=listing, declared=declared), done_ids=done_ids)

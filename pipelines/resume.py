@@ -4,24 +4,31 @@ A shard is committed exactly when its stats file exists (``pipelines.layout``). 
 start a run removes what dead runs left (``_tmp/`` and files of shards that never
 committed) and every damaged shard (a file its stats file lists is missing or of another
 size: it counts as not committed, so its rows are done again), applies the output mode,
-and reads the ids of the committed rows with Ray Data so the plan can anti-join them
-away before any model runs.
+and reads the resume keys of the committed rows (``pipelines.dedupe``: the id, and where
+a duplicate record stood) with Ray Data, so :class:`RunRows` can anti-join them away
+before any model runs.
+
+``skipped`` is the number of this run's input rows (after ``limit``) found already done:
+the input rows minus the rows left after the anti-join, both counted by Ray before the
+model stages, so the equation balances in every mode and at every ``limit``.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
+from pipelines.dedupe import KEY_COLUMNS, RESUME_KEY, RESUME_ON, mark_duplicates, with_resume_key
 from pipelines.layout import OutputLayout, shard_name
+from pipelines.schema import ID, SOURCE_COLUMNS, STAGE
 
 if TYPE_CHECKING:
     import ray.data
 
 __all__ = [
-    "MODES", "Mode", "OutputPlan", "check_mode", "clean_output", "done_after", "done_ids", "foreign_files",
-    "prepare_output",
+    "MODES", "Mode", "OutputPlan", "RunRows", "check_mode", "clean_output", "done_after", "done_keys",
+    "foreign_files", "prepare_output",
 ]
 
 Mode = Literal["resume", "overwrite", "append"]
@@ -31,11 +38,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class OutputPlan:
-    """What a run finds at its output: where numbering continues and what is already done."""
+    """What a run finds at its output: where numbering continues and the Parquets of what is done."""
 
     shard_offset: int
     done_parquet: list[str]
-    skipped: int
     damaged: dict[str, str] = field(default_factory=dict)  # shard name -> what was wrong (removed, redone)
 
 
@@ -111,11 +117,11 @@ def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
             if path not in foreign:
                 layout.fs.rm(path)
         layout.remove_tmp()
-        return OutputPlan(shard_offset=0, done_parquet=[], skipped=0)
+        return OutputPlan(shard_offset=0, done_parquet=[])
     committed, damaged = clean_output(layout)
     offset = max(committed) + 1 if committed else 0
     if mode == "append" or not committed:
-        return OutputPlan(shard_offset=offset, done_parquet=[], skipped=0, damaged=damaged)
+        return OutputPlan(shard_offset=offset, done_parquet=[], damaged=damaged)
     plan = done_after(layout, committed, offset)
     plan.damaged = damaged
     return plan
@@ -123,16 +129,59 @@ def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
 
 def done_after(layout: OutputLayout, shards: list[int], offset: int) -> OutputPlan:
     """Return a plan that skips the rows of ``shards`` and numbers new shards from ``offset``."""
-    skipped = sum(layout.read_stats(shard)["count"] for shard in shards)
-    parquet = [layout.shard_file("parquet", shard) for shard in shards]
-    return OutputPlan(shard_offset=offset, done_parquet=parquet, skipped=skipped)
+    return OutputPlan(shard_offset=offset, done_parquet=[layout.shard_file("parquet", shard) for shard in shards])
 
 
-def done_ids(layout: OutputLayout, paths: list[str]) -> ray.data.Dataset | None:
-    """Return a dataset of the ids already committed, read by Ray, never gathered on the driver."""
+def done_keys(layout: OutputLayout, paths: list[str]) -> ray.data.Dataset | None:
+    """Return the resume keys of the rows committed in ``paths``, read by Ray, never gathered on the driver.
+
+    Returns:
+        a dataset of :data:`pipelines.dedupe.RESUME_ON` columns, or None when ``paths`` is empty.
+    """
     import ray.data
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     if not paths:
         return None
-    return ray.data.read_parquet(paths, columns=["id"], filesystem=PyFileSystem(FSSpecHandler(layout.fs)))
+    committed = ray.data.read_parquet(
+        paths, columns=[ID, STAGE, *SOURCE_COLUMNS], filesystem=PyFileSystem(FSSpecHandler(layout.fs))
+    )
+    return committed.map_batches(lambda batch: with_resume_key(batch).select(list(RESUME_ON)), batch_format="pyarrow")
+
+
+@dataclass
+class RunRows:
+    """A run's input rows and what it finds done: the rows to process and how many it skips.
+
+    Attributes:
+        rows: this run's canonical input rows (after ``limit``).
+        firsts: ``pipelines.dedupe.first_occurrences`` of ``rows`` (None: no id repeats).
+        done: :func:`done_keys` of the committed rows a resume skips (None: nothing to skip).
+    """
+
+    rows: ray.data.Dataset
+    firsts: ray.data.Dataset | None
+    done: ray.data.Dataset | None
+
+    @property
+    def partitions(self) -> int:
+        """Hash partitions of the anti-join: one per ~16 committed shards keeps each partition's key set small."""
+        return max(1, min(64, len(self.done.input_files()) // 16 + 1)) if self.done is not None else 1
+
+    def todo(self, columns: tuple[str, ...] | None = None) -> ray.data.Dataset:
+        """Return the rows to process (duplicates marked, done rows dropped), lazily; ``columns`` narrows them."""
+        rows = self.rows if columns is None else self.rows.select_columns(list(columns))
+        rows = mark_duplicates(rows, self.firsts)
+        if self.done is None:
+            return rows
+        keyed = rows.map_batches(with_resume_key, batch_format="pyarrow")
+        left = keyed.join(self.done, join_type="left_anti", num_partitions=self.partitions,
+                           on=cast(Any, RESUME_ON))  # Ray's hint says tuple[str]; any key tuple works
+        return left.drop_columns([RESUME_KEY])
+
+    def counts(self) -> tuple[int, int]:
+        """Return ``(input_rows, skipped)``: both counted by Ray, with no model stage in their plans."""
+        input_rows = self.rows.count()
+        if self.done is None:
+            return input_rows, 0
+        return input_rows, input_rows - self.todo(KEY_COLUMNS).count()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pipelines.accounting import RunSummary
 from pipelines.layout import OutputLayout
 from pipelines.preflight import check_models, check_output_reachable
-from pipelines.resume import OutputPlan, clean_output, done_after, done_ids
+from pipelines.resume import OutputPlan, RunRows, clean_output, done_after, done_keys
 from pipelines.runner import committed_schema, execute, finish_run, preflight, start_run
 from pipelines.spec import JobSpec
 
@@ -48,18 +48,19 @@ def retry_errors(spec: JobSpec) -> RunSummary:
         files = layout.files("errors")
         manifest = {"run_id": run_id, "first_shard": offset, "error_files": files}
         layout.write_json(layout.retry_manifest, manifest)
-        plan = OutputPlan(shard_offset=offset, done_parquet=[], skipped=0)
+        plan = OutputPlan(shard_offset=offset, done_parquet=[])
     sink = ShardDatasink(spec.output, run_id=run_id, shard_offset=offset, storage_options=spec.storage_options,
                          declared=committed_schema(layout))
-    input_rows = 0
+    input_rows = skipped = 0
     if files:
         errors = ray.data.read_parquet(files, filesystem=PyFileSystem(FSSpecHandler(layout.fs)))
-        rows = process_rows(spec, retried_rows(spec, errors), done_ids=done_ids(layout, plan.done_parquet))
-        input_rows = errors.count()
-        execute(spec, layout, rows, sink, total=max(0, input_rows - plan.skipped))
+        # Error records are one per row already: no duplicate marking (a duplicate record stays one).
+        run_rows = RunRows(retried_rows(spec, errors), None, done_keys(layout, plan.done_parquet))
+        input_rows, skipped = run_rows.counts()  # before the work: the progress display's total
+        execute(spec, layout, process_rows(spec, run_rows.todo()), sink, total=max(0, input_rows - skipped))
     for path in files:  # every row of these files is now committed in a newer shard
         layout.fs.rm(path)
     layout.fs.rm(layout.retry_manifest)
-    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode="retry-errors", skipped=plan.skipped,
+    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode="retry-errors", skipped=skipped,
                          input_rows=input_rows, damaged_shards=damaged)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)

@@ -25,7 +25,7 @@ from pipelines.layout import ERRORS_DIR, OutputLayout
 from pipelines.preflight import check_models, check_output_reachable, check_reachable
 from pipelines.progress import RunProgress, configure_ray_progress
 from pipelines.resilience import configure_data_context
-from pipelines.resume import MODES, Mode, check_mode, done_ids, prepare_output
+from pipelines.resume import MODES, Mode, RunRows, check_mode, done_keys, prepare_output
 from pipelines.spec import JobSpec
 from pipelines.storage import redact, storage_env_vars
 from pipelines.watchdog import RunStalled, Watchdog
@@ -200,7 +200,8 @@ def run_job(
         RunStalled: the watchdog saw no shard commit for ``ray.stall_timeout_s``.
         Exception: whatever else stopped the job (model, Ray).
     """
-    from pipelines.plan import build_dataset, prepared_rows
+    from pipelines.dedupe import first_occurrences
+    from pipelines.plan import prepared_rows, process_rows
     from pipelines.rows import check_input_columns
     from pipelines.sink import ShardDatasink
     from pipelines.sources import input_columns, list_input_files
@@ -222,16 +223,18 @@ def run_job(
     started, clock_start, run_id = start_run(spec)
     with preflight():
         plan = prepare_output(layout, mode)
-        dataset = build_dataset(spec, listing=listing, done_ids=done_ids(layout, plan.done_parquet), declared=declared)
+        rows = prepared_rows(spec, listing=listing, declared=declared)
+        run_rows = RunRows(rows, first_occurrences(rows), done_keys(layout, plan.done_parquet))
+        dataset = process_rows(spec, run_rows.todo())
     sink = ShardDatasink(
         spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
         declared=declared,
     )
-    # Counted before the work (one read pass, paid after the run before): the progress display's total.
-    input_rows = prepared_rows(spec, listing=listing).count()
-    execute(spec, layout, dataset, sink, total=max(0, input_rows - plan.skipped))
-    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,
-                         input_rows=input_rows,
+    # Counted by Ray before the work (no model stage in their plans): the progress display's total.
+    input_rows, skipped = run_rows.counts()
+    if input_rows > skipped:  # a resume with nothing to do starts no actor pool and loads no model
+        execute(spec, layout, dataset, sink, total=input_rows - skipped)
+    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=skipped, input_rows=input_rows,
                          settings=settings, input=input_record, damaged_shards=plan.damaged)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
 

@@ -31,7 +31,8 @@ __all__ = [
     "STYLE", "STYLE_HASH", "STYLE_BACKEND", "STYLE_STRENGTH", "STYLE_PRESERVE_COLOR",
     "CLIP_SCORE", "IMAGE", "SHA256", "IMAGE_FORMAT",
     # stages
-    "INPUT_STAGE", "ENCODE", "GENERATE", "STYLE_STAGE", "SCORE", "IMAGE_ENCODE", "STAGES", "STAGE_SECONDS",
+    "INPUT_STAGE", "DUPLICATE_STAGE", "ENCODE", "GENERATE", "STYLE_STAGE", "SCORE", "IMAGE_ENCODE", "STAGES",
+    "STAGE_SECONDS",
     # column sets
     "ROW_SETTINGS", "STATUS_COLUMNS", "SOURCE_COLUMNS", "CANONICAL_COLUMNS", "SINK_COLUMNS", "TAR_ONLY_COLUMNS",
     "OUTPUT_COLUMNS", "RESERVED_COLUMNS",
@@ -124,6 +125,9 @@ class StageColumns:
 
 
 INPUT_STAGE = "input"  # the ``stage`` of rows ``pipelines.rows`` rejects (no actor, no timing column)
+# The ``stage`` of a later occurrence of an id (``pipelines.dedupe``); with ``source``/``source_row``
+# it is also what tells a committed duplicate record from the id's own row on resume.
+DUPLICATE_STAGE = "duplicate"
 ENCODE = StageColumns("encode", adds=(PROMPT_TOKENS, PROMPT_TRUNCATED, NEGATIVE_PROMPT_TRUNCATED))
 GENERATE = StageColumns("generate", adds=(MODEL, MODEL_HASH, SCHEDULER, PIPELINE))
 STYLE_STAGE = StageColumns(

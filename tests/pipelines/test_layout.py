@@ -175,7 +175,7 @@ def test_overwrite_removes_only_what_pixelmill_wrote(where: str, tmp_path: Path,
     for name in names:
         fs.pipe(f"{root}/{name}", b"x")
     plan = prepare_output(OutputLayout(uri), "overwrite")
-    assert (plan.shard_offset, plan.skipped) == (0, 0)
+    assert (plan.shard_offset, plan.done_parquet) == (0, [])
     fs.invalidate_cache()
     left = sorted(path.split("/out/", 1)[1] for path in fs.find(root))
     assert left == ["notes.txt", "prompts.jsonl", "sub/data.csv"]
