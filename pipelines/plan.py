@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
 
 from actors.encode import EncodeStage
@@ -14,7 +15,7 @@ from pipelines.images import encode_images
 from pipelines.passthrough import pack
 from pipelines.resilience import stage_remote_args
 from pipelines.rows import check_passthrough_columns, prepare_rows
-from pipelines.schema import INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, SOURCE_COLUMNS
+from pipelines.schema import INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, SOURCE_COLUMNS, STATUS, Status
 from pipelines.sources import input_columns, list_input_files, read_prompts
 from pipelines.spec import ColumnMap, JobSpec, StageSpec
 
@@ -76,12 +77,17 @@ def prepared_rows(
     )
 
 
-def retried_rows(spec: JobSpec, error_tables: ray.data.Dataset) -> ray.data.Dataset:
-    """Return error records (``_errors/*.parquet``) as canonical rows to process again."""
-    def to_input(batch):
-        return batch.drop_columns([c for c in batch.column_names if c in OUTPUT_COLUMNS])
+def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Dataset:
+    """Return the error records among committed shard rows as canonical rows to process again.
 
-    return error_tables.map_batches(to_input, batch_format="pyarrow").map_batches(
+    Output columns are dropped; ``prepare_rows`` puts an input-stage record's ``raw_input``
+    back in place of its canonical columns.
+    """
+    def to_input(batch: pa.Table) -> pa.Table:
+        errors = batch.filter(pc.equal(batch.column(STATUS), Status.ERROR.value))
+        return errors.drop_columns([c for c in errors.column_names if c in OUTPUT_COLUMNS])
+
+    return shard_rows.map_batches(to_input, batch_format="pyarrow").map_batches(
         cast(Any, prepare_rows),  # as in prepared_rows: keyword arguments from fn_kwargs
         batch_format="pyarrow",
         fn_kwargs={"columns": ColumnMap(), "defaults": spec.defaults, "job_seed": spec.seed},
