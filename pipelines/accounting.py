@@ -105,10 +105,10 @@ def output_totals(all_stats: list[dict[str, Any]]) -> dict[str, int]:
     (``pipelines.retry.supersede``), so ``rows`` counts each id once, with its latest status.
 
     Returns:
-        ``shards``, ``rows``, ``images``, ``errors``, ``filtered`` and ``superseded`` (records moved out).
+        ``shards``, ``rows``, ``images``, ``errors`` and ``filtered``.
     """
     def total(key: str) -> int:
         return sum(int(stats.get(key, 0)) for stats in all_stats)
 
     return {"shards": len(all_stats), "rows": total("count"), "images": total("successes"),
-            "errors": total("failures"), "filtered": total("filtered"), "superseded": total("superseded")}
+            "errors": total("failures"), "filtered": total("filtered")}

@@ -93,7 +93,8 @@ def retry_errors(spec: JobSpec) -> RunSummary:
     sources = {int(shard): int(count) for shard, count in manifest["sources"].items()}
     sink = ShardDatasink(spec.output, run_id=run_id, shard_offset=offset, storage_options=spec.storage_options,
                          declared=committed_schema(layout))
-    pending = [layout.shard_file("parquet", s) for s in sorted(sources) if layout.read_stats(s)["failures"]]
+    pending = [layout.shard_file("parquet", s) for s in sorted(sources)
+               if s in committed and layout.read_stats(s)["failures"]]
     if pending:
         records = ray.data.read_parquet(pending, filesystem=PyFileSystem(FSSpecHandler(layout.fs)))
         rows = process_rows(spec, retried_rows(spec, records), done_ids=done_ids(layout, plan.done_parquet))
@@ -112,16 +113,28 @@ def supersede(layout: OutputLayout, shards: list[int], *, run_id: str) -> None:
     by the next): the Parquet is rewritten without its ``status`` error rows, the stats file
     is recounted (``count`` and ``failures`` less the moved records, which ``superseded``
     and ``superseded_by`` record), and the ``_errors/`` file is removed. The tar holds no
-    error row and is left as it is.
+    error row and is left as it is. A shard that held only error records is removed whole,
+    its stats file first (uncommitted, its other files are leftovers), so no shard is empty.
     """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    committed = set(layout.committed_shards())
     for shard in shards:
+        if shard not in committed:  # emptied by a retry that died after uncommitting it
+            for path in layout.shard_files(shard):
+                if layout.fs.exists(path):
+                    layout.fs.rm(path)
+            continue
         path = layout.shard_file("parquet", shard)
         with layout.fs.open(path, "rb") as handle:
             table = pq.read_table(handle)
         kept = table.filter(pc.not_equal(table.column(schema.STATUS), schema.Status.ERROR.value))
+        if not kept.num_rows:  # nothing would be left: no shard stays empty; uncommit it (stats first)
+            for path in reversed(layout.shard_files(shard)):
+                if layout.fs.exists(path):
+                    layout.fs.rm(path)
+            continue
         if kept.num_rows < table.num_rows:
             with write_once(layout.fs, path, staging_dir=layout.staging_dir(run_id)) as handle:
                 pq.write_table(kept, handle)

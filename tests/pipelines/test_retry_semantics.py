@@ -92,9 +92,9 @@ def _check_first_run(uri: str) -> dict[str, Any]:
         assert rows[row_id]["status"] == "error" and reason in rows[row_id]["error"], (row_id, rows[row_id])
     assert rows["late0"]["stage"] == rows["late1"]["stage"] == "style"
     # The record keeps the row as it was read: the rejected values, not the defaults.
-    assert json.loads(rows["w63"][schema.RAW_INPUT])["width"] == 63
+    assert json.loads(rows["w63"][schema.RAW_INPUT])["width"] == "63"  # the reader hands canonical fields over as text
     assert json.loads(rows["h100"][schema.RAW_INPUT])["height"] == "100"
-    assert json.loads(rows["wneg"][schema.RAW_INPUT])["width"] == -8
+    assert json.loads(rows["wneg"][schema.RAW_INPUT])["width"] == "-8"
     assert rows["ok0"][schema.RAW_INPUT] == "" and rows["late0"][schema.RAW_INPUT] == ""
     return first
 
@@ -106,7 +106,10 @@ def _check_after_retry(uri: str, first: dict[str, Any]) -> None:
     retry = out["run"]
     assert retry["mode"] == "retry-errors" and retry["balanced"], retry["equation"]
     assert (retry["input_rows"], retry["images"], retry["errors"], retry["skipped"]) == (10, 2, 8, 0)
-    assert retry["dataset"] == {"shards": 6, "rows": 12, "images": 4, "errors": 8, "filtered": 0, "superseded": 10}
+    assert retry["dataset"] == {"shards": 4, "rows": 12, "images": 4, "errors": 8, "filtered": 0}
+    # Shards 1 and 2 held only error records: moved out, nothing is left of them (no empty shard).
+    assert sorted(out["stats"]) == ["00000_stats.json", "00003_stats.json", "00004_stats.json", "00005_stats.json"]
+    assert out["stats"]["00000_stats.json"]["superseded"] == 2
     # The first run's record is kept, untouched.
     layout = OutputLayout(uri)
     assert layout.read_json(layout.run_record(first["run_id"])) == first
@@ -117,7 +120,7 @@ def _check_after_retry(uri: str, first: dict[str, Any]) -> None:
     assert {i for i, row in latest.items() if row["status"] == "ok"} == {"ok0", "ok1", "late0", "late1"}
     for row_id, reason in STILL_INVALID.items():
         assert latest[row_id]["status"] == "error" and reason in latest[row_id]["error"], (row_id, latest[row_id])
-    assert json.loads(latest["w63"][schema.RAW_INPUT])["width"] == 63
+    assert json.loads(latest["w63"][schema.RAW_INPUT])["width"] == "63"
     # No invented image: only the fixed rows became samples, at the size they asked for.
     samples = {s["json"]["id"]: s for s in out["samples"]}
     assert set(samples) == {"ok0", "ok1", "late0", "late1"}
