@@ -146,7 +146,7 @@ ROW_SETTINGS: tuple[str, ...] = (WIDTH, HEIGHT, STEPS, GUIDANCE)
 STATUS_COLUMNS: tuple[str, ...] = (STATUS, STAGE, ERROR)
 SOURCE_COLUMNS: tuple[str, ...] = (SOURCE, SOURCE_ROW)
 # The columns ``pipelines.rows.prepare_rows`` writes; input columns pass through after them.
-CANONICAL_COLUMNS: tuple[str, ...] = (ID, PROMPT, NEGATIVE_PROMPT, *STATUS_COLUMNS, *ROW_SETTINGS, SEED, RAW_INPUT)
+CANONICAL_COLUMNS: tuple[str, ...] = (ID, PROMPT, NEGATIVE_PROMPT, *STATUS_COLUMNS, RAW_INPUT, *ROW_SETTINGS, SEED)
 SINK_COLUMNS: tuple[str, ...] = (KEY, SHARD)
 # Written to the tar sample (as ``<key>.<format>``), left out of the Parquet and the sample JSON.
 TAR_ONLY_COLUMNS = frozenset(column for stage in STAGES for column in stage.tar_only)
