@@ -216,6 +216,11 @@ BUILTIN_MODELS: dict[str, Callable[[], Any]] = {
 # Trained models shipped inside the package (``models/zoo/<name>``, save_pretrained layout); used in place.
 ZOO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zoo")
 SHIPPED_MODELS = ("shapes-sd", "shapes-clip", "shapes-gan")
+# What a shipped CLIP scorer gives images of its world, from its model card's measured table
+# (models/zoo/<name>/README.md, 200 held-out captions): (matched pairs, shuffled pairs), in
+# clip_score units (100 * cosine). A run whose images score far below the matched level is
+# drawing prompts outside that world.
+SCORE_LEVELS: dict[str, tuple[float, float]] = {"shapes-clip": (92.1, 16.5)}
 
 
 def ensure_builtin_model(name: str, *, cache_dir: str) -> str:

@@ -43,6 +43,9 @@ class RunSummary:
     errors_by_stage: dict[str, int] = field(default_factory=dict)
     errors_by_reason: dict[str, int] = field(default_factory=dict)
     errors_table: str = ""
+    scored: int = 0
+    clip_score_mean: float | None = None
+    warnings: list[str] = field(default_factory=list)
     # What the whole output holds after the run, each id once with its latest status (``output_totals``).
     dataset: dict[str, int] = field(default_factory=dict)
     shards: list[str] = field(default_factory=list)
@@ -51,6 +54,10 @@ class RunSummary:
     started: str = ""
     finished: str = ""
     spec: dict[str, Any] = field(default_factory=dict)
+    # what the run was made from (``pipelines.fingerprint``): the settings that change its
+    # images, and its input files with sizes and versions
+    settings: dict[str, Any] = field(default_factory=dict)
+    input: dict[str, Any] = field(default_factory=dict)
 
     def add_shards(self, shard_stats: list[dict[str, Any]]) -> None:
         """Add the counts of the shards this run committed (their stats, any order)."""
@@ -59,6 +66,10 @@ class RunSummary:
             self.images += stats["successes"]
             self.errors += stats["failures"]
             self.filtered += stats.get("filtered", 0)
+            if stats.get("scored"):
+                total = (self.clip_score_mean or 0.0) * self.scored + stats["clip_score_mean"] * stats["scored"]
+                self.scored += stats["scored"]
+                self.clip_score_mean = round(total / self.scored, 4)
             for reason, count in stats["failures_by_reason"].items():
                 stage = reason.split(":", 1)[0]
                 self.errors_by_stage[stage] = self.errors_by_stage.get(stage, 0) + count

@@ -99,6 +99,16 @@ def _parser() -> argparse.ArgumentParser:
         help="resume: finish what the output lacks (default); overwrite: clear it first; "
         "append: add a new batch after the existing shards",
     )
+    run.add_argument(
+        "--allow-spec-change", action="store_true",
+        help="resume even though the settings that change images differ from the output's latest run "
+        "(the output then mixes both; each run's record keeps its own settings)",
+    )
+    run.add_argument(
+        "--force", action="store_true",
+        help="with --mode overwrite: go on even though the output holds files pixelmill did not write "
+        "(they are left in place; pixelmill never deletes a file it did not write)",
+    )
     _add_min_success_rate(run)
     retry = commands.add_parser("retry-errors", help="process the rows of an output's errors table again")
     retry.add_argument("output_uri", metavar="OUT", help="the output of an earlier run")
@@ -233,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        summary = retry_errors(spec) if args.command == "retry-errors" else run_job(spec, mode=args.mode)
+        if args.command == "retry-errors":
+            summary = retry_errors(spec)
+        else:
+            summary = run_job(spec, mode=args.mode, allow_spec_change=args.allow_spec_change, force=args.force)
     except PreflightError as error:
         print(f"pixelmill: {error}", file=sys.stderr)
         return EXIT_NOTHING_DONE
@@ -246,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUN_FAILED
     print(summary.line())
     print(f"pixelmill: {summary.equation}")
+    for warning in summary.warnings:
+        print(f"pixelmill: warning: {warning}", file=sys.stderr)
     if not summary.balanced:
         print("pixelmill: the run does not balance; see _run.json", file=sys.stderr)
         return EXIT_RUN_FAILED

@@ -217,6 +217,14 @@ class OutputLayout:
         path = self.run_record()
         return self.read_json(path) if self.fs.exists(path) else None
 
+    def run_records(self) -> list[dict[str, Any]]:
+        """Return every run's record (``_runs/*.json``), oldest first (by start time, then run id)."""
+        folder = self.path(RUNS_DIR)
+        if not self.fs.exists(folder):
+            return []
+        records = [self.read_json(path) for path in self.fs.glob(self.path(RUNS_DIR, "*.json"))]
+        return sorted(records, key=lambda record: (str(record.get("started", "")), str(record.get("run_id", ""))))
+
     # -- writing and cleanup ----------------------------------------------------------
     def write_json(self, path: str, payload: dict[str, Any]) -> None:
         """Write ``payload`` as JSON at a full ``path`` under the root, atomically."""

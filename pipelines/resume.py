@@ -17,7 +17,10 @@ from pipelines.layout import OutputLayout
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["MODES", "Mode", "OutputPlan", "clean_output", "done_after", "done_ids", "prepare_output"]
+__all__ = [
+    "MODES", "Mode", "OutputPlan", "check_mode", "clean_output", "done_after", "done_ids", "foreign_files",
+    "prepare_output",
+]
 
 Mode = Literal["resume", "overwrite", "append"]
 MODES: tuple[str, ...] = ("resume", "overwrite", "append")
@@ -31,6 +34,43 @@ class OutputPlan:
     shard_offset: int
     done_parquet: list[str]
     skipped: int
+
+
+def foreign_files(layout: OutputLayout) -> list[str]:
+    """Return the files under the output that pixelmill did not write (``OutputLayout.is_owned``),
+    sorted. A dataset card counts as pixelmill's only when it carries ``card.MARKER``."""
+    from pipelines.card import MARKER
+    from pipelines.layout import DATASET_CARD
+
+    if not layout.exists():
+        return []
+    card = layout.path(DATASET_CARD)
+    foreign = []
+    for path in layout.fs.find(layout.root):
+        if layout.is_owned(path):
+            continue
+        if path == card and MARKER in layout.fs.cat_file(path)[:4096].decode("utf-8", "replace"):
+            continue
+        foreign.append(path)
+    return sorted(foreign)
+
+
+def check_mode(layout: OutputLayout, mode: Mode, *, force: bool = False) -> None:
+    """Refuse an overwrite of an output that holds files pixelmill did not write, unless ``force``.
+
+    Raises:
+        FileExistsError: names up to five of those files and says what to do.
+    """
+    if mode != "overwrite" or force:
+        return
+    foreign = foreign_files(layout)
+    if foreign:
+        shown = ", ".join(path[len(layout.root):].lstrip(layout.fs.sep) for path in foreign[:5])
+        more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+        raise FileExistsError(
+            f"--mode overwrite: {layout.uri} holds {len(foreign)} file(s) pixelmill did not write ({shown}{more}); "
+            "pick an empty output, or pass --force to overwrite pixelmill's files and leave those in place"
+        )
 
 
 def clean_output(layout: OutputLayout) -> list[int]:
@@ -53,10 +93,12 @@ def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
     """
     layout.fs.makedirs(layout.root, exist_ok=True)
     if mode == "overwrite":
-        # Only what pixelmill wrote there: never a file it did not write. (An object store
-        # has no empty folders: a prefix nothing was written to does not exist.)
+        # Only what pixelmill wrote there: never a file it did not write (check_mode refused
+        # those before any work unless --force). An object store has no empty folders: a
+        # prefix nothing was written to does not exist.
+        foreign = set(foreign_files(layout))
         for path in layout.fs.find(layout.root) if layout.exists() else []:
-            if layout.is_owned(path):
+            if path not in foreign:
                 layout.fs.rm(path)
         layout.remove_tmp()
         return OutputPlan(shard_offset=0, done_parquet=[], skipped=0)

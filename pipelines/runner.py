@@ -23,7 +23,7 @@ from pipelines import faults
 from pipelines.accounting import RunSummary, output_totals
 from pipelines.layout import ERRORS_DIR, OutputLayout
 from pipelines.resilience import configure_data_context
-from pipelines.resume import MODES, Mode, done_ids, prepare_output
+from pipelines.resume import MODES, Mode, check_mode, done_ids, prepare_output
 from pipelines.spec import JobSpec
 from pipelines.storage import redact, storage_env_vars
 from pipelines.watchdog import RunStalled, Watchdog
@@ -111,6 +111,7 @@ def finish_run(
     summary.add_shards(sink.shard_stats)
     summary.dataset = output_totals(layout.all_stats())
     summary.finish(started=started, clock_start=clock_start)
+    summary.warnings += score_warnings(spec, summary)
     summary.spec = redact(spec.model_dump(mode="json"))
     record = asdict(summary)
     layout.write_json(layout.run_record(summary.run_id), record)
@@ -122,6 +123,28 @@ def finish_run(
     if not summary.balanced:
         logger.error("pixelmill: the run does not balance: %s", summary.equation)
     return summary
+
+
+def score_warnings(spec: JobSpec, summary: RunSummary) -> list[str]:
+    """Say when a run's images score far below what its built-in scorer gives matched pairs.
+
+    Far below: under the midpoint of the matched and shuffled levels of the model card
+    (``models.builtin.SCORE_LEVELS``), i.e. nearer to images of other captions than to
+    images of their own. Only built-in scorers have known levels.
+    """
+    from models.builtin import SCORE_LEVELS
+    from models.store import BUILTIN_PREFIX
+
+    if spec.score is None or summary.clip_score_mean is None:
+        return []
+    level = SCORE_LEVELS.get(spec.score.model.uri.removeprefix(BUILTIN_PREFIX))
+    if level is None or summary.clip_score_mean >= (level[0] + level[1]) / 2:
+        return []
+    return [
+        f"images score {summary.clip_score_mean:.1f} on average with {spec.score.model.uri}, far below the "
+        f"{level[0]:.1f} it gives images that match their captions ({level[1]:.1f} for mismatched ones): "
+        f"the prompts are likely outside what {spec.model.uri} can draw (README: Built-in models)"
+    ]
 
 
 def _write_card(layout: OutputLayout, spec: JobSpec, *, images: int) -> None:
@@ -144,7 +167,9 @@ def _write_report(layout: OutputLayout) -> None:
         logger.warning("pixelmill: could not write report.html: %s: %s", type(error).__name__, error)
 
 
-def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
+def run_job(
+    spec: JobSpec, *, mode: Mode = "resume", allow_spec_change: bool = False, force: bool = False
+) -> RunSummary:
     """Run a job to completion and return its summary.
 
     Args:
@@ -152,9 +177,13 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
         mode: ``resume`` finishes what the output lacks (rows in committed
             shards are skipped), ``overwrite`` clears the output first,
             ``append`` adds a new batch after the existing shards.
+        allow_spec_change: resume even when the settings differ from the output's latest
+            run's (``pipelines.fingerprint``).
+        force: overwrite an output that holds files pixelmill did not write (they stay).
 
     Raises:
-        PreflightError: the input is missing or the output unreachable (before any work).
+        PreflightError: the input is missing, the output unreachable, or a resume would mix
+            two specs or renumber rows (before any work).
         RunStalled: the watchdog saw no shard commit for ``ray.stall_timeout_s``.
         Exception: whatever else stopped the job (model, Ray).
     """
@@ -167,8 +196,11 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
     layout = OutputLayout(spec.output.uri, spec.storage_options)
     with preflight():
         listing = list_input_files(spec.input, spec.storage_options)
+        check_apart(spec, listing, layout)
         check_output_reachable(spec)
+        check_mode(layout, mode, force=force)
         declared = run_schema(spec, layout, listing, mode)
+        settings, input_record = made_from(spec, layout, listing, mode, allow_spec_change=allow_spec_change)
     started, clock_start, run_id = start_run(spec)
     with preflight():
         plan = prepare_output(layout, mode)
@@ -179,8 +211,57 @@ def run_job(spec: JobSpec, *, mode: Mode = "resume") -> RunSummary:
     )
     execute(spec, layout, dataset, sink)
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,
-                         input_rows=prepared_rows(spec, listing=listing).count())
+                         input_rows=prepared_rows(spec, listing=listing).count(),
+                         settings=settings, input=input_record)
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+
+
+def check_apart(spec: JobSpec, listing: tuple, layout: OutputLayout) -> None:
+    """Refuse an input inside the output, or an output inside an input folder, in every mode.
+
+    Raises:
+        ValueError: the two overlap (an overwrite would delete the input, a later run would
+            read the shards as prompts).
+    """
+    from pipelines.storage import filesystem
+
+    fs, files, _, _ = listing
+    if type(fs) is not type(layout.fs):
+        return
+    output = layout.root.rstrip(layout.fs.sep) + layout.fs.sep
+    inside = [path for path in files if path.startswith(output)]
+    if inside:
+        raise ValueError(
+            f"input {spec.input.uri} is inside the output {spec.output.uri} ({inside[0]}); "
+            "put the input somewhere else: pixelmill writes and cleans the output folder"
+        )
+    _, input_path = filesystem(spec.input.uri, spec.storage_options)
+    if fs.isdir(input_path) and output.startswith(input_path.rstrip(fs.sep) + fs.sep):
+        raise ValueError(
+            f"output {spec.output.uri} is inside the input folder {spec.input.uri}; a later run would read "
+            "its shards as prompts: write the output somewhere else"
+        )
+
+
+def made_from(
+    spec: JobSpec, layout: OutputLayout, listing: tuple, mode: Mode, *, allow_spec_change: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return this run's settings and input records (``pipelines.fingerprint``); check a resume with them.
+
+    Raises:
+        ResumeRefused: a resume would mix two specs or renumber positional rows.
+    """
+    from pipelines import fingerprint, schema
+    from pipelines.sources import input_columns
+
+    id_column = spec.input.columns.id or schema.ID
+    positional = id_column not in (input_columns(listing, columns=spec.input.columns) or [])
+    settings = fingerprint.settings_of(spec)
+    input_record = fingerprint.input_of(listing, positional_ids=positional)
+    if mode == "resume" and layout.committed_shards():
+        fingerprint.check_resume(layout, input_uri=spec.input.uri, settings=settings, input_record=input_record,
+                                 allow_spec_change=allow_spec_change)
+    return settings, input_record
 
 
 def committed_schema(layout: OutputLayout) -> pa.Schema | None:

@@ -211,6 +211,10 @@ class ShardDatasink(Datasink[dict]):
             for stage, error, state in zip(stages, errors, status)
             if state == schema.Status.ERROR
         )
+        scores = []
+        if schema.CLIP_SCORE in table.column_names:
+            values = table.column(schema.CLIP_SCORE).to_pylist()
+            scores = [v for v, state in zip(values, status) if state == schema.Status.OK and v is not None and v == v]
         return {
             "shard": shard,
             "run_id": run_id,
@@ -219,6 +223,8 @@ class ShardDatasink(Datasink[dict]):
             "failures": status.count(schema.Status.ERROR),
             "filtered": status.count(schema.Status.FILTERED),
             "failures_by_reason": dict(reasons),
+            "scored": len(scores),  # ok rows with a CLIP score, and their mean
+            "clip_score_mean": round(sum(scores) / len(scores), 4) if scores else None,
             "start_time": started,
             "end_time": _now(),
             "duration_s": round(seconds, 3),

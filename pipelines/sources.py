@@ -336,6 +336,8 @@ def list_input_files(spec: InputSpec, storage_options: dict[str, Any] | None = N
         ValueError: mixed or unknown formats with ``format: auto``.
     """
     fs, path = filesystem(spec.uri, storage_options)
+    # A listing cached by an earlier run in this process (s3fs keeps one per instance) may be stale.
+    fs.invalidate_cache(path.split("*")[0].split("?")[0].split("[")[0])
     if fs.isfile(path):
         files = [path]
         root = posixpath.dirname(path)

@@ -112,7 +112,9 @@ def write_prompts(tmp_path: Path):
 
 
 # Modules whose every test starts a subprocess, a cluster or a fault-injecting server.
-_SLOW_MODULES = ("test_jobs.py", "test_node_loss.py", "test_bench.py", "test_faults.py", "test_s3faults.py")
+_SLOW_MODULES = (
+    "test_jobs.py", "test_output_guard.py", "test_node_loss.py", "test_bench.py", "test_faults.py", "test_s3faults.py",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,4 +1,5 @@
-"""The demo job's output, recorded before the issue-14 refactor, must not change.
+"""The demo job's output, recorded before the issue-14 refactor, must not change; the README's
+Python snippets run as written against it.
 
 ``tests/golden/demo.json`` holds, per row of ``examples/demo.yaml``, the image's
 sha256 and every field of the sample JSON except the per-stage timings (``*_s``) and
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -33,7 +35,9 @@ def _record(sample: dict) -> dict:
     return {"image_sha256": hashlib.sha256(sample["image_bytes"]).hexdigest(), "json": fields}
 
 
-def test_demo_output_is_unchanged(ray_session, tmp_path: Path, model_cache: str) -> None:
+def test_demo_output_is_unchanged(
+    ray_session, tmp_path: Path, model_cache: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = load_spec(
         DEMO,
         sets=[f"input.uri={DEMO.parent / 'prompts.jsonl'}", f"output.uri={tmp_path / 'demo'}",
@@ -48,6 +52,27 @@ def test_demo_output_is_unchanged(ray_session, tmp_path: Path, model_cache: str)
     assert sorted(records) == sorted(golden)
     for row_id, record in golden.items():
         assert records[row_id] == record, row_id
+    _check_readme_snippets(tmp_path, monkeypatch)
+
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def _check_readme_snippets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every Python snippet of the README runs as written against the demo output (``out/demo``)."""
+    snippets = re.findall(r"^```python\n(.*?)^```", README.read_text(), flags=re.MULTILINE | re.DOTALL)
+    assert snippets, "the README has Python snippets"
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "demo").symlink_to(tmp_path / "demo")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    namespace: dict = {}
+    for snippet in snippets:
+        exec(compile(snippet, str(README), "exec"), namespace)  # noqa: S102 - the README's own code
+    # what the snippets promise: the 12 samples, every row once, the train split
+    assert len(list(namespace["samples"])) == 12
+    assert namespace["table"].num_rows == 12 and len(set(namespace["table"].column("id").to_pylist())) == 12
+    assert len(namespace["train"]) == 12
 
 
 def test_fresh_runs_write_byte_identical_tars_whatever_the_batching(
