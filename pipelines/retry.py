@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines import schema
+from pipelines import fingerprint, schema
 from pipelines.accounting import RunSummary
 from pipelines.layout import OutputLayout, shard_name
 from pipelines.resume import OutputPlan, clean_output, done_after, done_ids
@@ -101,8 +101,9 @@ def retry_errors(spec: JobSpec) -> RunSummary:
         execute(spec, layout, rows, sink)
     supersede(layout, sorted(sources), run_id=run_id)  # every retried row is now committed in a newer shard
     layout.fs.rm(layout.retry_manifest)
+    # The settings it made images with (a later resume checks them); no input record: it read no input files.
     summary = RunSummary(run_id=run_id, output=spec.output.uri, mode="retry-errors", skipped=plan.skipped,
-                         input_rows=sum(sources.values()))
+                         input_rows=sum(sources.values()), settings=fingerprint.settings_of(spec))
     return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
 
 
