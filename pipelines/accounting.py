@@ -17,7 +17,7 @@ from typing import Any
 
 from pipelines.layout import shard_name
 
-__all__ = ["EQUATION_TERMS", "RunSummary"]
+__all__ = ["EQUATION_TERMS", "RunSummary", "output_totals"]
 
 # The terms that add up to ``input_rows``; a new way for a row to end (a fan-out child)
 # is one more term here and one more counter field below.
@@ -50,6 +50,8 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     # Damaged shards the run found and removed (their rows were done again): shard name -> what was wrong.
     damaged_shards: dict[str, str] = field(default_factory=dict)
+    # What the whole output holds after the run, each id once with its latest status (``output_totals``).
+    dataset: dict[str, int] = field(default_factory=dict)
     shards: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     images_per_s: float = 0.0
@@ -109,3 +111,19 @@ class RunSummary:
             f"{self.images} images out, {self.errors} errors, {self.filtered} filtered, "
             f"{len(self.shards)} shards, {self.wall_s:.1f} s, {self.images_per_s:.2f} images/s -> {self.output}"
         )
+
+
+def output_totals(all_stats: list[dict[str, Any]]) -> dict[str, int]:
+    """Return what an output holds, from the stats of every committed shard.
+
+    Error records retried into newer shards are moved out of their old shards
+    (``pipelines.retry.supersede``), so ``rows`` counts each id once, with its latest status.
+
+    Returns:
+        ``shards``, ``rows``, ``images``, ``errors`` and ``filtered``.
+    """
+    def total(key: str) -> int:
+        return sum(int(stats.get(key, 0)) for stats in all_stats)
+
+    return {"shards": len(all_stats), "rows": total("count"), "images": total("successes"),
+            "errors": total("failures"), "filtered": total("filtered")}

@@ -26,7 +26,7 @@ from pipelines.storage import write_once
 __all__ = ["MARKER", "card_text", "sample_features", "write_card"]
 
 MARKER = "<!-- written by pixelmill: rewritten after every run -->"
-_NOT_IN_SAMPLES = frozenset(schema.TAR_ONLY_COLUMNS) | frozenset(schema.STAGE_SECONDS)
+_NOT_IN_SAMPLES = schema.NOT_IN_SAMPLE_JSON
 _SCALARS = {
     "bool": "bool", "int8": "int8", "int16": "int16", "int32": "int32", "int64": "int64",
     "uint8": "uint8", "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",

@@ -135,10 +135,13 @@ def settings_of(spec: JobSpec) -> dict[str, Any]:
 
 
 def _latest(layout: OutputLayout, key: str, *, input_uri: str | None = None) -> dict[str, Any] | None:
-    """The newest run record holding ``key`` (and, if given, made from ``input_uri``)."""
+    """The newest run record holding ``key`` (and, if given, made from ``input_uri``).
+
+    An empty record of ``key`` counts as none: a ``retry-errors`` run reads no input files.
+    """
     for record in reversed(layout.run_records()):
         made_from = record.get("spec", {}).get("input", {}).get("uri")
-        if record.get(key) is not None and (input_uri is None or made_from == input_uri):
+        if record.get(key) and (input_uri is None or made_from == input_uri):
             return record
     return None
 

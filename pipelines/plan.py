@@ -17,7 +17,7 @@ from pipelines.images import encode_images
 from pipelines.passthrough import pack
 from pipelines.resilience import stage_remote_args
 from pipelines.rows import check_input_columns, prepare_rows
-from pipelines.schema import DUPLICATE_STAGE, ERROR, OUTPUT_COLUMNS, STAGE
+from pipelines.schema import DUPLICATE_STAGE, ERROR, OUTPUT_COLUMNS, STAGE, STATUS, Status
 from pipelines.sources import input_columns, list_input_files, read_prompts
 from pipelines.spec import ColumnMap, JobSpec, StageSpec
 
@@ -73,18 +73,22 @@ def prepared_rows(
     )
 
 
-def retried_rows(spec: JobSpec, error_tables: ray.data.Dataset) -> ray.data.Dataset:
-    """Return error records (``_errors/*.parquet``) as canonical rows to process again.
+def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Dataset:
+    """Return the error records among committed shard rows as canonical rows to process again.
 
     A duplicate record (``pipelines.dedupe``) comes back as the same record: its id's first
     occurrence is committed, so retrying it would make a second row of that id.
-    """
-    def to_input(batch):
-        duplicate = pc.equal(batch[STAGE], DUPLICATE_STAGE)
-        batch = batch.append_column(DUPLICATE_MARK, pc.if_else(duplicate, batch[ERROR], pa.scalar("", pa.string())))
-        return batch.drop_columns([c for c in batch.column_names if c in OUTPUT_COLUMNS])
 
-    return error_tables.map_batches(to_input, batch_format="pyarrow").map_batches(
+    Output columns are dropped; ``prepare_rows`` puts an input-stage record's ``raw_input``
+    back in place of its canonical columns.
+    """
+    def to_input(batch: pa.Table) -> pa.Table:
+        errors = batch.filter(pc.equal(batch.column(STATUS), Status.ERROR.value))
+        duplicate = pc.fill_null(pc.equal(errors[STAGE], DUPLICATE_STAGE), False)
+        errors = errors.append_column(DUPLICATE_MARK, pc.if_else(duplicate, errors[ERROR], pa.scalar("", pa.string())))
+        return errors.drop_columns([c for c in errors.column_names if c in OUTPUT_COLUMNS])
+
+    return shard_rows.map_batches(to_input, batch_format="pyarrow").map_batches(
         cast(Any, prepare_rows),  # as in prepared_rows: keyword arguments from fn_kwargs
         batch_format="pyarrow",
         fn_kwargs={"columns": ColumnMap(), "defaults": spec.defaults, "job_seed": spec.seed},

@@ -106,6 +106,9 @@ def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
 
     Only shards with a stats file are committed; the rows of anything else
     are simply done again.
+
+    Raises:
+        RuntimeError: a ``retry-errors`` run did not finish (``_retry.json``; resume and append).
     """
     layout.fs.makedirs(layout.root, exist_ok=True)
     if mode == "overwrite":
@@ -118,6 +121,13 @@ def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
                 layout.fs.rm(path)
         layout.remove_tmp()
         return OutputPlan(shard_offset=0, done_parquet=[])
+    if layout.fs.exists(layout.retry_manifest):
+        # Its new shards may hold rows whose old error records are still in place: counting or
+        # skipping now would count those ids twice.
+        raise RuntimeError(
+            f"a retry-errors run at {layout.uri} did not finish: run `pixelmill retry-errors {layout.uri}` "
+            "to finish it first (or --mode overwrite)"
+        )
     committed, damaged = clean_output(layout)
     offset = max(committed) + 1 if committed else 0
     if mode == "append" or not committed:

@@ -4,8 +4,10 @@ Runs as a Ray Data ``map_batches`` task on pyarrow batches.  Only the canonical
 fields are read (as Python objects, per row); every other input column passes
 through as the same Arrow column, untouched, so no value of any type or size
 goes through pandas, numpy, int64 or float64 on the way.  Bad values never
-raise: the row gets ``status="error"``, ``stage="input"`` and a reason, and
-flows on so that it is written to the shard's Parquet like every other row.
+raise: the row gets ``status="error"``, ``stage="input"``, a reason and its
+canonical inputs as read (``raw_input``, so ``retry-errors`` meets the same values
+and the same reason), and flows on so that it is written to the shard's Parquet
+like every other row.
 
 Value rules (the README quotes them):
 
@@ -236,6 +238,32 @@ def _seed(raw: dict[str, Any], job_seed: int, row_id: str) -> int:
     return int(seed)
 
 
+def _raw_input(raw: dict[str, Any], row_id: str, reason: str) -> str:
+    """The ``raw_input`` of a rejected row: its canonical inputs as read, so a retry meets the same values.
+
+    A value ``schema.raw_input_text`` has no rule for (a list, a date) keeps the row's reason instead.
+    """
+    values = {name: raw.get(name) for name in ColumnMap.model_fields}
+    values[schema.RAW_INPUT_ERROR] = raw.get(INPUT_ERROR_COLUMN)
+    text = schema.raw_input_text(values)
+    if text is None:
+        text = schema.raw_input_text({schema.ID: row_id, schema.RAW_INPUT_ERROR: reason})
+    assert text is not None  # text only
+    return text
+
+
+def _read_fields(
+    values: dict[str, list[Any]], raw_inputs: list[Any], index: int
+) -> dict[str, Any]:
+    """Row ``index``'s fields; an error record's ``raw_input`` (a retry) replaces its canonical inputs."""
+    fields = {field: column[index] for field, column in values.items()}
+    if raw_inputs[index]:
+        read = schema.raw_input_values(raw_inputs[index])
+        fields.update({name: read.get(name) for name in ColumnMap.model_fields})
+        fields[INPUT_ERROR_COLUMN] = read.get(schema.RAW_INPUT_ERROR)
+    return fields
+
+
 def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed: int) -> dict[str, Any]:
     """One raw row (canonical field names) -> its canonical fields; a bad value -> an error record."""
     row_id = _row_id(raw)
@@ -248,6 +276,7 @@ def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed:
         schema.STATUS: Status.OK.value,
         schema.STAGE: "",
         schema.ERROR: "",
+        schema.RAW_INPUT: "",
     }
     try:
         if raw.get(INPUT_ERROR_COLUMN) is not None:
@@ -264,7 +293,9 @@ def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed:
         out.update(settings)
         out[schema.SEED] = seed
     except ValueError as error:
-        out.update({schema.STATUS: Status.ERROR.value, schema.STAGE: schema.INPUT_STAGE, schema.ERROR: str(error)})
+        out.update({schema.STATUS: Status.ERROR.value, schema.STAGE: schema.INPUT_STAGE, schema.ERROR: str(error),
+                    schema.RAW_INPUT: _raw_input(raw, row_id, str(error))})
+        # The typed columns need values; the record's ``raw_input`` keeps what was read.
         for name in schema.ROW_SETTINGS:
             out[name] = getattr(defaults, name)
         out[schema.SEED] = derive_seed(job_seed, row_id)
@@ -298,8 +329,10 @@ def prepare_rows(
         field: batch.column(column).to_pylist() if column in names else [None] * batch.num_rows
         for field, column in sources.items()
     }
+    # Error records read back by retry-errors carry their raw inputs (``schema.RAW_INPUT``).
+    raw_inputs = batch.column(schema.RAW_INPUT).to_pylist() if schema.RAW_INPUT in names else [None] * batch.num_rows
     prepared = [
-        _prepare_one({field: values[field][i] for field in sources}, defaults=defaults, job_seed=job_seed)
+        _prepare_one(_read_fields(values, raw_inputs, i), defaults=defaults, job_seed=job_seed)
         for i in range(batch.num_rows)
     ]
     arrays: list[pa.Array | pa.ChunkedArray] = [

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from pipelines import faults
-from pipelines.accounting import RunSummary
+from pipelines.accounting import RunSummary, output_totals
 from pipelines.layout import ERRORS_DIR, OutputLayout
 from pipelines.preflight import check_models, check_output_reachable, check_reachable
 from pipelines.progress import RunProgress, configure_ray_progress
@@ -122,6 +122,7 @@ def finish_run(
     """Count the committed shards into ``summary``, write the run's records and the report; return it."""
     summary.errors_table = layout.display(ERRORS_DIR)
     summary.add_shards(sink.shard_stats)
+    summary.dataset = output_totals(layout.all_stats())
     summary.finish(started=started, clock_start=clock_start)
     summary.warnings += score_warnings(spec, summary)
     summary.spec = redact(spec.model_dump(mode="json"))
@@ -129,7 +130,7 @@ def finish_run(
     layout.write_json(layout.run_record(summary.run_id), record)
     layout.write_json(layout.run_record(), record)
     layout.remove_tmp()
-    _write_card(layout, spec)
+    _write_card(layout, spec, images=summary.dataset["images"])
     if spec.output.report:
         _write_report(layout)
     if not summary.balanced:
@@ -159,12 +160,11 @@ def score_warnings(spec: JobSpec, summary: RunSummary) -> list[str]:
     ]
 
 
-def _write_card(layout: OutputLayout, spec: JobSpec) -> None:
+def _write_card(layout: OutputLayout, spec: JobSpec, *, images: int) -> None:
     """Write the dataset card (``pipelines.card``); a card that fails is logged, never a failed run."""
     from pipelines.card import write_card
 
     try:
-        images = sum(int(stats.get("successes", 0)) for stats in layout.all_stats())
         write_card(layout, image_format=spec.output.image_format, images=images)
     except Exception as error:  # noqa: BLE001
         logger.warning("pixelmill: could not write README.md: %s: %s", type(error).__name__, error)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import math
 from dataclasses import dataclass
 from decimal import Decimal
@@ -26,7 +27,7 @@ __all__ = [
     "INTERNAL_PREFIX", "EMBED_PREFIX", "IMAGE_COLUMN", "INPUT_ERROR_COLUMN", "LINE_COLUMN", "is_internal",
     # column names
     "KEY", "ID", "PROMPT", "NEGATIVE_PROMPT", "SEED", "WIDTH", "HEIGHT", "STEPS", "GUIDANCE",
-    "STATUS", "STAGE", "ERROR", "SOURCE", "SOURCE_ROW", "SHARD",
+    "STATUS", "STAGE", "ERROR", "RAW_INPUT", "SOURCE", "SOURCE_ROW", "SHARD",
     "PROMPT_TOKENS", "PROMPT_TRUNCATED", "NEGATIVE_PROMPT_TRUNCATED", "MODEL", "MODEL_HASH", "SCHEDULER", "PIPELINE",
     "STYLE", "STYLE_HASH", "STYLE_BACKEND", "STYLE_STRENGTH", "STYLE_PRESERVE_COLOR",
     "CLIP_SCORE", "IMAGE", "SHA256", "IMAGE_FORMAT",
@@ -35,9 +36,9 @@ __all__ = [
     "STAGE_SECONDS",
     # column sets
     "ROW_SETTINGS", "STATUS_COLUMNS", "SOURCE_COLUMNS", "CANONICAL_COLUMNS", "SINK_COLUMNS", "TAR_ONLY_COLUMNS",
-    "OUTPUT_COLUMNS", "RESERVED_COLUMNS",
-    # the sample JSON
-    "json_value",
+    "OUTPUT_COLUMNS", "RESERVED_COLUMNS", "NOT_IN_SAMPLE_JSON",
+    # the sample JSON; an error record's raw input
+    "json_value", "RAW_INPUT_ERROR", "raw_input_text", "raw_input_values",
 ]
 
 
@@ -74,6 +75,8 @@ GUIDANCE = "guidance"
 STATUS = "status"
 STAGE = "stage"
 ERROR = "error"
+# An input-stage error record's canonical inputs as read (``raw_input_text``); "" on every other row.
+RAW_INPUT = "raw_input"
 # --- added by the reader (``pipelines.sources``) --------------------------------------------------
 SOURCE = "source"
 SOURCE_ROW = "source_row"
@@ -147,7 +150,7 @@ ROW_SETTINGS: tuple[str, ...] = (WIDTH, HEIGHT, STEPS, GUIDANCE)
 STATUS_COLUMNS: tuple[str, ...] = (STATUS, STAGE, ERROR)
 SOURCE_COLUMNS: tuple[str, ...] = (SOURCE, SOURCE_ROW)
 # The columns ``pipelines.rows.prepare_rows`` writes; input columns pass through after them.
-CANONICAL_COLUMNS: tuple[str, ...] = (ID, PROMPT, NEGATIVE_PROMPT, *STATUS_COLUMNS, *ROW_SETTINGS, SEED)
+CANONICAL_COLUMNS: tuple[str, ...] = (ID, PROMPT, NEGATIVE_PROMPT, *STATUS_COLUMNS, RAW_INPUT, *ROW_SETTINGS, SEED)
 SINK_COLUMNS: tuple[str, ...] = (KEY, SHARD)
 # Written to the tar sample (as ``<key>.<format>``), left out of the Parquet and the sample JSON.
 TAR_ONLY_COLUMNS = frozenset(column for stage in STAGES for column in stage.tar_only)
@@ -156,6 +159,9 @@ _STAGE_OUTPUTS = frozenset(column for stage in STAGES for column in (*stage.adds
 OUTPUT_COLUMNS = frozenset({*SINK_COLUMNS, *STATUS_COLUMNS, *_STAGE_OUTPUTS})
 # Columns pixelmill writes itself; input columns with these names must be mapped.
 RESERVED_COLUMNS = frozenset({*CANONICAL_COLUMNS, *SOURCE_COLUMNS, *OUTPUT_COLUMNS})
+# Parquet columns left out of the tar sample's JSON (and the dataset card's features): the
+# image bytes, the timings (so a rerun's samples are byte-identical) and ``raw_input`` ("" on ok rows).
+NOT_IN_SAMPLE_JSON = frozenset({*TAR_ONLY_COLUMNS, *STAGE_SECONDS, RAW_INPUT})
 
 
 # --- how each Arrow type travels into the sample JSON -------------------------------------------
@@ -205,3 +211,57 @@ def json_value(value: Any) -> Any:
     if isinstance(value, np.generic):
         return json_value(value.item())
     raise TypeError(f"no sample-JSON rule for a {type(value).__name__}")
+
+
+# --- an input-stage error record's raw input ----------------------------------------------------
+# The key of the reader's own reason (a JSON Lines line that is not JSON) in ``raw_input``.
+RAW_INPUT_ERROR = "input_error"
+_RAW_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def _raw_json(value: Any) -> Any:
+    """One raw value as JSON that reads back as the same Python value and type (see ``raw_input_text``)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"float": json_value(value)}
+    if isinstance(value, Decimal):
+        return {"decimal": str(value)}
+    if isinstance(value, (bytes, bytearray)):
+        return {"base64": base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"no raw-input rule for a {type(value).__name__}")
+
+
+def _raw_value(item: Any) -> Any:
+    if not isinstance(item, dict):
+        return item
+    (tag, text), = item.items()
+    if tag == "float":
+        return _RAW_FLOATS[text]
+    if tag == "decimal":
+        return Decimal(text)
+    return base64.b64decode(text)
+
+
+def raw_input_text(values: dict[str, Any]) -> str | None:
+    """Return the ``raw_input`` text of an error record: its canonical inputs as read, as JSON.
+
+    One JSON object, ``{field: value}`` for each canonical input that is not null (and the
+    reader's reason as :data:`RAW_INPUT_ERROR`). Text, whole numbers, finite floats and
+    booleans are JSON values of their own type (``"63"`` stays text, ``63`` a number, ``64.0``
+    a float); a non-finite float is ``{"float": "NaN"}``, a decimal ``{"decimal": "12.30"}``,
+    bytes ``{"base64": ...}``. Written ASCII-only, so a lone surrogate survives as ``\\ud800``.
+
+    Returns:
+        the text, or None when a value has none of these types (a list, a date): the caller
+        then keeps the row's reason as :data:`RAW_INPUT_ERROR` instead.
+    """
+    try:
+        return json.dumps({k: _raw_json(v) for k, v in values.items() if v is not None}, sort_keys=True)
+    except TypeError:
+        return None
+
+
+def raw_input_values(text: str) -> dict[str, Any]:
+    """Return the values :func:`raw_input_text` wrote, each of its own type again."""
+    return {key: _raw_value(item) for key, item in json.loads(text).items()}

@@ -60,7 +60,7 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
-_NOT_IN_SAMPLE_JSON = frozenset(schema.TAR_ONLY_COLUMNS) | frozenset(schema.STAGE_SECONDS)
+_NOT_IN_SAMPLE_JSON = schema.NOT_IN_SAMPLE_JSON
 
 
 class ShardContent:

@@ -30,11 +30,12 @@ def test_column_sets_are_the_ones_pixelmill_writes() -> None:
     assert schema.OUTPUT_COLUMNS == {"key", "shard", "status", "stage", "error", *stage_columns}
     assert schema.RESERVED_COLUMNS == {
         *schema.OUTPUT_COLUMNS, "id", "prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance",
-        "source", "source_row",
+        "source", "source_row", "raw_input",
     }
     # Per-row style settings may come from the input, and the image bytes never reach the Parquet.
     assert not {"style", "style_strength", "style_preserve_color", "image"} & schema.RESERVED_COLUMNS
     assert schema.TAR_ONLY_COLUMNS == {"image"}
+    assert schema.NOT_IN_SAMPLE_JSON == {"image", "raw_input", *schema.STAGE_SECONDS}
 
 
 def test_internal_columns_share_the_prefix() -> None:
