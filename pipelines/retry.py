@@ -8,10 +8,20 @@ is retried twice.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from pipelines.accounting import RunSummary
 from pipelines.layout import OutputLayout
 from pipelines.resume import OutputPlan, clean_output, done_after, done_ids
-from pipelines.runner import check_output_reachable, committed_schema, execute, finish_run, preflight, start_run
+from pipelines.runner import (
+    check_output_reachable,
+    committed_schema,
+    execute,
+    finish_run,
+    preflight,
+    start_run,
+    take_lease,
+)
 from pipelines.spec import JobSpec
 
 __all__ = ["retry_errors"]
@@ -24,19 +34,27 @@ def retry_errors(spec: JobSpec) -> RunSummary:
         the run's summary; ``input_rows`` counts the error records retried.
 
     Raises:
-        PreflightError: the output cannot be reached (before any work).
+        PreflightError: the output cannot be reached, or another run holds its lease (before any work).
     """
+    with preflight():
+        check_output_reachable(spec)
+    layout = OutputLayout(spec.output.uri, spec.storage_options)
+    started, clock_start, run_id = start_run(spec)
+    with preflight(), take_lease(spec, layout, run_id) as lease:
+        committed = clean_output(layout)
+    with lease:
+        return _retry(spec, layout, committed, run_id=run_id, started=started, clock_start=clock_start)
+
+
+def _retry(spec: JobSpec, layout: OutputLayout, committed: list[int], *, run_id: str, started: dt.datetime,
+           clock_start: float) -> RunSummary:
+    """Retry the error rows into shards after ``committed`` (the lease held); return the run's summary."""
     import ray.data
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     from pipelines.plan import process_rows, retried_rows
     from pipelines.sink import ShardDatasink
 
-    with preflight():
-        check_output_reachable(spec)
-    layout = OutputLayout(spec.output.uri, spec.storage_options)
-    started, clock_start, run_id = start_run(spec)
-    committed = clean_output(layout)
     offset = max(committed) + 1 if committed else 0
     if layout.fs.exists(layout.retry_manifest):  # a retry that died: finish it
         manifest = layout.read_json(layout.retry_manifest)

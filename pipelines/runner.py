@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines import faults
 from pipelines.accounting import RunSummary
 from pipelines.layout import ERRORS_DIR, OutputLayout
+from pipelines.lease import Lease
 from pipelines.progress import RunProgress, configure_ray_progress
 from pipelines.resilience import configure_data_context
 from pipelines.resume import MODES, Mode, check_mode, done_ids, prepare_output
@@ -218,20 +219,39 @@ def run_job(
         declared = run_schema(spec, layout, listing, mode)
         settings, input_record = made_from(spec, layout, listing, mode, allow_spec_change=allow_spec_change)
     started, clock_start, run_id = start_run(spec)
-    with preflight():
+    with preflight(), take_lease(spec, layout, run_id) as lease:
         plan = prepare_output(layout, mode)
         dataset = build_dataset(spec, listing=listing, done_ids=done_ids(layout, plan.done_parquet), declared=declared)
-    sink = ShardDatasink(
-        spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
-        declared=declared,
-    )
-    # Counted before the work (one read pass, paid after the run before): the progress display's total.
-    input_rows = prepared_rows(spec, listing=listing).count()
-    execute(spec, layout, dataset, sink, total=max(0, input_rows - plan.skipped))
-    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,
-                         input_rows=input_rows,
-                         settings=settings, input=input_record)
-    return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+    with lease:
+        sink = ShardDatasink(
+            spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
+            declared=declared,
+        )
+        # Counted before the work (one read pass, paid after the run before): the progress display's total.
+        input_rows = prepared_rows(spec, listing=listing).count()
+        execute(spec, layout, dataset, sink, total=max(0, input_rows - plan.skipped))
+        summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=plan.skipped,
+                             input_rows=input_rows,
+                             settings=settings, input=input_record)
+        return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+
+
+@contextmanager
+def take_lease(spec: JobSpec, layout: OutputLayout, run_id: str) -> Iterator[Lease]:
+    """Take the output's lease (``pipelines.lease``) and yield it; released only if the block raises.
+
+    The caller holds it on with ``with lease:`` around the rest of the run, so it is released
+    after the run's last write, on success or failure.
+
+    Raises:
+        LeaseHeld: another live run writes the output.
+    """
+    lease = Lease(layout, run_id, timeout_s=spec.output.lease_timeout_s).acquire()
+    try:
+        yield lease
+    except BaseException:
+        lease.release()
+        raise
 
 
 def check_apart(spec: JobSpec, listing: tuple, layout: OutputLayout) -> None:
