@@ -166,13 +166,25 @@ def read_tagged(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, str] |
     """
     try:
         if _is_s3(fs):
-            fs.invalidate_cache(path)
-            with fs.open(path, "rb") as f:
-                return f.read(), str(f.details["ETag"]).strip('"')
+            return _read_s3(fs, path)
         data = fs.cat_file(path)
     except FileNotFoundError:
         return None
     return data, _tag(data)
+
+
+def _read_s3(fs: Any, path: str, attempts: int = 5) -> tuple[bytes, str]:
+    from s3fs.utils import FileExpired
+
+    for attempt in range(attempts):
+        fs.invalidate_cache(path)
+        try:
+            with fs.open(path, "rb") as f:  # s3fs reads with If-Match on the ETag its HEAD saw
+                return f.read(), str(f.details["ETag"]).strip('"')
+        except FileExpired:  # replaced between the HEAD and the GET: read the new version
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def create_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, staging_dir: str) -> str:
