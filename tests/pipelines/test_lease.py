@@ -56,22 +56,22 @@ def test_create_new_twice_the_second_fails(output: OutputLayout) -> None:
     assert read_tagged(output.fs, path) == (b"third", new_tag)
 
 
+def _take(lease: Lease, barrier: threading.Barrier, outcomes: list[str]) -> None:
+    barrier.wait()
+    try:
+        lease.acquire()
+        outcomes.append("won")
+    except LeaseHeld as error:
+        outcomes.append(str(error))
+
+
 def test_stale_lease_two_contenders_exactly_one_wins(output: OutputLayout) -> None:
     for round_ in range(3):
         _stale_lease(output, "dead", age_s=60)
         leases = [Lease(output, f"run-{round_}-{i}", timeout_s=30) for i in range(4)]
         outcomes: list[str] = []
         barrier = threading.Barrier(len(leases))
-
-        def take(lease: Lease) -> None:
-            barrier.wait()
-            try:
-                lease.acquire()
-                outcomes.append("won")
-            except LeaseHeld as error:
-                outcomes.append(str(error))
-
-        threads = [threading.Thread(target=take, args=(lease,)) for lease in leases]
+        threads = [threading.Thread(target=_take, args=(lease, barrier, outcomes)) for lease in leases]
         for thread in threads:
             thread.start()
         for thread in threads:
