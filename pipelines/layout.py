@@ -19,6 +19,7 @@ The layout of an output root::
     _retry.json             a retry-errors run in progress
     _lease.json             the run that is writing now
     _tmp/<run id>/          local staging (renamed into place)
+    _tmp/claims/00000.json  the run writing shard 00000 now (removed when it commits)
     report.html, README.md  the run report and the dataset card
 
 ``SHARD_FILES`` lists the per-shard files in commit order. A new per-shard file is one
@@ -60,6 +61,7 @@ RUNS_DIR = "_runs"
 RUN_RECORD = "_run.json"
 RETRY_MANIFEST = "_retry.json"
 LEASE = "_lease.json"
+CLAIMS = "claims"
 REPORT = "report.html"
 DATASET_CARD = "README.md"
 
@@ -199,6 +201,15 @@ class OutputLayout:
     def retry_manifest(self) -> str:
         """The manifest of a retry-errors run in progress (``_retry.json``)."""
         return self.path(RETRY_MANIFEST)
+
+    @property
+    def lease(self) -> str:
+        """The lease of the run writing the output now (``_lease.json``, ``pipelines.lease``)."""
+        return self.path(LEASE)
+
+    def claim_file(self, shard: int) -> str:
+        """Return a shard number's claim (``_tmp/claims/NNNNN.json``): the run writing that shard now."""
+        return self.path(TMP_DIR, CLAIMS, f"{shard_name(shard)}.json")
 
     @property
     def report(self) -> str:

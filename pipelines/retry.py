@@ -22,7 +22,15 @@ from pipelines.accounting import RunSummary
 from pipelines.layout import OutputLayout, shard_name
 from pipelines.preflight import check_models, check_output_reachable
 from pipelines.resume import OutputPlan, RunRows, clean_output, done_after, done_keys
-from pipelines.runner import PreflightError, committed_schema, execute, finish_run, preflight, start_run
+from pipelines.runner import (
+    PreflightError,
+    committed_schema,
+    execute,
+    finish_run,
+    preflight,
+    start_run,
+    take_lease,
+)
 from pipelines.spec import JobSpec
 from pipelines.storage import write_once
 
@@ -57,7 +65,8 @@ def retry_errors(spec: JobSpec) -> RunSummary:
 
     Raises:
         NothingToRetry: no committed shard holds an error record (nothing is written, no run record).
-        PreflightError: the output cannot be reached or a model URI loads nothing (before any work).
+        PreflightError: the output cannot be reached, a model URI loads nothing, or another run
+            holds the output's lease (before any work).
     """
     import ray.data
     from pyarrow.fs import FSSpecHandler, PyFileSystem
@@ -75,34 +84,36 @@ def retry_errors(spec: JobSpec) -> RunSummary:
         elif not error_shards(layout):
             raise _nothing_to_retry(layout)
     started, clock_start, run_id = start_run(spec)
-    committed, damaged = clean_output(layout)
-    offset = max(committed) + 1 if committed else 0
-    if manifest is not None:
-        plan = done_after(layout, [s for s in committed if s >= manifest["first_shard"]], offset)
-    else:
-        sources_now = {shard_name(shard): count for shard, count in error_shards(layout).items()}
-        manifest = {"run_id": run_id, "first_shard": offset, "sources": sources_now}
-        layout.write_json(layout.retry_manifest, manifest)
-        plan = OutputPlan(shard_offset=offset, done_parquet=[])
-    sources = {int(shard): int(count) for shard, count in manifest["sources"].items()}
-    sink = ShardDatasink(spec.output, run_id=run_id, shard_offset=offset, storage_options=spec.storage_options,
-                         declared=committed_schema(layout))
-    pending = [layout.shard_file("parquet", s) for s in sorted(sources)
-               if s in committed and layout.read_stats(s)["failures"]]
-    input_rows = skipped = 0
-    if pending:
-        records = ray.data.read_parquet(pending, filesystem=PyFileSystem(FSSpecHandler(layout.fs)))
-        # Error records are one per row already: no duplicate marking (a duplicate record stays one).
-        run_rows = RunRows(retried_rows(spec, records), None, done_keys(layout, plan.done_parquet))
-        input_rows, skipped = run_rows.counts()  # before the work: the progress display's total
-        if input_rows > skipped:
-            execute(spec, layout, process_rows(spec, run_rows.todo()), sink, total=input_rows - skipped)
-    supersede(layout, sorted(sources), run_id=run_id)  # every retried row is now committed in a newer shard
-    layout.fs.rm(layout.retry_manifest)
-    # The settings it made images with (a later resume checks them); no input record: it read no input files.
-    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode="retry-errors", skipped=skipped,
-                         input_rows=input_rows, settings=fingerprint.settings_of(spec), damaged_shards=damaged)
-    return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+    with preflight(), take_lease(spec, layout, run_id) as lease:
+        committed, damaged = clean_output(layout)
+    with lease:  # held until the run's record is written, released on success or failure
+        offset = max(committed) + 1 if committed else 0
+        if manifest is not None:
+            plan = done_after(layout, [s for s in committed if s >= manifest["first_shard"]], offset)
+        else:
+            sources_now = {shard_name(shard): count for shard, count in error_shards(layout).items()}
+            manifest = {"run_id": run_id, "first_shard": offset, "sources": sources_now}
+            layout.write_json(layout.retry_manifest, manifest)
+            plan = OutputPlan(shard_offset=offset, done_parquet=[])
+        sources = {int(shard): int(count) for shard, count in manifest["sources"].items()}
+        sink = ShardDatasink(spec.output, run_id=run_id, shard_offset=offset, storage_options=spec.storage_options,
+                             declared=committed_schema(layout))
+        pending = [layout.shard_file("parquet", s) for s in sorted(sources)
+                   if s in committed and layout.read_stats(s)["failures"]]
+        input_rows = skipped = 0
+        if pending:
+            records = ray.data.read_parquet(pending, filesystem=PyFileSystem(FSSpecHandler(layout.fs)))
+            # Error records are one per row already: no duplicate marking (a duplicate record stays one).
+            run_rows = RunRows(retried_rows(spec, records), None, done_keys(layout, plan.done_parquet))
+            input_rows, skipped = run_rows.counts()  # before the work: the progress display's total
+            if input_rows > skipped:
+                execute(spec, layout, process_rows(spec, run_rows.todo()), sink, total=input_rows - skipped)
+        supersede(layout, sorted(sources), run_id=run_id)  # every retried row is now committed in a newer shard
+        layout.fs.rm(layout.retry_manifest)
+        # The settings it made images with (a later resume checks them); no input record: it read no input files.
+        summary = RunSummary(run_id=run_id, output=spec.output.uri, mode="retry-errors", skipped=skipped,
+                             input_rows=input_rows, settings=fingerprint.settings_of(spec), damaged_shards=damaged)
+        return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
 
 
 def supersede(layout: OutputLayout, shards: list[int], *, run_id: str) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines import faults
 from pipelines.accounting import RunSummary, output_totals
 from pipelines.layout import ERRORS_DIR, OutputLayout
+from pipelines.lease import Lease
 from pipelines.preflight import check_models, check_output_reachable, check_reachable
 from pipelines.progress import RunProgress, configure_ray_progress
 from pipelines.resilience import configure_data_context
@@ -221,22 +222,41 @@ def run_job(
         declared = run_schema(spec, layout, listing, mode)
         settings, input_record = made_from(spec, layout, listing, mode, allow_spec_change=allow_spec_change)
     started, clock_start, run_id = start_run(spec)
-    with preflight():
+    with preflight(), take_lease(spec, layout, run_id) as lease:
         plan = prepare_output(layout, mode)
         rows = prepared_rows(spec, listing=listing, declared=declared)
         run_rows = RunRows(rows, first_occurrences(rows), done_keys(layout, plan.done_parquet))
         dataset = process_rows(spec, run_rows.todo())
-    sink = ShardDatasink(
-        spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
-        declared=declared,
-    )
-    # Counted by Ray before the work (no model stage in their plans): the progress display's total.
-    input_rows, skipped = run_rows.counts()
-    if input_rows > skipped:  # a resume with nothing to do starts no actor pool and loads no model
-        execute(spec, layout, dataset, sink, total=input_rows - skipped)
-    summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=skipped, input_rows=input_rows,
-                         settings=settings, input=input_record, damaged_shards=plan.damaged)
-    return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+    with lease:  # held until the run's record is written, released on success or failure
+        sink = ShardDatasink(
+            spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
+            declared=declared,
+        )
+        # Counted by Ray before the work (no model stage in their plans): the progress display's total.
+        input_rows, skipped = run_rows.counts()
+        if input_rows > skipped:  # a resume with nothing to do starts no actor pool and loads no model
+            execute(spec, layout, dataset, sink, total=input_rows - skipped)
+        summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=skipped, input_rows=input_rows,
+                             settings=settings, input=input_record, damaged_shards=plan.damaged)
+        return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+
+
+@contextmanager
+def take_lease(spec: JobSpec, layout: OutputLayout, run_id: str) -> Iterator[Lease]:
+    """Take the output's lease (``pipelines.lease``) and yield it; released only if the block raises.
+
+    The caller holds it on with ``with lease:`` around the rest of the run, so it is released
+    after the run's last write, on success or failure.
+
+    Raises:
+        LeaseHeld: another live run writes the output.
+    """
+    lease = Lease(layout, run_id, timeout_s=spec.output.lease_timeout_s).acquire()
+    try:
+        yield lease
+    except BaseException:
+        lease.release()
+        raise
 
 
 def check_apart(spec: JobSpec, listing: tuple, layout: OutputLayout) -> None:

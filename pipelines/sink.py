@@ -38,9 +38,9 @@ from pipelines.layout import SHARD_FILES, OutputLayout, shard_name
 from pipelines.passthrough import unpack
 from pipelines.schema import json_value
 from pipelines.spec import OutputSpec
-from pipelines.storage import write_once
+from pipelines.storage import WriteConflict, create_new, read_tagged, write_once
 
-__all__ = ["SHARD_WRITERS", "ShardDatasink", "json_value"]
+__all__ = ["SHARD_WRITERS", "ShardDatasink", "ShardTaken", "json_value"]
 
 # A fixed tar member time keeps reruns byte-identical.  An int: tarfile writes a PAX
 # extended header (an extra 1 KiB block) for every member whose mtime is a float.
@@ -130,6 +130,10 @@ SHARD_WRITERS: dict[str, Writer] = {
 assert list(SHARD_WRITERS) == [shard_file.kind for shard_file in SHARD_FILES], "a writer per shard file, in order"
 
 
+class ShardTaken(RuntimeError):
+    """Another run claimed or committed this shard number: nothing of it was overwritten."""
+
+
 class ShardDatasink(Datasink[dict]):
     """Write each write task's rows as one committed shard.
 
@@ -177,6 +181,9 @@ class ShardDatasink(Datasink[dict]):
             ),
             self.output.image_format,
         )
+        committed = self._claim(layout, shard)
+        if committed is not None:  # this task, retried by Ray after its first attempt committed
+            return committed
         inject("sink:before_publish", shard=shard)
         sizes: dict[str, int] = {}  # each file written: name relative to the root -> bytes
         for shard_file in SHARD_FILES:
@@ -192,11 +199,53 @@ class ShardDatasink(Datasink[dict]):
             path = layout.shard_file(shard_file.kind, shard)
             if "/" in shard_file.pattern:
                 layout.fs.makedirs(path.rsplit(layout.fs.sep, 1)[0], exist_ok=True)
-            with write_once(layout.fs, path, staging_dir=staging) as f:
-                write(f, content)
-                sizes[shard_file.name(shard)] = f.tell()
+            if shard_file is not SHARD_FILES[-1]:
+                with write_once(layout.fs, path, staging_dir=staging) as f:
+                    write(f, content)
+                    sizes[shard_file.name(shard)] = f.tell()
+                continue
+            marker = io.BytesIO()
+            write(marker, content)
+            try:  # create-if-absent: a committed shard is never overwritten, whatever happened to the claim
+                create_new(layout.fs, path, marker.getvalue(), staging_dir=staging)
+            except WriteConflict:
+                raise ShardTaken(f"shard {shard_name(shard)} of {self.output.uri} was committed by another run "
+                                 "while this one wrote it") from None
+        layout.fs.rm(layout.claim_file(shard))
         inject("sink:after_commit", shard=shard)
         return content.stats
+
+    def _claim(self, layout: OutputLayout, shard: int) -> dict[str, Any] | None:
+        """Claim ``shard``'s number for this run before any of its files is written.
+
+        The claim (``layout.claim_file``) is created only if absent and names the run; a retried
+        task of the same run finds its own claim (or, after a commit, its own stats) and goes on.
+
+        Returns:
+            the shard's stats when this run already committed it, else None (the number is ours).
+
+        Raises:
+            ShardTaken: another run claimed or committed the number (two runs writing one output).
+        """
+        path, staging = layout.claim_file(shard), layout.staging_dir(self.run_id)
+        layout.fs.makedirs(path.rsplit(layout.fs.sep, 1)[0], exist_ok=True)
+        try:
+            create_new(layout.fs, path, json.dumps({"run_id": self.run_id}).encode(), staging_dir=staging)
+        except WriteConflict:
+            found = read_tagged(layout.fs, path)
+            holder = json.loads(found[0])["run_id"] if found else "(claim just removed)"
+            if holder != self.run_id:
+                raise ShardTaken(f"shard {shard_name(shard)} of {self.output.uri} is being written by run {holder}; "
+                                 "two runs write one output") from None
+        marker = read_tagged(layout.fs, layout.shard_file("stats", shard))
+        if marker is None:
+            return None
+        stats: dict[str, Any] = json.loads(marker[0])
+        layout.fs.rm(path)
+        if stats.get("run_id") == self.run_id:
+            return stats
+        raise ShardTaken(f"shard {shard_name(shard)} of {self.output.uri} was committed by run {stats.get('run_id')}; "
+                         "two runs write one output")
 
     def on_write_complete(self, write_result: Any) -> None:
         self.shard_stats = [s for s in write_result.write_returns if s.get("shard") is not None]

@@ -68,6 +68,9 @@ class OutputSpec(_Strict):
     image_quality: Annotated[int, Field(ge=1, le=100)] = 95
     # Write report.html (contact sheet, counts, throughput, scores) next to the shards after each run.
     report: bool = True
+    # One run at a time per output (pipelines.lease): a run's lease whose heartbeat is older than
+    # this is stale (its run died) and the next run takes it over. Heartbeats every quarter of it.
+    lease_timeout_s: Annotated[float, Field(ge=1)] = 300
 
 
 class PerformanceSpec(_Strict):

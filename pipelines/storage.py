@@ -42,13 +42,18 @@ from pipelines.resilience import with_probe_settings, with_storage_retries
 __all__ = [
     "DEFAULT_CACHE_DIR",
     "MODEL_MARKERS",
+    "WriteConflict",
+    "create_new",
+    "delete_tagged",
     "exclusive_lock",
     "filesystem",
     "is_local",
     "join",
     "publish_once",
     "read_bytes",
+    "read_tagged",
     "redact",
+    "replace_tagged",
     "storage_env_vars",
     "sync_file",
     "sync_folder",
@@ -148,6 +153,165 @@ def write_once(fs: fsspec.AbstractFileSystem, path: str, *, staging_dir: str) ->
         writer.discard()
         raise
     writer.commit()
+
+
+# --- conditional writes: the lease (pipelines.lease) and the shard claims (pipelines.sink) ----------
+
+
+class WriteConflict(OSError):
+    """A conditional write found its path in another state than the caller expected."""
+
+
+def _tag(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    return hasattr(fs, "call_s3")  # s3fs: PutObject takes If-None-Match / If-Match
+
+
+def read_tagged(fs: fsspec.AbstractFileSystem, path: str) -> tuple[bytes, str] | None:
+    """Return ``(content, tag)`` of a small file, or None when there is none.
+
+    The tag names this version of the file for :func:`replace_tagged`: its ETag on S3
+    (read with ``If-Match`` on it, so content and tag belong together), the MD5 of its
+    content elsewhere.
+    """
+    try:
+        if _is_s3(fs):
+            return _read_s3(fs, path)
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        return None
+    return data, _tag(data)
+
+
+def _read_s3(fs: Any, path: str, attempts: int = 5) -> tuple[bytes, str]:
+    from s3fs.utils import FileExpired
+
+    for attempt in range(attempts):
+        fs.invalidate_cache(path)
+        try:
+            with fs.open(path, "rb") as f:  # s3fs reads with If-Match on the ETag its HEAD saw
+                return f.read(), str(f.details["ETag"]).strip('"')
+        except FileExpired:  # replaced between the HEAD and the GET: read the new version
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def create_new(fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, staging_dir: str) -> str:
+    """Write ``data`` at ``path`` only if nothing is there (atomic); return the new version's tag.
+
+    Local disk: staged in ``staging_dir`` and hard-linked to ``path`` (``link`` fails when
+    the name exists, and the file is complete before it has its name).  S3: one PUT with
+    ``If-None-Match: *``.  Other object stores: a check, then a write (not atomic).
+
+    Raises:
+        WriteConflict: ``path`` exists (a lost response retried by the client counts as ours
+            when the content there is ``data``).
+    """
+    if is_local(fs):
+        with _staged(fs, path, data, staging_dir) as staged:
+            try:
+                os.link(staged, path)
+            except FileExistsError:
+                raise WriteConflict(f"{path} exists") from None
+        return _tag(data)
+    if _is_s3(fs):
+        return _put_s3(fs, path, data, IfNoneMatch="*")
+    if fs.exists(path):
+        raise WriteConflict(f"{path} exists")
+    fs.pipe_file(path, data)
+    return _tag(data)
+
+
+def replace_tagged(fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, tag: str, staging_dir: str) -> str:
+    """Replace the file at ``path`` with ``data`` only if its version is still ``tag``; return the new tag.
+
+    Local disk: compare and ``os.replace`` under an exclusive ``flock`` on the parent folder
+    (every local replace takes it; a create cannot slip in because the name exists).  S3: one
+    PUT with ``If-Match: <ETag>``.  Other object stores: a check, then a write (not atomic).
+
+    Raises:
+        WriteConflict: ``path`` is gone or holds another version.
+    """
+    if _is_s3(fs):
+        return _put_s3(fs, path, data, IfMatch=f'"{tag}"')
+    if is_local(fs):
+        with _folder_lock(os.path.dirname(path)):
+            _check_tag(fs, path, tag)
+            with _staged(fs, path, data, staging_dir) as staged:
+                os.replace(staged, path)
+        return _tag(data)
+    _check_tag(fs, path, tag)
+    fs.pipe_file(path, data)
+    return _tag(data)
+
+
+def delete_tagged(fs: fsspec.AbstractFileSystem, path: str, *, tag: str) -> None:
+    """Delete the file at ``path`` if its version is still ``tag`` (local disk: atomic under the folder lock).
+
+    Raises:
+        WriteConflict: ``path`` is gone or holds another version.
+    """
+    if is_local(fs):
+        with _folder_lock(os.path.dirname(path)):
+            _check_tag(fs, path, tag)
+            os.remove(path)
+        return
+    _check_tag(fs, path, tag)  # S3's conditional DeleteObject is not everywhere; the window is one request
+    fs.rm(path)
+
+
+def _check_tag(fs: fsspec.AbstractFileSystem, path: str, tag: str) -> None:
+    found = read_tagged(fs, path)
+    if found is None or found[1] != tag:
+        raise WriteConflict(f"{path} changed (expected version {tag})")
+
+
+def _put_s3(fs: Any, path: str, data: bytes, **condition: str) -> str:
+    bucket, key, _ = fs.split_path(path)
+    try:
+        response = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+    except OSError as error:
+        # s3fs keeps botocore's error as the cause: 412 PreconditionFailed, or 409
+        # ConditionalRequestConflict (another conditional write to the key was in flight)
+        code = getattr(error.__cause__, "response", {}).get("Error", {}).get("Code")
+        if isinstance(error, FileExistsError) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            found = read_tagged(fs, path)
+            if found is not None and found[0] == data:  # our own PUT, whose response was lost and retried
+                return found[1]
+            raise WriteConflict(f"{path}: {error}") from None
+        raise
+    finally:
+        fs.invalidate_cache(path)
+    return str(response["ETag"]).strip('"')
+
+
+@contextmanager
+def _staged(fs: fsspec.AbstractFileSystem, path: str, data: bytes, staging_dir: str) -> Iterator[str]:
+    """Yield a complete local copy of ``data`` in ``staging_dir``, removed after the block."""
+    fs.makedirs(staging_dir, exist_ok=True)
+    staged = join(fs, staging_dir, f"{uuid.uuid4().hex}-{posixpath.basename(path)}")
+    try:
+        with open(staged, "wb") as f:
+            f.write(data)
+        yield staged
+    finally:
+        if os.path.exists(staged):
+            os.remove(staged)
+
+
+@contextmanager
+def _folder_lock(folder: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on a local folder itself (no lock file to leave behind)."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # closing the descriptor drops the lock
 
 
 # Files up to this size are built in memory and uploaded in one call after they are

@@ -113,7 +113,7 @@ def write_prompts(tmp_path: Path):
 
 # Modules whose every test starts a subprocess, a cluster or a fault-injecting server.
 _SLOW_MODULES = (
-    "test_jobs.py", "test_output_guard.py", "test_node_loss.py", "test_bench.py", "test_faults.py",
+    "test_jobs.py", "test_lease.py", "test_output_guard.py", "test_node_loss.py", "test_bench.py", "test_faults.py",
     "test_s3faults.py", "test_user_commands.py", "test_preflight_cli.py",
 )
 

@@ -79,7 +79,15 @@ def test_sink_writes_every_shard_file_in_commit_order(tmp_path: Path, monkeypatc
         written.append(path.split("/out/", 1)[1])
         return original(fs, path, staging_dir=staging_dir)
 
+    original_create = sink_module.create_new
+
+    def recording_create(fs, path, data, *, staging_dir):  # the commit marker: created only if absent
+        if "/claims/" not in path:
+            written.append(path.split("/out/", 1)[1])
+        return original_create(fs, path, data, staging_dir=staging_dir)
+
     monkeypatch.setattr(sink_module, "write_once", recording)
+    monkeypatch.setattr(sink_module, "create_new", recording_create)
     output = OutputSpec(uri=str(tmp_path / "out"), samples_per_shard=10)
     sink = ShardDatasink(output, run_id="run1", shard_offset=3)
     stats = sink.write([_rows(4, errors=1)], SimpleNamespace(task_idx=2))
