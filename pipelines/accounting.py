@@ -43,7 +43,8 @@ class RunSummary:
     balanced: bool = False
     equation: str = ""
     errors_by_stage: dict[str, int] = field(default_factory=dict)
-    errors_by_reason: dict[str, int] = field(default_factory=dict)
+    errors_by_reason: dict[str, int] = field(default_factory=dict)  # by reason code (``schema.reason_code``)
+    error_examples: dict[str, str] = field(default_factory=dict)  # one full message per reason code
     errors_table: str = ""
     scored: int = 0
     clip_score_mean: float | None = None
@@ -78,6 +79,9 @@ class RunSummary:
                 stage = reason.split(":", 1)[0]
                 self.errors_by_stage[stage] = self.errors_by_stage.get(stage, 0) + count
                 self.errors_by_reason[reason] = self.errors_by_reason.get(reason, 0) + count
+                example = (stats.get("failure_examples") or {}).get(reason)
+                if example is not None:
+                    self.error_examples.setdefault(reason, example)
             self.shards.append(shard_name(stats["shard"]))
 
     def finish(self, *, started: dt.datetime, clock_start: float) -> None:
@@ -103,6 +107,16 @@ class RunSummary:
         """Images over rows that were meant to become images (filtered rows excluded)."""
         attempted = self.images + self.errors
         return self.images / attempted if attempted else 1.0
+
+    def reason_lines(self, top: int = 5) -> list[str]:
+        """Return the most frequent error reasons, each as ``N x CODE`` and one full example."""
+        lines = []
+        for code, count in sorted(self.errors_by_reason.items(), key=lambda item: (-item[1], item[0]))[:top]:
+            lines.append(f"{count} x {code}")
+            example = self.error_examples.get(code)
+            if example and example != code:
+                lines.append(f"    e.g. {example}")
+        return lines
 
     def line(self) -> str:
         """Return the one-line summary printed at the end of a run."""

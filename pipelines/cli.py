@@ -301,8 +301,8 @@ def main(argv: list[str] | None = None) -> int:
             "(fix the cause, then `pixelmill retry-errors OUT`)",
             file=sys.stderr,
         )
-        for reason, count in sorted(summary.errors_by_reason.items(), key=lambda item: -item[1])[:5]:
-            print(f"pixelmill:   {count} x {reason}", file=sys.stderr)
+        for line in summary.reason_lines():
+            print(f"pixelmill:   {line}", file=sys.stderr)
         return EXIT_RUN_FAILED
     return EXIT_OK
 

@@ -14,6 +14,7 @@ import base64
 import datetime as dt
 import json
 import math
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
@@ -34,6 +35,8 @@ __all__ = [
     # stages
     "INPUT_STAGE", "DUPLICATE_STAGE", "ENCODE", "GENERATE", "STYLE_STAGE", "SCORE", "IMAGE_ENCODE", "STAGES",
     "STAGE_SECONDS",
+    # error records' reason codes
+    "reason_code",
     # column sets
     "ROW_SETTINGS", "STATUS_COLUMNS", "SOURCE_COLUMNS", "CANONICAL_COLUMNS", "SINK_COLUMNS", "TAR_ONLY_COLUMNS",
     "OUTPUT_COLUMNS", "RESERVED_COLUMNS", "NOT_IN_SAMPLE_JSON",
@@ -265,3 +268,28 @@ def raw_input_text(values: dict[str, Any]) -> str | None:
 def raw_input_values(text: str) -> dict[str, Any]:
     """Return the values :func:`raw_input_text` wrote, each of its own type again."""
     return {key: _raw_value(item) for key, item in json.loads(text).items()}
+
+
+# The values inside an error message, most specific first: quoted text, URIs, paths, numbers.
+_REASON_VALUES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"'[^']*'"), "'…'"),
+    (re.compile(r'"[^"]*"'), '"…"'),
+    (re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s:;,)]+"), "URI"),
+    (re.compile(r"(?<![\w.])/[^\s:;,)]+"), "PATH"),
+    (re.compile(r"(?<![A-Za-z_])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?"), "N"),
+)
+
+
+def reason_code(stage: str, error: str) -> str:
+    """Return the stable reason code of an error record: its stage and its message with the values
+    taken out, so rows failing for one reason group together whatever their values.
+
+    ``("input", "line 3: column 'prompt' holds a number where the file's other rows hold a string")``
+    gives ``"input: line N: column '…' holds a number where the file'…"``; the first line only, at
+    most 160 characters. The run summary counts error records by this code and keeps one full
+    message of each as its example.
+    """
+    text = (error or "").strip().split("\n", 1)[0]
+    for pattern, placeholder in _REASON_VALUES:
+        text = pattern.sub(placeholder, text)
+    return f"{stage}: {text[:160]}"

@@ -260,11 +260,13 @@ class ShardDatasink(Datasink[dict]):
     def _stats(table: pa.Table, *, shard: int, run_id: str, started: str, seconds: float) -> dict[str, Any]:
         status = table.column(schema.STATUS).to_pylist()
         stages, errors = table.column(schema.STAGE).to_pylist(), table.column(schema.ERROR).to_pylist()
-        reasons = Counter(
-            f"{stage}: {error.split(':', 1)[0]}"
-            for stage, error, state in zip(stages, errors, status)
-            if state == schema.Status.ERROR
-        )
+        reasons: Counter[str] = Counter()
+        examples: dict[str, str] = {}  # one full message per reason code
+        for stage, error, state in zip(stages, errors, status):
+            if state == schema.Status.ERROR:
+                code = schema.reason_code(stage, error)
+                reasons[code] += 1
+                examples.setdefault(code, f"{stage}: {error}"[:1000])
         scores = []
         if schema.CLIP_SCORE in table.column_names:
             values = table.column(schema.CLIP_SCORE).to_pylist()
@@ -277,6 +279,7 @@ class ShardDatasink(Datasink[dict]):
             "failures": status.count(schema.Status.ERROR),
             "filtered": status.count(schema.Status.FILTERED),
             "failures_by_reason": dict(reasons),
+            "failure_examples": examples,
             "scored": len(scores),  # ok rows with a CLIP score, and their mean
             "clip_score_mean": round(sum(scores) / len(scores), 4) if scores else None,
             "start_time": started,
