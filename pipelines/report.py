@@ -165,6 +165,7 @@ def render_report(
     return _render(
         output=output_uri,
         run=data.run,
+        history=data.history,
         counts=data.counts,
         totals=data.totals,
         samples=data.samples,

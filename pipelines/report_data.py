@@ -96,6 +96,7 @@ class ReportData:
     errors: list[dict[str, Any]]
     error_total: int
     damaged: dict[int, str] = field(default_factory=dict)  # shard -> what is wrong; left out of everything else
+    history: list[dict[str, Any]] = field(default_factory=list)  # every run's record (``_runs/``), oldest first
 
 
 def gather(layout: OutputLayout, *, sample_size: int, seed: int, max_errors: int = MAX_ERRORS) -> ReportData:
@@ -116,6 +117,7 @@ def gather(layout: OutputLayout, *, sample_size: int, seed: int, max_errors: int
     _read_thumbnails(layout, scan.samples)
     errors, error_total = _read_errors(layout, list(stats), max_errors)
     return ReportData(
+        history=layout.run_records(),
         run=run,
         stats=stats,
         counts=_counts(run, stats),

@@ -211,3 +211,23 @@ def test_report_sample_bounds(tmp_path, sample_size):
     write_output(out, scores=True)
     html = _read(build_report(out, sample_size=sample_size))
     assert html.count("data:image/") == min(sample_size, IMAGES)
+
+
+def test_report_shows_every_run(tmp_path):
+    """The report lists every run's record (``_runs/``), oldest first (issue 17, item 7)."""
+    out = tmp_path / "out"
+    run = write_output(str(out), scores=False)
+    (out / "_runs").mkdir()
+    first = {**run, "run_id": "20260101T000000-aaaa", "mode": "overwrite", "started": "2026-01-01T00:00:00+00:00",
+             "images": 9}
+    second = {**run, "run_id": "20260102T000000-bbbb", "mode": "resume", "started": "2026-01-02T00:00:00+00:00",
+              "balanced": False}
+    for record in (second, first):
+        (out / "_runs" / f"{record['run_id']}.json").write_text(json.dumps(record))
+    html = _read(build_report(str(out)))
+    rows = re.findall(r'<tr class="history-run"><td>([^<]+)</td><td>([^<]+)</td>', html)
+    assert rows == [("20260101T000000-aaaa", "overwrite"), ("20260102T000000-bbbb", "resume")]
+    assert '<td class="n">9</td>' in html and '<span class="bad">no</span>' in html
+    single = tmp_path / "single"
+    write_output(str(single), scores=False)
+    assert 'id="history"' not in _read(build_report(str(single)))

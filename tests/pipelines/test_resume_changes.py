@@ -118,3 +118,6 @@ def test_a_changed_input_on_s3_stops_a_resume(ray_session, s3, model_cache: str)
             .encode())
     with pytest.raises(PreflightError, match=r"b\.jsonl changed"):
         run_job(_spec("s3://pixelmill/changes/in/", "s3://pixelmill/changes/out", model_cache))
+    # a changed spec on S3 is refused too (the spec is checked first), naming the key
+    with pytest.raises(PreflightError, match=r"seed: 0 -> 5"):
+        run_job(_spec("s3://pixelmill/changes/in/", "s3://pixelmill/changes/out", model_cache, seed=5))
