@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"pixelmill: success rate {summary.success_rate:.3f} is below --min-success-rate "
             f"{args.min_success_rate}; the failed rows are in {summary.errors_table} "
-            "(fix the cause, then `pixelmill retry-errors OUT`)",
+            f"(fix the cause, then `pixelmill retry-errors {summary.output}`)",
             file=sys.stderr,
         )
         for line in summary.reason_lines():

@@ -12,8 +12,9 @@ compares them with the output's earlier runs before any work (:func:`check_resum
   record keeps its own settings). ``--mode append`` is a new batch and is not checked.
 - **Input.** :func:`input_of` lists each input file with its size and its ETag (object
   stores) or modification time. When the rows have no id column their ids are positions
-  (``<file>#<row>``), so a file that changed under a resume would re-number rows: a new
-  row never drawn, another drawn twice. Such a resume stops and says which files changed.
+  (``<file>#<row>``, the name relative to the input root), so a file whose name an earlier
+  run read with other content would re-number rows: a new row never drawn, another drawn
+  twice. Such a resume stops and names the files (whatever folder or bucket they are in now).
   With an id column a changed input resumes as usual (new ids are drawn, done ids skipped).
 """
 
@@ -151,12 +152,22 @@ def _differences(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [f"{key}: {before.get(key)!r} -> {now.get(key)!r}" for key in keys if before.get(key) != now.get(key)]
 
 
-def _changed_files(before: list[list[Any]], now: list[list[Any]]) -> list[str]:
-    old, new = {e[0]: e[1:] for e in before}, {e[0]: e[1:] for e in now}
-    changes = [f"{name} is new" for name in new if name not in old]
-    changes += [f"{name} is gone" for name in old if name not in new]
-    changes += [f"{name} changed (size {old[name][0]} -> {new[name][0]})" for name in new
-                if name in old and old[name] != new[name]]
+def _changed_files(layout: OutputLayout, now: list[list[Any]]) -> list[str]:
+    """The files of ``now`` whose name an earlier run read with another size or version.
+
+    Positional ids are ``<name>#<row>`` with the name relative to the input root, so what
+    matters is the name, whatever folder or bucket it came from: each name is compared with
+    the newest run that read a file of that name. A name no run read is new: its ids are too.
+    """
+    seen: dict[str, tuple[list[Any], Any]] = {}
+    for record in reversed(layout.run_records()):
+        for entry in (record.get("input") or {}).get("files", []):
+            seen.setdefault(entry[0], (list(entry[1:]), record.get("run_id")))
+    changes = []
+    for name, *version in now:
+        if name in seen and seen[name][0] != list(version):
+            before, run_id = seen[name]
+            changes.append(f"{name} changed since run {run_id} read it (size {before[0]} -> {version[0]})")
     return changes
 
 
@@ -174,8 +185,8 @@ def check_resume(
         allow_spec_change: resume even when the settings differ.
 
     Raises:
-        ResumeRefused: the settings differ (and not allowed), or the ids are positional and
-            the input files changed since the last run of this input.
+        ResumeRefused: the settings differ (and not allowed), or the ids are positional and a
+            file of the input differs from the file of that name an earlier run read.
     """
     earlier = _latest(layout, "settings")
     if earlier is not None and not allow_spec_change:
@@ -186,15 +197,13 @@ def check_resume(
                 "A resume keeps one spec per dataset: use --mode append to add a batch with the new settings, "
                 "--mode overwrite to start again, or --allow-spec-change to resume with them anyway"
             )
-    same_input = _latest(layout, "input", input_uri=input_uri)
-    if same_input is None or not input_record["positional_ids"]:
+    if not input_record["positional_ids"]:
         return
-    before = same_input["input"]
-    if before.get("sha256") != input_record["sha256"]:
-        changes = _changed_files(before.get("files", []), input_record["files"])
+    changes = _changed_files(layout, input_record["files"])
+    if changes:
         raise ResumeRefused(
-            f"the input {input_uri} changed since run {same_input.get('run_id')}: {'; '.join(changes[:5])}"
+            f"the input {input_uri} is not what earlier runs read: {'; '.join(changes[:5])}"
             f"{' ...' if len(changes) > 5 else ''}. Its rows have no id column, so their ids are their "
-            "positions and a resume would draw some rows twice and others never: set an id column "
+            "positions (<file>#<row>) and a resume would draw some rows twice and others never: set an id column "
             "(input.columns.id), or use --mode append (a new batch) or --mode overwrite"
         )

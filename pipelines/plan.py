@@ -62,8 +62,10 @@ def prepared_rows(
         ds = ds.limit(spec.limit)
     names = input_columns(listing)
     if names is None:  # no file has a first batch to show: ask Ray (reads past empty files)
-        names = ds.schema().names
-    check_input_columns(names, spec.input.columns, uri=spec.input.uri)  # the runner's preflight checked it too
+        schema = ds.schema()
+        names = None if schema is None else schema.names
+    if names is not None:  # else no file has a row: zero rows in, zero out (0-byte files)
+        check_input_columns(names, spec.input.columns, uri=spec.input.uri)  # the runner's preflight did too
     # pyarrow batches: pass-through columns stay the reader's Arrow columns (no pandas round trip,
     # which turned uint64/decimal/huge integers and nullable ints into lossy or failing values).
     return ds.map_batches(

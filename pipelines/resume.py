@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pipelines.dedupe import KEY_COLUMNS, RESUME_KEY, RESUME_ON, mark_duplicates, with_resume_key
-from pipelines.layout import OutputLayout, shard_name
+from pipelines.layout import LEASE, OutputLayout, shard_name
 from pipelines.schema import ID, SOURCE_COLUMNS, STAGE
 
 if TYPE_CHECKING:
@@ -115,9 +115,9 @@ def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
         # Only what pixelmill wrote there: never a file it did not write (check_mode refused
         # those before any work unless --force). An object store has no empty folders: a
         # prefix nothing was written to does not exist.
-        foreign = set(foreign_files(layout))
+        keep = set(foreign_files(layout)) | {layout.path(LEASE)}  # the lease is this run's own
         for path in layout.fs.find(layout.root) if layout.exists() else []:
-            if path not in foreign:
+            if path not in keep:
                 layout.fs.rm(path)
         layout.remove_tmp()
         return OutputPlan(shard_offset=0, done_parquet=[])

@@ -152,7 +152,7 @@ def supersede(layout: OutputLayout, shards: list[int], *, run_id: str) -> None:
         errors = layout.shard_file("errors", shard)
         if stats["failures"]:
             moved = int(stats["failures"])
-            stats.update(count=stats["count"] - moved, failures=0, failures_by_reason={},
+            stats.update(count=stats["count"] - moved, failures=0, failures_by_reason={}, failure_examples={},
                          superseded=int(stats.get("superseded", 0)) + moved, superseded_by=run_id)
             if "files" in stats:  # the wholeness check's sizes (layout.check_shards): the new Parquet, no errors file
                 files = {name: size for name, size in stats["files"].items() if name != layout.relative(errors)}

@@ -149,8 +149,8 @@ def score_warnings(spec: JobSpec, summary: RunSummary) -> list[str]:
     from models.builtin import SCORE_LEVELS
     from models.store import BUILTIN_PREFIX
 
-    if spec.score is None or summary.clip_score_mean is None:
-        return []
+    if spec.score is None or summary.clip_score_mean is None or spec.style is not None:
+        return []  # styled images are not what the scorer's card measured
     level = SCORE_LEVELS.get(spec.score.model.uri.removeprefix(BUILTIN_PREFIX))
     if level is None or summary.clip_score_mean >= (level[0] + level[1]) / 2:
         return []

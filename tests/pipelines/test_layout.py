@@ -179,11 +179,12 @@ def test_overwrite_removes_only_what_pixelmill_wrote(where: str, tmp_path: Path,
         fs, uri = LocalFileSystem(auto_mkdir=True), str(tmp_path / "out")
         root = uri
     names = ["00000.tar", "00000.parquet", "00000_stats.json", "_errors/00000.parquet", "_run.json",
-             "_runs/r1.json", "report.html", "notes.txt", "sub/data.csv", "prompts.jsonl"]
+             "_runs/r1.json", "report.html", "notes.txt", "sub/data.csv", "prompts.jsonl", "_lease.json"]
     for name in names:
         fs.pipe(f"{root}/{name}", b"x")
     plan = prepare_output(OutputLayout(uri), "overwrite")
     assert (plan.shard_offset, plan.done_parquet) == (0, [])
     fs.invalidate_cache()
     left = sorted(path.split("/out/", 1)[1] for path in fs.find(root))
-    assert left == ["notes.txt", "prompts.jsonl", "sub/data.csv"]
+    # the user's files, and the lease of the run that is overwriting (its own)
+    assert left == ["_lease.json", "notes.txt", "prompts.jsonl", "sub/data.csv"]

@@ -223,3 +223,18 @@ def test_uri_naming_an_existing_s3_object_reads_exactly_it(ray_session, s3) -> N
         assert [r["id"] for r in rows] == [name]
     _, files, _, _ = list_input_files(InputSpec(uri="s3://pixelmill/sp/q*.jsonl"))
     assert [f.rsplit("/", 1)[1] for f in files] == ["q1.jsonl", "q?.jsonl", "qX.jsonl"]
+
+
+def test_an_input_of_only_empty_files_is_zero_rows(ray_session, tmp_path: Path, model_cache: str) -> None:
+    """A 0-byte file is zero rows (rule 6), also when it is the whole input: balanced, nothing written."""
+    from pipelines.runner import run_job
+    from pipelines.spec import load_spec
+
+    for name in ("empty.jsonl", "empty.csv"):
+        source = tmp_path / name
+        source.write_bytes(b"")
+        raw = {"input": {"uri": str(source)}, "output": {"uri": str(tmp_path / f"out-{name}")},
+               "model": {"cache_dir": model_cache}, "score": None}
+        summary = run_job(load_spec(raw=raw))
+        assert summary.balanced and (summary.input_rows, summary.images, summary.errors) == (0, 0, 0), name
+        assert not list((tmp_path / f"out-{name}").glob("*.tar"))

@@ -121,3 +121,27 @@ def test_a_changed_input_on_s3_stops_a_resume(ray_session, s3, model_cache: str)
     # a changed spec on S3 is refused too (the spec is checked first), naming the key
     with pytest.raises(PreflightError, match=r"seed: 0 -> 5"):
         run_job(_spec("s3://pixelmill/changes/in/", "s3://pixelmill/changes/out", model_cache, seed=5))
+
+
+def test_a_file_of_the_same_name_elsewhere_is_the_same_ids(tmp_path: Path) -> None:
+    """Positional ids are ``<name>#<row>``: a same-named file from another folder is checked against
+    what an earlier run read under that name; a name no run read is new (no Ray)."""
+    from pipelines.fingerprint import ResumeRefused, check_resume
+    from pipelines.layout import OutputLayout
+
+    out = tmp_path / "out"
+    (out / "_runs").mkdir(parents=True)
+    record = {"run_id": "r1", "started": "2026-01-01T00:00:00+00:00", "settings": {"seed": 0},
+              "input": {"files": [["p.jsonl", 100, "1.0"]], "sha256": "x", "positional_ids": True},
+              "spec": {"input": {"uri": "/data/a/p.jsonl"}}}
+    (out / "_runs" / "r1.json").write_text(json.dumps(record))
+    layout = OutputLayout(str(out))
+
+    def check(files: list[list]) -> None:
+        check_resume(layout, input_uri="/data/b/p.jsonl", settings={"seed": 0},
+                     input_record={"files": files, "sha256": "y", "positional_ids": True})
+
+    with pytest.raises(ResumeRefused, match=r"p\.jsonl changed since run r1 read it \(size 100 -> 120\)"):
+        check([["p.jsonl", 120, "2.0"]])
+    check([["p.jsonl", 100, "1.0"]])  # the same file, moved
+    check([["q.jsonl", 50, "3.0"]])  # a name no run read: new ids
