@@ -137,8 +137,13 @@ def shard_damage(shard: int, stats: dict[str, Any], sizes: dict[str, int]) -> st
     listed = stats.get("files")
     if not isinstance(listed, dict):
         listed = {f.name(shard): None for f in SHARD_FILES[:-1] if not f.optional}
+    # An optional file (``_errors/NNNNN.parquet``) is a copy of rows the shard's Parquet holds:
+    # one deleted by hand is no damage (retry-errors reads the records from the shard Parquet).
+    copies = {f.name(shard) for f in SHARD_FILES if f.optional}
     problems = []
     for name, size in sorted(listed.items()):
+        if name in copies:
+            continue
         if name not in sizes:
             problems.append(f"{name} is missing")
         elif size is not None and sizes[name] != size:

@@ -5,7 +5,8 @@ records are written (``pipelines.runner``, ``pipelines.retry``).  Every change t
 conditional write (``pipelines.storage``): taken with create-if-absent, renewed and taken over
 with replace-if-unchanged, so two runs can never both hold it.  A daemon thread renews the
 heartbeat every ``timeout_s / 4``; a lease whose heartbeat is older than ``timeout_s`` belongs
-to a dead run and is taken over.  Heartbeats compare the holder's clock with the taker's:
+to a dead run and is taken over, and so is, at once, a lease whose holder ran on this machine
+(same host name and boot id) and whose process is gone.  Heartbeats compare the holder's clock with the taker's:
 hosts' clocks must agree to well within ``timeout_s``.
 """
 
@@ -59,7 +60,7 @@ class Lease:
 
     def _body(self) -> bytes:
         return json.dumps({
-            "run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "run_id": self.run_id, "host": socket.gethostname(), "boot_id": _boot_id(), "pid": os.getpid(),
             "started": self.started.isoformat(), "heartbeat": _now().isoformat(), "timeout_s": self.timeout_s,
         }, indent=2).encode()
 
@@ -83,7 +84,7 @@ class Lease:
                 continue
             holder = json.loads(found[0])
             age = (_now() - dt.datetime.fromisoformat(holder["heartbeat"])).total_seconds()
-            if age < float(holder.get("timeout_s", self.timeout_s)):
+            if age < float(holder.get("timeout_s", self.timeout_s)) and not _died_here(holder):
                 raise LeaseHeld(_held_message(self.layout.uri, holder, age))
             try:
                 self.tag = replace_tagged(fs, self.path, self._body(), tag=found[1], staging_dir=staging)
@@ -131,6 +132,35 @@ class Lease:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
         self.release()
+
+
+def _boot_id() -> str | None:
+    """This machine's boot id (Linux), which tells two hosts of one name, or two boots, apart."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
+
+
+def _died_here(holder: dict[str, Any]) -> bool:
+    """Whether the holder ran on this machine, in this boot, and its process is gone.
+
+    Such a lease is stale at once (a driver killed by a scheduler, then restarted on the same
+    node), instead of after ``timeout_s``. A holder on another machine is judged by its heartbeat.
+    """
+    pid, boot = holder.get("pid"), _boot_id()
+    if holder.get("host") != socket.gethostname() or boot is None or holder.get("boot_id") != boot:
+        return False
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, owned by another user
+        return False
+    return False
 
 
 def _held_message(uri: str, holder: dict[str, Any], age: float) -> str:

@@ -183,3 +183,30 @@ def test_killed_runs_stale_lease_taken_over_by_cli(cli, tmp_path: Path) -> None:
     assert "took over the stale lease of run killed-run" in text
     assert _ids(layout) == [f"a{i:02d}" for i in range(40)]
     assert not layout.fs.exists(layout.lease)
+
+
+def test_a_lease_whose_process_died_on_this_machine_is_taken_over_at_once(output: OutputLayout) -> None:
+    """A driver killed on this node (same host name and boot id, pid gone) leaves a lease that is stale
+    at once; the same lease from another host waits for its heartbeat to age."""
+    import socket
+    import subprocess
+    import sys
+
+    from pipelines.lease import _boot_id
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(gone.stdout)
+    now = dt.datetime.now(dt.UTC).isoformat()
+    body = {"run_id": "killed", "host": socket.gethostname(), "boot_id": _boot_id(), "pid": dead_pid,
+            "started": now, "heartbeat": now, "timeout_s": 300}
+    output.fs.pipe_file(output.lease, json.dumps({**body, "host": "another-node"}).encode())
+    with pytest.raises(LeaseHeld, match="being written by run killed"):
+        Lease(output, "next", timeout_s=300).acquire()
+    output.fs.pipe_file(output.lease, json.dumps(body).encode())
+    output.fs.invalidate_cache()
+    taken = Lease(output, "next", timeout_s=300).acquire()
+    try:
+        output.fs.invalidate_cache(output.lease)
+        assert json.loads(output.fs.cat_file(output.lease))["run_id"] == "next"
+    finally:
+        taken.release()
