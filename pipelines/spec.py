@@ -45,6 +45,8 @@ class ColumnMap(_Strict):
     height: str | None = None
     steps: str | None = None
     guidance: str | None = None
+    # A column that sets a row's own images_per_prompt (else the job's ``images_per_prompt``).
+    images_per_prompt: str | None = None
 
     def overrides(self) -> dict[str, str]:
         """Return ``{canonical name: input column}`` for every mapped column."""
@@ -242,12 +244,49 @@ class ScoreSpec(_Strict):
 
     model: ModelSpec = ModelSpec(uri=DEFAULT_SCORE_MODEL)
     min_score: Annotated[float, Field(ge=0, le=100)] | None = None
+    # Regenerate loop: a row whose image scores below min_score is drawn again with the next
+    # attempt seed, up to max_attempts images in all (1: no loop). keep: the first image that
+    # passes, or the best-scoring of all max_attempts.
+    max_attempts: PositiveInt = 1
+    keep: Literal["first_passing", "best"] = "first_passing"
+
+    @model_validator(mode="after")
+    def _loop_needs_a_bar(self) -> ScoreSpec:
+        if self.max_attempts > 1 and self.keep == "first_passing" and self.min_score is None:
+            raise ValueError("max_attempts > 1 with keep 'first_passing' needs min_score (the bar an image must pass)")
+        return self
 
     @field_validator("model", mode="before")
     @classmethod
     def _score_model_default(cls, value: Any) -> Any:
         """``model: {cache_dir: ...}`` keeps the CLIP default, not ``ModelSpec``'s diffusion one."""
         return {"uri": DEFAULT_SCORE_MODEL, **value} if isinstance(value, dict) else value
+
+
+class DiversitySpec(_Strict):
+    """How the run's diversity figures are measured (``pipelines.diversity``)."""
+
+    # Two images whose score-model image embeddings have at least this cosine similarity are near duplicates.
+    near_duplicate_cosine: Annotated[float, Field(gt=0, le=1)] = 0.95
+    # At most this many images (whole prompt groups, chosen by a hash of the parent id) enter the
+    # pairwise figures, so they never grow as rows squared.
+    sample_size: PositiveInt = 2000
+
+
+class CostSpec(_Strict):
+    """Prices of one reserved accelerator or CPU for an hour, for the run's cost figures."""
+
+    gpu_hour: Annotated[float, Field(ge=0)] = 0.0
+    cpu_hour: Annotated[float, Field(ge=0)] = 0.0
+    currency: str = "USD"
+
+
+class BudgetSpec(_Strict):
+    """Stop starting new work once any of these is spent; a later run resumes the rest."""
+
+    gpu_hours: Annotated[float, Field(gt=0)] | None = None
+    cpu_hours: Annotated[float, Field(gt=0)] | None = None
+    cost: Annotated[float, Field(gt=0)] | None = None
 
 
 class RaySpec(_Strict):
@@ -293,6 +332,12 @@ class JobSpec(_Strict):
     placement: PlacementSpec = PlacementSpec()
     ray: RaySpec = RaySpec()
     seed: int = 0
+    # Images drawn from each input row (a column named in input.columns.images_per_prompt
+    # overrides it per row): samples <id>/<k>, k = 0..N-1, seeds derived from the row's seed.
+    images_per_prompt: PositiveInt = 1
+    diversity: DiversitySpec = DiversitySpec()
+    cost: CostSpec | None = None
+    budget: BudgetSpec | None = None
     limit: PositiveInt | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
 
@@ -300,16 +345,43 @@ class JobSpec(_Strict):
         """The actor pools Ray starts for this job, by stage name (``pipelines.plan`` places them).
 
         With ``placement.fuse_encode_generate`` the encode stage has no pool: it runs in the
-        generate pool's actors.
+        generate pool's actors; with ``score.max_attempts > 1`` so do style and score (the
+        regenerate loop draws, styles and scores each attempt in one actor).
         """
         pools = {"generate": self.stages.generate}
         if not self.placement.fuse_encode_generate:
             pools = {"encode": self.stages.encode, **pools}
+        if self.regenerates:
+            return pools
         if self.style is not None:
             pools["style"] = self.stages.style
         if self.score is not None:
             pools["score"] = self.stages.score
         return pools
+
+    @property
+    def regenerates(self) -> bool:
+        """Whether the regenerate loop runs (``score.max_attempts > 1``)."""
+        return self.score is not None and self.score.max_attempts > 1
+
+    def stage_hosts(self) -> dict[str, str]:
+        """Return, for every model stage the job runs, the name of the pool (:meth:`pools`) whose actors run it.
+
+        ``encode`` runs in the ``generate`` pool when fused; with ``score.max_attempts > 1`` the
+        regenerate loop runs generate, style and score in the ``generate`` pool's actors.
+        """
+        pools = self.pools()
+        hosts = {stage: stage if stage in pools else "generate" for stage in ("encode", "generate")}
+        for stage in ("style", "score"):
+            if getattr(self, stage) is not None:
+                hosts[stage] = stage if stage in pools else "generate"
+        return hosts
+
+    @model_validator(mode="after")
+    def _budget_cost_needs_prices(self) -> JobSpec:
+        if self.budget is not None and self.budget.cost is not None and self.cost is None:
+            raise ValueError("budget.cost needs cost: {gpu_hour: ..., cpu_hour: ...} to price the run")
+        return self
 
     @model_validator(mode="after")
     def _fused_encode_has_no_pool(self) -> JobSpec:
