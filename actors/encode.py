@@ -50,15 +50,29 @@ class EncodeStage(Stage):
         # still get columns of the same shape and blocks keep one schema.
         template = self.encoder.encode([""], [""], guidance=[1.0], micro_batch=1)
         self.templates = {key: np.zeros_like(value[0]) for key, value in template.items()}
+        # Prompts this actor has encoded (distinct per call, see ``compute``): fewer than its rows with fan-out.
+        self.encoded_rows = 0
 
     def compute(self, batch: Batch, rows: list[int]) -> list[dict[str, np.ndarray]]:
+        """Encode each distinct ``(prompt, negative_prompt)`` of ``rows`` once; rows that share one share it.
+
+        The images of one prompt (``pipelines.fanout``) are adjacent, so a batch usually holds
+        all of them. Bytes do not change: a row's embeddings depend on its text and
+        ``micro_batch_size`` only (ARCHITECTURE.md, "Batch invariance"), and the encoder's
+        output does not depend on ``guidance`` (negatives are encoded for every row).
+        """
+        texts = [(str(batch[schema.PROMPT][i]), str(batch[schema.NEGATIVE_PROMPT][i])) for i in rows]
+        first = {text: n for n, text in reversed(list(enumerate(texts)))}  # each text -> its first row
+        distinct = sorted(first.values())
         embeds = self.encoder.encode(
-            [str(batch[schema.PROMPT][i]) for i in rows],
-            [str(batch[schema.NEGATIVE_PROMPT][i]) for i in rows],
-            guidance=[float(batch[schema.GUIDANCE][i]) for i in rows],
+            [texts[n][0] for n in distinct],
+            [texts[n][1] for n in distinct],
+            guidance=[float(batch[schema.GUIDANCE][rows[n]]) for n in distinct],
             micro_batch=self.micro_batch,
         )
-        return [{key: value[n] for key, value in embeds.items()} for n in range(len(rows))]
+        self.encoded_rows += len(distinct)
+        slot = {texts[n]: position for position, n in enumerate(distinct)}
+        return [{key: value[slot[text]] for key, value in embeds.items()} for text in texts]
 
     def finish(self, batch: Batch, results: dict[int, dict[str, np.ndarray]]) -> None:
         size = len(batch[schema.PROMPT])

@@ -35,6 +35,11 @@ class RunSummary:
     output: str
     mode: str
     input_rows: int = 0
+    # With several images per prompt (``pipelines.fanout``) ``input_rows`` counts samples: the input
+    # rows they came from are ``prompts`` (None: the run did not fan out) and the job's count
+    # ``images_per_prompt`` (a row's own count from ``input.columns.images_per_prompt`` overrides it).
+    prompts: int | None = None
+    images_per_prompt: int = 1
     rows: int = 0
     skipped: int = 0
     images: int = 0
@@ -120,8 +125,11 @@ class RunSummary:
 
     def line(self) -> str:
         """Return the one-line summary printed at the end of a run."""
+        fanned = "" if self.prompts is None else (
+            f" (samples of {self.prompts} prompts, images_per_prompt {self.images_per_prompt})"
+        )
         return (
-            f"pixelmill: {self.input_rows} rows in, {self.skipped} skipped as done, "
+            f"pixelmill: {self.input_rows} rows in{fanned}, {self.skipped} skipped as done, "
             f"{self.images} images out, {self.errors} errors, {self.filtered} filtered, "
             f"{len(self.shards)} shards, {self.wall_s:.1f} s, {self.images_per_s:.2f} images/s -> {self.output}"
         )

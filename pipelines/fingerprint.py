@@ -25,6 +25,7 @@ import json
 import posixpath
 from typing import Any
 
+from pipelines.fanout import fans_out
 from pipelines.layout import OutputLayout
 from pipelines.spec import JobSpec, ModelSpec
 
@@ -121,6 +122,8 @@ def settings_of(spec: JobSpec) -> dict[str, Any]:
         "output.image_quality": spec.output.image_quality,
         **{f"defaults.{key}": value for key, value in spec.defaults.model_dump(mode="json").items()},
     }
+    if fans_out(spec):  # sample ids <id>/<k>: a resume must not switch between the two id schemes
+        settings["images_per_prompt.child_ids"] = True
     if spec.style is not None:
         style = spec.style.model_dump(mode="json", exclude={"cache_size"})
         settings.update({f"style.{key}": value for key, value in style.items()})

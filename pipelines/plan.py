@@ -13,6 +13,7 @@ import ray.data
 from actors.encode import EncodeStage
 from actors.generate import GenerateStage
 from pipelines.dedupe import DUPLICATE_MARK, apply_marks
+from pipelines.fanout import fan_out, fans_out
 from pipelines.images import encode_images
 from pipelines.passthrough import pack
 from pipelines.resilience import stage_remote_args
@@ -68,11 +69,14 @@ def prepared_rows(
         check_input_columns(names, spec.input.columns, uri=spec.input.uri)  # the runner's preflight did too
     # pyarrow batches: pass-through columns stay the reader's Arrow columns (no pandas round trip,
     # which turned uint64/decimal/huge integers and nullable ints into lossy or failing values).
-    return ds.map_batches(
+    ds = ds.map_batches(
         cast(Any, prepare_rows),  # Ray's UDF type has no room for the keyword arguments fn_kwargs fills
         batch_format="pyarrow",
-        fn_kwargs={"columns": spec.input.columns, "defaults": spec.defaults, "job_seed": spec.seed},
+        fn_kwargs={"columns": spec.input.columns, "defaults": spec.defaults, "job_seed": spec.seed,
+                   "images_per_prompt": spec.images_per_prompt},
     )
+    # Several images per prompt (pipelines.fanout): samples <id>/<k>, before duplicates and resume.
+    return ds.map_batches(cast(Any, fan_out), batch_format="pyarrow", fn_kwargs={"enabled": fans_out(spec, names)})
 
 
 def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Dataset:
@@ -82,7 +86,9 @@ def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Datase
     occurrence is committed, so retrying it would make a second row of that id.
 
     Output columns are dropped; ``prepare_rows`` puts an input-stage record's ``raw_input``
-    back in place of its canonical columns.
+    back in place of its canonical columns. A fan-out sample comes back as itself (its id,
+    ``parent_id``, ``image_index`` and seed as recorded): it is never fanned out again, but a
+    record's bad per-row image count fails again with the same reason.
     """
     def to_input(batch: pa.Table) -> pa.Table:
         errors = batch.filter(pc.equal(batch.column(STATUS), Status.ERROR.value))
@@ -93,7 +99,10 @@ def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Datase
     return shard_rows.map_batches(to_input, batch_format="pyarrow").map_batches(
         cast(Any, prepare_rows),  # as in prepared_rows: keyword arguments from fn_kwargs
         batch_format="pyarrow",
-        fn_kwargs={"columns": ColumnMap(), "defaults": spec.defaults, "job_seed": spec.seed},
+        fn_kwargs={"columns": ColumnMap(), "defaults": spec.defaults, "job_seed": spec.seed,
+                   "images_per_prompt": spec.images_per_prompt},
+    ).map_batches(
+        cast(Any, fan_out), batch_format="pyarrow", fn_kwargs={"enabled": False}
     ).map_batches(apply_marks, batch_format="pyarrow")
 
 

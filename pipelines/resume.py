@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pipelines.dedupe import KEY_COLUMNS, RESUME_KEY, RESUME_ON, mark_duplicates, with_resume_key
 from pipelines.layout import LEASE, OutputLayout, shard_name
-from pipelines.schema import ID, SOURCE_COLUMNS, STAGE
+from pipelines.schema import ID, IMAGE_INDEX, SOURCE_COLUMNS, STAGE
 
 if TYPE_CHECKING:
     import ray.data
@@ -188,6 +188,19 @@ class RunRows:
         left = keyed.join(self.done, join_type="left_anti", num_partitions=self.partitions,
                            on=cast(Any, RESUME_ON))  # Ray's hint says tuple[str]; any key tuple works
         return left.drop_columns([RESUME_KEY])
+
+    def prompts(self) -> int:
+        """Return the input rows that ``rows`` are samples of (``pipelines.fanout``), counted by Ray.
+
+        Each input row has exactly one row with ``image_index`` 0 (its first image, or its
+        one error record).
+        """
+        import pyarrow.compute as pc
+
+        firsts = self.rows.select_columns([IMAGE_INDEX]).map_batches(
+            lambda batch: batch.filter(pc.equal(batch[IMAGE_INDEX], 0)), batch_format="pyarrow"
+        )
+        return firsts.count()
 
     def counts(self) -> tuple[int, int]:
         """Return ``(input_rows, skipped)``: both counted by Ray, with no model stage in their plans."""

@@ -32,6 +32,10 @@ Value rules (the README quotes them):
   size); a float is written as Python writes it (``7.0`` -> ``"7.0"``: store
   ids as text or integers).  A missing, NaN or empty/whitespace-only id is
   derived as ``<source>#<source_row>``.
+- ``images_per_prompt`` (the column ``input.columns.images_per_prompt`` names, read when the
+  job fans out, ``pipelines.fanout``): a whole number in ``[1, MAX_IMAGES_PER_PROMPT]``
+  (1000), by the number rules above; missing means the job's ``images_per_prompt``.
+  Zero, negative, fractional, larger or non-numeric counts make the row an error record.
 - Text that cannot be encoded as UTF-8 (a lone surrogate) in ``id``,
   ``prompt`` or ``negative_prompt`` makes the row an error record; the
   record's text shows the bad code point escaped (``\\ud800``).
@@ -49,13 +53,13 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines import schema
-from pipelines.schema import INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, RESERVED_COLUMNS, Status
+from pipelines.schema import IMAGES_PER_PROMPT_COLUMN, INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, RESERVED_COLUMNS, Status
 from pipelines.spec import ColumnMap, GenerationDefaults
 
 # INPUT_ERROR_COLUMN, OUTPUT_COLUMNS and RESERVED_COLUMNS live in ``pipelines.schema``; re-exported here.
 __all__ = [
-    "INPUT_ERROR_COLUMN", "OUTPUT_COLUMNS", "RESERVED_COLUMNS", "SEED_LIMIT",
-    "derive_seed", "prepare_rows", "check_passthrough_columns",
+    "INPUT_ERROR_COLUMN", "MAX_IMAGES_PER_PROMPT", "OUTPUT_COLUMNS", "RESERVED_COLUMNS", "SEED_LIMIT",
+    "child_seed", "derive_seed", "prepare_rows", "check_passthrough_columns",
 ]
 
 _INT_FIELDS = (schema.WIDTH, schema.HEIGHT, schema.STEPS)
@@ -65,10 +69,12 @@ SEED_LIMIT = 2**63
 _INT_LIMIT = 2**63
 # Arrow types of the canonical columns, in the order ``prepare_rows`` writes them.
 _CANONICAL_TYPES: dict[str, pa.DataType] = {
-    name: pa.int64() if name in (*_INT_FIELDS, schema.SEED) else pa.float64() if name == schema.GUIDANCE
-    else pa.string()
+    name: pa.int64() if name in (*_INT_FIELDS, schema.SEED, schema.IMAGE_INDEX)
+    else pa.float64() if name == schema.GUIDANCE else pa.string()
     for name in schema.CANONICAL_COLUMNS
 }
+# The most images one input row may ask for (a typo like 10000 is an error record, not a run 10x larger).
+MAX_IMAGES_PER_PROMPT = 1000
 # A number written as text: optional sign, digits, optional fraction, optional exponent (ASCII only).
 _NUMBER_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # A parsed number whose decimal exponent is above this is out of every range (and never expanded).
@@ -78,6 +84,22 @@ _MAX_DIGITS = 100
 def derive_seed(job_seed: int, row_id: str) -> int:
     """Return a row's seed from the job seed and the row id (stable across runs and machines)."""
     digest = hashlib.sha256(f"{job_seed}:{row_id}".encode("utf-8", "backslashreplace")).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def child_seed(seed: int, image_index: int) -> int:
+    """Return the seed of image ``image_index`` of a row whose seed is ``seed`` (``pipelines.fanout``).
+
+    Image 0 keeps the row's seed itself, so ``images_per_prompt: 1`` and image 0 of any
+    fan-out draw the same image; image ``k > 0`` hashes the seed with the salt ``image``
+    (a regenerate attempt uses another salt, so image 1 never equals attempt 1 of image 0).
+
+    Returns:
+        a whole number in ``[0, 2**32)`` for ``k > 0``; ``seed`` for ``k == 0``.
+    """
+    if image_index == 0:
+        return seed
+    digest = hashlib.sha256(f"image:{seed}:{image_index}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 
@@ -238,6 +260,16 @@ def _seed(raw: dict[str, Any], job_seed: int, row_id: str) -> int:
     return int(seed)
 
 
+def _images_per_prompt(raw: dict[str, Any], default: int) -> int:
+    value = raw.get(schema.IMAGES_PER_PROMPT)
+    if _is_missing(value):
+        return default
+    count = _number(value, schema.IMAGES_PER_PROMPT, integer=True)
+    if not 1 <= count <= MAX_IMAGES_PER_PROMPT:
+        raise ValueError(f"images_per_prompt must be in [1, {MAX_IMAGES_PER_PROMPT}], got {count}")
+    return int(count)
+
+
 def _raw_input(raw: dict[str, Any], row_id: str, reason: str) -> str:
     """The ``raw_input`` of a rejected row: its canonical inputs as read, so a retry meets the same values.
 
@@ -264,8 +296,14 @@ def _read_fields(
     return fields
 
 
-def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed: int) -> dict[str, Any]:
-    """One raw row (canonical field names) -> its canonical fields; a bad value -> an error record."""
+def _prepare_one(
+    raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed: int, images_per_prompt: int | None = None
+) -> dict[str, Any]:
+    """One raw row (canonical field names) -> its canonical fields; a bad value -> an error record.
+
+    With ``images_per_prompt`` (the job's) the row's own count is resolved too, as
+    ``IMAGES_PER_PROMPT_COLUMN`` (1 on an error record).
+    """
     row_id = _row_id(raw)
     prompt = raw.get(schema.PROMPT)
     negative = raw.get(schema.NEGATIVE_PROMPT)
@@ -292,6 +330,8 @@ def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed:
         seed = _seed(raw, job_seed, row_id)
         out.update(settings)
         out[schema.SEED] = seed
+        if images_per_prompt is not None:
+            out[IMAGES_PER_PROMPT_COLUMN] = _images_per_prompt(raw, images_per_prompt)
     except ValueError as error:
         out.update({schema.STATUS: Status.ERROR.value, schema.STAGE: schema.INPUT_STAGE, schema.ERROR: str(error),
                     schema.RAW_INPUT: _raw_input(raw, row_id, str(error))})
@@ -299,13 +339,20 @@ def _prepare_one(raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed:
         for name in schema.ROW_SETTINGS:
             out[name] = getattr(defaults, name)
         out[schema.SEED] = derive_seed(job_seed, row_id)
-    for name in (schema.ID, schema.PROMPT, schema.NEGATIVE_PROMPT, schema.ERROR):
+        if images_per_prompt is not None:
+            out[IMAGES_PER_PROMPT_COLUMN] = 1
+    # A fresh row is its own parent; a retried fan-out sample (``retry-errors``) keeps its record's.
+    parent, index = raw.get(schema.PARENT_ID), raw.get(schema.IMAGE_INDEX)
+    out[schema.PARENT_ID] = parent if isinstance(parent, str) else row_id
+    out[schema.IMAGE_INDEX] = index if isinstance(index, int) else 0
+    for name in (schema.ID, schema.PROMPT, schema.NEGATIVE_PROMPT, schema.ERROR, schema.PARENT_ID):
         out[name] = _utf8(out[name])
     return out
 
 
 def prepare_rows(
-    batch: pa.Table, *, columns: ColumnMap, defaults: GenerationDefaults, job_seed: int
+    batch: pa.Table, *, columns: ColumnMap, defaults: GenerationDefaults, job_seed: int,
+    images_per_prompt: int | None = None,
 ) -> pa.Table:
     """Map a batch of raw input rows to canonical rows; other columns pass through unchanged.
 
@@ -315,15 +362,20 @@ def prepare_rows(
         columns: which input column holds each canonical field.
         defaults: job-level values for rows that do not override them.
         job_seed: the job's seed, mixed with row ids to derive row seeds.
+        images_per_prompt: the job's images per prompt; when given, each row's own count
+            is checked and written as ``IMAGES_PER_PROMPT_COLUMN`` for ``pipelines.fanout``.
 
     Returns:
         The canonical columns (``schema.CANONICAL_COLUMNS``, typed as ``_CANONICAL_TYPES``),
-        then every other input column as the same Arrow column.
+        ``IMAGES_PER_PROMPT_COLUMN`` when asked for, then every other input column as the
+        same Arrow column.
     """
     sources = {name: columns.overrides().get(name, name) for name in ColumnMap.model_fields}
     sources[INPUT_ERROR_COLUMN] = INPUT_ERROR_COLUMN
     sources[schema.SOURCE] = schema.SOURCE
     sources[schema.SOURCE_ROW] = schema.SOURCE_ROW
+    sources[schema.PARENT_ID] = schema.PARENT_ID  # on retried records only (reserved input names)
+    sources[schema.IMAGE_INDEX] = schema.IMAGE_INDEX
     names = batch.column_names
     values = {
         field: batch.column(column).to_pylist() if column in names else [None] * batch.num_rows
@@ -332,14 +384,18 @@ def prepare_rows(
     # Error records read back by retry-errors carry their raw inputs (``schema.RAW_INPUT``).
     raw_inputs = batch.column(schema.RAW_INPUT).to_pylist() if schema.RAW_INPUT in names else [None] * batch.num_rows
     prepared = [
-        _prepare_one(_read_fields(values, raw_inputs, i), defaults=defaults, job_seed=job_seed)
+        _prepare_one(_read_fields(values, raw_inputs, i), defaults=defaults, job_seed=job_seed,
+                     images_per_prompt=images_per_prompt)
         for i in range(batch.num_rows)
     ]
+    types = dict(_CANONICAL_TYPES)
+    if images_per_prompt is not None:
+        types[IMAGES_PER_PROMPT_COLUMN] = pa.int64()
     arrays: list[pa.Array | pa.ChunkedArray] = [
-        pa.array([row[name] for row in prepared], type=kind) for name, kind in _CANONICAL_TYPES.items()
+        pa.array([row[name] for row in prepared], type=kind) for name, kind in types.items()
     ]
-    fields = [pa.field(name, kind) for name, kind in _CANONICAL_TYPES.items()]
-    consumed = {*_CANONICAL_TYPES, *ColumnMap.model_fields, *columns.overrides().values(), INPUT_ERROR_COLUMN}
+    fields = [pa.field(name, kind) for name, kind in types.items()]
+    consumed = {*types, *ColumnMap.model_fields, *columns.overrides().values(), INPUT_ERROR_COLUMN}
     for index, name in enumerate(names):
         if name not in consumed:
             arrays.append(batch.column(index))

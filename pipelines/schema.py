@@ -26,9 +26,11 @@ __all__ = [
     "Status", "StageColumns",
     # internal columns
     "INTERNAL_PREFIX", "EMBED_PREFIX", "IMAGE_COLUMN", "INPUT_ERROR_COLUMN", "LINE_COLUMN", "is_internal",
+    "IMAGES_PER_PROMPT_COLUMN",
     # column names
     "KEY", "ID", "PROMPT", "NEGATIVE_PROMPT", "SEED", "WIDTH", "HEIGHT", "STEPS", "GUIDANCE",
-    "STATUS", "STAGE", "ERROR", "RAW_INPUT", "SOURCE", "SOURCE_ROW", "SHARD",
+    "STATUS", "STAGE", "ERROR", "RAW_INPUT", "PARENT_ID", "IMAGE_INDEX", "IMAGES_PER_PROMPT",
+    "SOURCE", "SOURCE_ROW", "SHARD",
     "PROMPT_TOKENS", "PROMPT_TRUNCATED", "NEGATIVE_PROMPT_TRUNCATED", "MODEL", "MODEL_HASH", "SCHEDULER", "PIPELINE",
     "STYLE", "STYLE_HASH", "STYLE_BACKEND", "STYLE_STRENGTH", "STYLE_PRESERVE_COLOR",
     "CLIP_SCORE", "IMAGE", "SHA256", "IMAGE_FORMAT",
@@ -59,6 +61,8 @@ EMBED_PREFIX = INTERNAL_PREFIX + "emb_"  # text embeddings, encode -> generate: 
 IMAGE_COLUMN = INTERNAL_PREFIX + "image"  # the decoded ``uint8 [H, W, 3]`` image, generate -> image encoding
 INPUT_ERROR_COLUMN = INTERNAL_PREFIX + "input_error"  # set by ``pipelines.sources`` on rows it could not parse
 LINE_COLUMN = INTERNAL_PREFIX + "line"  # a JSON Lines row's line number while ``pipelines.sources`` reads it
+# A row's images per prompt as ``pipelines.rows`` resolved it, until ``pipelines.fanout`` makes the samples.
+IMAGES_PER_PROMPT_COLUMN = INTERNAL_PREFIX + "images_per_prompt"
 
 
 def is_internal(column: str) -> bool:
@@ -80,6 +84,10 @@ STAGE = "stage"
 ERROR = "error"
 # An input-stage error record's canonical inputs as read (``raw_input_text``); "" on every other row.
 RAW_INPUT = "raw_input"
+# Fan-out (``pipelines.fanout``): the input row's id, and which of its images a sample is (k of ``<id>/<k>``).
+PARENT_ID = "parent_id"
+IMAGE_INDEX = "image_index"
+IMAGES_PER_PROMPT = "images_per_prompt"  # an input row's own image count (``input.columns.images_per_prompt``)
 # --- added by the reader (``pipelines.sources``) --------------------------------------------------
 SOURCE = "source"
 SOURCE_ROW = "source_row"
@@ -153,7 +161,9 @@ ROW_SETTINGS: tuple[str, ...] = (WIDTH, HEIGHT, STEPS, GUIDANCE)
 STATUS_COLUMNS: tuple[str, ...] = (STATUS, STAGE, ERROR)
 SOURCE_COLUMNS: tuple[str, ...] = (SOURCE, SOURCE_ROW)
 # The columns ``pipelines.rows.prepare_rows`` writes; input columns pass through after them.
-CANONICAL_COLUMNS: tuple[str, ...] = (ID, PROMPT, NEGATIVE_PROMPT, *STATUS_COLUMNS, RAW_INPUT, *ROW_SETTINGS, SEED)
+CANONICAL_COLUMNS: tuple[str, ...] = (
+    ID, PROMPT, NEGATIVE_PROMPT, *STATUS_COLUMNS, RAW_INPUT, *ROW_SETTINGS, SEED, PARENT_ID, IMAGE_INDEX
+)
 SINK_COLUMNS: tuple[str, ...] = (KEY, SHARD)
 # Written to the tar sample (as ``<key>.<format>``), left out of the Parquet and the sample JSON.
 TAR_ONLY_COLUMNS = frozenset(column for stage in STAGES for column in stage.tar_only)

@@ -1,0 +1,93 @@
+"""Several images per prompt: each input row becomes N samples ``<id>/<k>``, k = 0..N-1.
+
+N is the job's ``images_per_prompt``, or a row's own count from the column
+``input.columns.images_per_prompt`` names (``pipelines.rows`` checks it: a bad count makes
+the row one input-stage error record). The rule for ids: when the job fans out
+(:func:`fans_out`: ``images_per_prompt > 1``, or a per-row count column) every sample's id
+is ``<id>/<k>``, even a row whose N is 1; otherwise ids stay as read. Each sample keeps the
+input row's id as ``parent_id`` and its ``k`` as ``image_index`` (0 without fan-out); its seed
+is ``rows.child_seed(row seed, k)`` (image 0 keeps the row's seed, so it is the image an
+``images_per_prompt: 1`` run draws). Every other column is the input row's. An input-stage
+error record is not fanned out: it stays one record, with the input row's id.
+
+Fan-outs compose: each appends ``/<index>`` in pipeline order, so a later prompt-variation
+stage (issue 19) and this one give ``<id>/<variation>/<image>``.
+
+Runs as a Ray Data ``map_batches`` task on pyarrow batches, after ``prepare_rows`` and
+before duplicate marking and resume, so both work on sample ids. A sample's children are
+adjacent in the batch, so the encode stage usually encodes their prompt once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import pyarrow as pa
+
+from pipelines import schema
+from pipelines.rows import child_seed
+from pipelines.schema import IMAGES_PER_PROMPT_COLUMN, Status
+from pipelines.spec import JobSpec
+
+__all__ = ["child_id", "fan_out", "fans_out"]
+
+
+def fans_out(spec: JobSpec, input_names: Iterable[str] | None = None) -> bool:
+    """Return whether the job's sample ids get ``/<k>``.
+
+    Args:
+        spec: the job: ``images_per_prompt > 1`` or a mapped ``input.columns.images_per_prompt``.
+        input_names: the input's columns; one named ``images_per_prompt`` is read as the
+            per-row count even unmapped (as every canonical field is), so it fans out too.
+    """
+    column = spec.input.columns.images_per_prompt
+    return (spec.images_per_prompt > 1 or column is not None
+            or schema.IMAGES_PER_PROMPT in (input_names or ()))
+
+
+def child_id(parent_id: str, image_index: int) -> str:
+    """Return the id of image ``image_index`` of the row ``parent_id``: ``<parent_id>/<image_index>``."""
+    return f"{parent_id}/{image_index}"
+
+
+def fan_out(batch: pa.Table, *, enabled: bool) -> pa.Table:
+    """Return the samples of a batch of canonical rows (``prepare_rows(..., images_per_prompt=N)``).
+
+    Args:
+        batch: canonical rows with ``IMAGES_PER_PROMPT_COLUMN``.
+        enabled: :func:`fans_out` of the job; when False, the rows come back as they are.
+
+    Returns:
+        the samples, children of a row adjacent and in order of ``k``, without
+        ``IMAGES_PER_PROMPT_COLUMN``.
+    """
+    counts = batch.column(IMAGES_PER_PROMPT_COLUMN).to_pylist()
+    batch = batch.drop_columns([IMAGES_PER_PROMPT_COLUMN])
+    if not enabled:
+        return batch
+    ids = batch.column(schema.ID).to_pylist()
+    seeds = batch.column(schema.SEED).to_pylist()
+    statuses = batch.column(schema.STATUS).to_pylist()
+    take: list[int] = []
+    new_ids: list[str] = []
+    new_seeds: list[int] = []
+    indices: list[int] = []
+    for row, (row_id, seed, status, count) in enumerate(zip(ids, seeds, statuses, counts, strict=True)):
+        if status != Status.OK:  # an input-stage error record: one record, its own id
+            take.append(row)
+            new_ids.append(row_id)
+            new_seeds.append(seed)
+            indices.append(0)
+            continue
+        for k in range(count):
+            take.append(row)
+            new_ids.append(child_id(row_id, k))
+            new_seeds.append(child_seed(seed, k))
+            indices.append(k)
+    samples = batch.take(pa.array(take, pa.int64()))
+    for name, values, kind in (
+        (schema.ID, new_ids, pa.string()), (schema.SEED, new_seeds, pa.int64()),
+        (schema.IMAGE_INDEX, indices, pa.int64()),
+    ):
+        samples = samples.set_column(samples.schema.get_field_index(name), name, pa.array(values, kind))
+    return samples
