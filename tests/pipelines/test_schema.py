@@ -30,7 +30,7 @@ def test_column_sets_are_the_ones_pixelmill_writes() -> None:
     assert schema.OUTPUT_COLUMNS == {"key", "shard", "status", "stage", "error", *stage_columns}
     assert schema.RESERVED_COLUMNS == {
         *schema.OUTPUT_COLUMNS, "id", "prompt", "negative_prompt", "seed", "width", "height", "steps", "guidance",
-        "source", "source_row", "raw_input",
+        "source", "source_row", "raw_input", "parent_id", "image_index",
     }
     # Per-row style settings may come from the input, and the image bytes never reach the Parquet.
     assert not {"style", "style_strength", "style_preserve_color", "image"} & schema.RESERVED_COLUMNS
