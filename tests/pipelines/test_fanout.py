@@ -7,11 +7,14 @@ job's) or as one input-stage error record with its own id; seeds derive from the
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -93,6 +96,14 @@ def test_fans_out_when_the_count_or_a_column_says_so() -> None:
     assert fans_out(load_spec(raw={**raw, "input": {"uri": "in.jsonl", "columns": {"images_per_prompt": "n"}}}))
     assert fans_out(load_spec(raw=raw), ["prompt", "images_per_prompt"])  # read unmapped, as seed is
     assert child_id("a/b", 3) == "a/b/3"  # fan-outs compose by appending /<index>
+
+
+def test_the_readme_example_is_a_valid_fanning_job() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Several images per prompt", 1)[1].split("\n## ", 1)[0]
+    (example,) = re.findall(r"^```yaml\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL)
+    spec = load_spec(raw=yaml.safe_load(example))
+    assert spec.images_per_prompt == 3 and spec.input.columns.images_per_prompt == "n" and fans_out(spec)
 
 
 @pytest.mark.parametrize("k", [1, 2, 7])
