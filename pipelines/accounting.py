@@ -5,7 +5,9 @@ record, or a row skipped as already done, so ``images + errors + filtered + skip
 input_rows``. ``input_rows`` (after ``limit``) and ``skipped`` (those of them found already
 done) are counted by Ray in passes of their own (``pipelines.resume.RunRows.counts``); the
 other terms come from the stats of the shards the run committed. A later occurrence of an id
-is an error record (``pipelines.dedupe``), so it needs no term of its own.
+is an error record (``pipelines.dedupe``), so it needs no term of its own. ``deferred`` counts
+the rows a spent budget left for a later run (``actors.budget``): the sink writes them nowhere
+and counts them per block.
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ __all__ = ["EQUATION_TERMS", "RunSummary", "output_totals"]
 
 # The terms that add up to ``input_rows``; a new way for a row to end (a fan-out child)
 # is one more term here and one more counter field below.
-EQUATION_TERMS: tuple[str, ...] = ("images", "errors", "filtered", "skipped")
+EQUATION_TERMS: tuple[str, ...] = ("images", "errors", "filtered", "skipped", "deferred")
 
 
 @dataclass
 class RunSummary:
     """Totals of one run; also written as ``_run.json`` and ``_runs/<run id>.json``.
 
-    ``balanced`` holds when ``images + errors + filtered + skipped == input_rows``.
+    ``balanced`` holds when ``images + errors + filtered + skipped + deferred == input_rows``.
     """
 
     run_id: str
@@ -45,6 +47,8 @@ class RunSummary:
     images: int = 0
     errors: int = 0
     filtered: int = 0
+    # rows left undone because the budget was spent (``actors.budget``); a later run does them
+    deferred: int = 0
     balanced: bool = False
     equation: str = ""
     errors_by_stage: dict[str, int] = field(default_factory=dict)
@@ -68,6 +72,12 @@ class RunSummary:
     # images, and its input files with sizes and versions
     settings: dict[str, Any] = field(default_factory=dict)
     input: dict[str, Any] = field(default_factory=dict)
+    # Cost and budget (``pipelines.cost``): busy seconds by stage, summed over the run's shards; the
+    # figures from them; with a budget, its limits and spend; whether the spent budget deferred rows.
+    busy_s: dict[str, float] = field(default_factory=dict)
+    cost: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] | None = None
+    budget_spent: bool = False
 
     def add_shards(self, shard_stats: list[dict[str, Any]]) -> None:
         """Add the counts of the shards this run committed (their stats, any order)."""
@@ -76,6 +86,8 @@ class RunSummary:
             self.images += stats["successes"]
             self.errors += stats["failures"]
             self.filtered += stats.get("filtered", 0)
+            for stage, seconds in (stats.get("busy_s") or {}).items():
+                self.busy_s[stage] = self.busy_s.get(stage, 0.0) + seconds
             if stats.get("scored"):
                 total = (self.clip_score_mean or 0.0) * self.scored + stats["clip_score_mean"] * stats["scored"]
                 self.scored += stats["scored"]
@@ -131,7 +143,8 @@ class RunSummary:
         return (
             f"pixelmill: {self.input_rows} rows in{fanned}, {self.skipped} skipped as done, "
             f"{self.images} images out, {self.errors} errors, {self.filtered} filtered, "
-            f"{len(self.shards)} shards, {self.wall_s:.1f} s, {self.images_per_s:.2f} images/s -> {self.output}"
+            + (f"{self.deferred} deferred (budget spent), " if self.deferred else "")
+            + f"{len(self.shards)} shards, {self.wall_s:.1f} s, {self.images_per_s:.2f} images/s -> {self.output}"
         )
 
 

@@ -6,7 +6,9 @@ Exit codes (for schedulers):
     1  the run finished but fell below ``--min-success-rate`` or did not
        balance (everything it could do is written), or it failed mid-run;
     2  nothing was done: bad spec, missing input or model, unreachable storage, missing output bucket;
-    3  the watchdog stopped a run that made no progress (rerun to resume).
+    3  the watchdog stopped a run that made no progress (rerun to resume);
+    4  the run's ``budget`` was spent: what it began is committed, the rest was deferred
+       (balanced; rerun, with a larger budget or none, to resume).
 ``submit --wait`` exits with the cluster run's code; the job commands exit 2
 when the job server cannot be reached or refuses the request (token).
 """
@@ -24,7 +26,7 @@ from pipelines.spec import SpecError, load_spec
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_RUN_FAILED, EXIT_NOTHING_DONE, EXIT_STALLED = 0, 1, 2, 3
+EXIT_OK, EXIT_RUN_FAILED, EXIT_NOTHING_DONE, EXIT_STALLED, EXIT_BUDGET = 0, 1, 2, 3, 4
 
 
 def _add_overrides(command: argparse.ArgumentParser) -> None:
@@ -86,7 +88,11 @@ def _add_job_commands(commands: Any) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pixelmill", description="Turn prompt tables into image datasets on Ray.")
+    parser = argparse.ArgumentParser(
+        prog="pixelmill", description="Turn prompt tables into image datasets on Ray.",
+        epilog="exit codes: 0 done; 1 failed, unbalanced or below --min-success-rate; 2 nothing done; "
+        "3 stalled (rerun to resume); 4 budget spent, the rest deferred (rerun to resume)",
+    )
     parser.add_argument("--version", action="version", version=f"pixelmill {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("validate", "check a job spec and its model URIs and exit"), ("run", "run a job spec")):
@@ -289,11 +295,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUN_FAILED
     print(summary.line())
     print(f"pixelmill: {summary.equation}")
+    if summary.cost:
+        from pipelines.cost import cost_line
+
+        print(cost_line(summary.cost))
     for warning in summary.warnings:
         print(f"pixelmill: warning: {warning}", file=sys.stderr)
     if not summary.balanced:
         print("pixelmill: the run does not balance; see _run.json", file=sys.stderr)
         return EXIT_RUN_FAILED
+    if summary.budget_spent:
+        print(f"pixelmill: the budget is spent; {summary.deferred} rows were deferred: rerun (with a larger "
+              f"budget, or none) to resume {summary.output}", file=sys.stderr)
+        return EXIT_BUDGET
     if summary.success_rate < args.min_success_rate:
         print(
             f"pixelmill: success rate {summary.success_rate:.3f} is below --min-success-rate "

@@ -106,17 +106,19 @@ def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Datase
     ).map_batches(apply_marks, batch_format="pyarrow")
 
 
-def process_rows(spec: JobSpec, ds: ray.data.Dataset) -> ray.data.Dataset:
+def process_rows(spec: JobSpec, ds: ray.data.Dataset, *, ledger: str | None = None) -> ray.data.Dataset:
     """Return the lazy dataset of finished rows, in blocks of exactly one shard.
 
     Args:
         ds: the rows to process: canonical rows (:func:`prepared_rows` or :func:`retried_rows`)
             less those already done (``pipelines.resume.RunRows.todo``).
+        ledger: the name of the run's budget ledger actor (``actors.budget``), when it has a budget.
     """
     # Non-text pass-through columns ride around the numpy-based stages as Arrow bytes
     # (pipelines.passthrough); the sink unpacks them, types and values as read.
     ds = ds.map_batches(cast(Any, pack), batch_format="pyarrow", fn_kwargs={"keep": list(style_columns(spec))})
-    for stage_class, kwargs, resources in _placed_stages(spec):
+    placed = _placed_stages(spec)
+    for stage_class, kwargs, resources in placed if ledger is None else _budgeted(placed, ledger):
         with warnings.catch_warnings():
             # Ray 2.60 names num_cpus/num_gpus but has no named parameter for max_task_retries
             # (resilience.stage_remote_args); its deprecation notice is ours to act on, not the user's.
@@ -129,6 +131,23 @@ def process_rows(spec: JobSpec, ds: ray.data.Dataset) -> ray.data.Dataset:
             batch_size=min(64, spec.output.samples_per_shard),
         )
     return ds.repartition(target_num_rows_per_block=spec.output.samples_per_shard, strict=True)
+
+
+def _budgeted(
+    placed: list[tuple[Callable[..., Any], dict[str, Any], StageSpec]], ledger: str
+) -> list[tuple[Callable[..., Any], dict[str, Any], StageSpec]]:
+    """Wrap each pool in ``actors.budget.BudgetedPool``: each charges the ledger, the first one gates.
+
+    The gate sits at the first model step so a deferred row costs no model time anywhere; the
+    batches already past it finish (and commit), which bounds the overshoot (README: Cost and budget).
+    """
+    from actors.budget import BudgetedPool
+
+    return [
+        (BudgetedPool, {"pool": pool, "pool_kwargs": kwargs, "ledger": ledger, "num_gpus": resources.num_gpus,
+                        "num_cpus": resources.num_cpus, "gate": index == 0}, resources)
+        for index, (pool, kwargs, resources) in enumerate(placed)
+    ]
 
 
 def _model_stages(spec: JobSpec) -> list[tuple[str, type, dict[str, Any], StageSpec]]:

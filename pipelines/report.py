@@ -18,10 +18,11 @@ histogram) and one small dict per shard.
 Sections: a banner naming each damaged shard (a file its stats file lists is missing
 or of another size; its rows are left out of the report, and the next resume redoes
 them), the run header (from ``_run.json``: the accounting equation and whether it
-balances), counts (images, errors by stage and by reason, filtered, skipped), a
-contact sheet of a deterministic sample of images (``seed``), per-stage throughput
-from the per-row ``*_s`` columns, shard write times from the stats files, a histogram
-of ``clip_score`` (where the output has it), and the first error records.
+balances), the run's cost per stage and its budget (``_run.json``'s ``cost``, ``budget``),
+counts (images, errors by stage and by reason, filtered, skipped), a contact sheet of a
+deterministic sample of images (``seed``), per-stage throughput from the per-row ``*_s``
+columns, shard write times from the stats files, a histogram of ``clip_score`` (where the
+output has it), and the first error records.
 """
 
 from __future__ import annotations

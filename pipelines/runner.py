@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
+    from actors.budget import RunBudget
+
 __all__ = ["MODES", "PreflightError", "RunStalled", "RunSummary", "check_job", "run_job"]
 
 # A write task builds its shard's tar and Parquet and uploads them: CPU-bound work.  Sized
@@ -118,11 +120,17 @@ def execute(
 
 
 def finish_run(
-    spec: JobSpec, layout: OutputLayout, summary: RunSummary, sink: Any, *, started: dt.datetime, clock_start: float
+    spec: JobSpec, layout: OutputLayout, summary: RunSummary, sink: Any, *, started: dt.datetime, clock_start: float,
+    budget: RunBudget | None = None,
 ) -> RunSummary:
-    """Count the committed shards into ``summary``, write the run's records and the report; return it."""
+    """Count the committed shards into ``summary``, write the run's records and the report; return it.
+
+    Args:
+        budget: the run's budget ledger (``actors.budget``), when the spec has a budget.
+    """
     summary.errors_table = layout.display(ERRORS_DIR)
     summary.add_shards(sink.shard_stats)
+    add_cost(spec, summary, deferred=sink.deferred, budget=budget)
     summary.dataset = output_totals(layout.all_stats())
     summary.finish(started=started, clock_start=clock_start)
     summary.warnings += score_warnings(spec, summary)
@@ -137,6 +145,17 @@ def finish_run(
     if not summary.balanced:
         logger.error("pixelmill: the run does not balance: %s", summary.equation)
     return summary
+
+
+def add_cost(spec: JobSpec, summary: RunSummary, *, deferred: int, budget: RunBudget | None) -> None:
+    """Fill in ``summary``'s cost figures (``pipelines.cost``), deferred rows and budget record."""
+    from pipelines.cost import run_cost
+
+    summary.deferred = deferred
+    summary.cost = run_cost(spec, summary.busy_s, images=summary.images)
+    if budget is not None:
+        summary.budget = budget.record()
+        summary.budget_spent = deferred > 0
 
 
 def score_warnings(spec: JobSpec, summary: RunSummary) -> list[str]:
@@ -201,6 +220,7 @@ def run_job(
         RunStalled: the watchdog saw no shard commit for ``ray.stall_timeout_s``.
         Exception: whatever else stopped the job (model, Ray).
     """
+    from actors.budget import open_ledger
     from pipelines.dedupe import first_occurrences
     from pipelines.fanout import fans_out
     from pipelines.plan import prepared_rows, process_rows
@@ -227,8 +247,10 @@ def run_job(
         plan = prepare_output(layout, mode)
         rows = prepared_rows(spec, listing=listing, declared=declared)
         run_rows = RunRows(rows, first_occurrences(rows), done_keys(layout, plan.done_parquet))
-        dataset = process_rows(spec, run_rows.todo())
-    with lease:  # held until the run's record is written, released on success or failure
+    # held until the run's record is written, released on success or failure; the ledger only with a budget
+    with lease, open_ledger(spec, run_id) as budget:
+        with preflight():
+            dataset = process_rows(spec, run_rows.todo(), ledger=None if budget is None else budget.name)
         sink = ShardDatasink(
             spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
             declared=declared,
@@ -241,7 +263,7 @@ def run_job(
                              settings=settings, input=input_record, damaged_shards=plan.damaged)
         if fans_out(spec, names):  # input_rows counts samples: say how many prompts they came from
             summary.prompts, summary.images_per_prompt = run_rows.prompts(), spec.images_per_prompt
-        return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+        return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start, budget=budget)
 
 
 @contextmanager

@@ -53,6 +53,9 @@ class Status(StrEnum):
     OK = "ok"  # so far every stage succeeded; the sink writes its sample
     ERROR = "error"  # a stage failed on it (``stage``/``error`` say which and why)
     FILTERED = "filtered"  # a check dropped it on purpose (safety checker, ``score.min_score``)
+    # The run's budget was spent before the row's first model step (``actors.budget``): nothing was
+    # computed, the sink writes it nowhere (no shard, no errors table) and a later run does it.
+    DEFERRED = "deferred"
 
 
 # --- internal columns: travel between stages, never written ------------------------------------

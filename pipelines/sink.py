@@ -130,6 +130,19 @@ SHARD_WRITERS: dict[str, Writer] = {
 assert list(SHARD_WRITERS) == [shard_file.kind for shard_file in SHARD_FILES], "a writer per shard file, in order"
 
 
+def _without_deferred(table: pa.Table) -> tuple[pa.Table | None, int]:
+    """Return ``table`` without its ``deferred`` rows (None when none is left) and how many there were.
+
+    A deferred row (the budget was spent before its first model step) goes to no shard and no
+    errors table; a later run finds it in no shard and does it.
+    """
+    deferred = pc.equal(table.column(schema.STATUS), schema.Status.DEFERRED.value)
+    count = pc.sum(deferred).as_py() or 0
+    if count:
+        table = table.filter(pc.invert(deferred))
+    return (table if table.num_rows else None), count
+
+
 class ShardTaken(RuntimeError):
     """Another run claimed or committed this shard number: nothing of it was overwritten."""
 
@@ -156,6 +169,7 @@ class ShardDatasink(Datasink[dict]):
         self.storage_options = storage_options or {}
         self.declared = declared if declared is not None else pa.schema([])
         self.shard_stats: list[dict[str, Any]] = []
+        self.deferred = 0  # rows the budget deferred (``actors.budget``): in no shard, a later run does them
 
     @property
     def supports_distributed_writes(self) -> bool:
@@ -168,19 +182,15 @@ class ShardDatasink(Datasink[dict]):
         """Write and commit the shard for this task; return its stats."""
         started, start = _now(), time.perf_counter()
         tables = [t for t in (BlockAccessor.for_block(block).to_arrow() for block in blocks) if t.num_rows]
-        if not tables:  # nothing left to write (e.g. a resumed run with everything done)
-            return {"shard": None, "count": 0}
+        table, deferred = _without_deferred(pa.concat_tables(tables, promote_options="permissive")) if tables \
+            else (None, 0)
+        if table is None:  # nothing left to write (a resumed run with everything done, or only deferred rows)
+            return {"shard": None, "count": 0, "deferred": deferred}
         shard = self.shard_offset + ctx.task_idx
         layout = OutputLayout(self.output.uri, self.storage_options)
         staging = layout.staging_dir(self.run_id)
-        content = ShardContent(
-            shard,
-            self._with_keys(
-                restore(unpack(pa.concat_tables(tables, promote_options="permissive")), self.declared),
-                shard,
-            ),
-            self.output.image_format,
-        )
+        content = ShardContent(shard, self._with_keys(restore(unpack(table), self.declared), shard),
+                               self.output.image_format)
         committed = self._claim(layout, shard)
         if committed is not None:  # this task, retried by Ray after its first attempt committed
             return committed
@@ -193,6 +203,7 @@ class ShardDatasink(Datasink[dict]):
                 content.stats = self._stats(
                     content.table, shard=shard, run_id=self.run_id, started=started, seconds=time.perf_counter() - start
                 )
+                content.stats["deferred"] = deferred  # rows of this block left for a later run (budget spent)
                 content.stats["files"] = dict(sizes)  # what a later run checks the shard against (layout.check_shards)
             if not needed(content):
                 continue
@@ -249,6 +260,7 @@ class ShardDatasink(Datasink[dict]):
 
     def on_write_complete(self, write_result: Any) -> None:
         self.shard_stats = [s for s in write_result.write_returns if s.get("shard") is not None]
+        self.deferred = sum(int(s.get("deferred", 0)) for s in write_result.write_returns)
 
     def _with_keys(self, table: pa.Table, shard: int) -> pa.Table:
         width = max(4, len(str(self.output.samples_per_shard - 1)))
@@ -282,6 +294,9 @@ class ShardDatasink(Datasink[dict]):
             "failure_examples": examples,
             "scored": len(scores),  # ok rows with a CLIP score, and their mean
             "clip_score_mean": round(sum(scores) / len(scores), 4) if scores else None,
+            # busy seconds of each stage's actors on these rows (``pipelines.cost``)
+            "busy_s": {stage.name: round(pc.sum(table.column(stage.seconds)).as_py() or 0.0, 6)
+                       for stage in schema.STAGES if stage.seconds in table.column_names},
             "start_time": started,
             "end_time": _now(),
             "duration_s": round(seconds, 3),

@@ -13,7 +13,7 @@ from pipelines.schema import Status
 
 
 def test_status_values_are_the_strings_written_to_parquet_and_json() -> None:
-    assert [s.value for s in Status] == ["ok", "error", "filtered"]
+    assert [s.value for s in Status] == ["ok", "error", "filtered", "deferred"]
     assert Status.OK == "ok" and f"{Status.ERROR}" == "error" and json.dumps(Status.FILTERED) == '"filtered"'
 
 
