@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cluster":
         return _render(args, spec)
 
+    from pipelines.diversity import summary_lines
     from pipelines.retry import retry_errors
     from pipelines.runner import PreflightError, RunStalled, first_line, root_cause, run_job
 
@@ -289,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RUN_FAILED
     print(summary.line())
     print(f"pixelmill: {summary.equation}")
+    for line in summary_lines(summary.diversity):
+        print(line)
     for warning in summary.warnings:
         print(f"pixelmill: warning: {warning}", file=sys.stderr)
     if not summary.balanced:

@@ -21,7 +21,8 @@ them), the run header (from ``_run.json``: the accounting equation and whether i
 balances), counts (images, errors by stage and by reason, filtered, skipped), a
 contact sheet of a deterministic sample of images (``seed``), per-stage throughput
 from the per-row ``*_s`` columns, shard write times from the stats files, a histogram
-of ``clip_score`` (where the output has it), and the first error records.
+of ``clip_score`` (where the output has it), the latest run's diversity figures
+(``pipelines.diversity``, from ``_run.json``), and the first error records.
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ def render_report(
         errors=data.errors,
         error_total=data.error_total,
         damaged=[(shard_name(shard), damage) for shard, damage in data.damaged.items()],
+        diversity=data.diversity,
     )
 
 
