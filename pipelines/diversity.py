@@ -107,13 +107,16 @@ class GroupSample:
 
 
 def _mean_distance(embeddings: np.ndarray) -> float | None:
-    """Mean of ``1 - cosine`` over all pairs of unit vectors (in O(n d)), or None for fewer than two."""
+    """Mean of ``1 - cosine`` over all pairs of unit vectors (in O(n d)), or None for fewer than two.
+
+    Clipped to [0, 2]: identical images give a rounding error's worth below 0.
+    """
     n = len(embeddings)
     if n < 2:
         return None
     total = embeddings.sum(axis=0)
     pair_sum = (float(total @ total) - float((embeddings * embeddings).sum())) / 2
-    return 1.0 - pair_sum / (n * (n - 1) / 2)
+    return min(max(1.0 - pair_sum / (n * (n - 1) / 2), 0.0), 2.0)
 
 
 def pairwise_figures(
