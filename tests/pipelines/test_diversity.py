@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 from pipelines import schema
 from pipelines.diversity import (
-    EMBEDDING_TYPE, NO_SCORE_WHY, GroupSample, group_key, measure_run, pairwise_figures, store_embeddings,
+    EMBEDDING_TYPE,
+    NO_SCORE_WHY,
+    GroupSample,
+    group_key,
+    measure_run,
+    pairwise_figures,
+    store_embeddings,
     summary_lines,
 )
 from pipelines.layout import OutputLayout
