@@ -82,7 +82,8 @@ class GroupSample:
         """Offer one image (its group, id and embedding) to the sample."""
         if self.cutoff is not None and group_key(group) >= self.cutoff:
             return
-        self.groups.setdefault(group, []).append((row_id, np.asarray(embedding, dtype=np.float32)))
+        # a copy: a view would keep the whole batch it came from alive
+        self.groups.setdefault(group, []).append((row_id, np.array(embedding, dtype=np.float32)))
         self.size += 1
         if self.size > 2 * self.cap:
             self.prune()
@@ -181,6 +182,27 @@ def _digest_prefixes(digests: list[str]) -> np.ndarray:
     return np.array([int(d[:16], 16) for d in digests if d], dtype=np.uint64)
 
 
+def _offer(sample: GroupSample, batch: pa.RecordBatch, ok: np.ndarray) -> int:
+    """Offer a batch's ``ok`` rows that have an embedding to ``sample``; return how many there were.
+
+    The embeddings are read as slices of the list column's values (no Python float per element).
+    """
+    column = batch.column(schema.IMAGE_EMBEDDING)
+    has = ok & ~np.asarray(column.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    offsets = column.offsets.to_numpy()
+    values = column.values.to_numpy(zero_copy_only=False)
+    ids = batch.column(schema.ID).to_pylist()
+    names = batch.schema.names
+    groups = batch.column(GROUP_COLUMN).to_pylist() if GROUP_COLUMN in names else ids
+    offered = 0
+    for i in np.flatnonzero(has):
+        start, stop = offsets[i], offsets[i + 1]
+        if stop > start:
+            sample.add(str(groups[i] or ids[i]), str(ids[i]), values[start:stop])
+            offered += 1
+    return offered
+
+
 def measure_run(layout: OutputLayout, shards: list[int], spec: DiversitySpec, *, run_id: str) -> dict[str, Any]:
     """Return the diversity figures of the ``ok`` rows in ``shards`` and write the near-duplicate pairs table.
 
@@ -193,7 +215,8 @@ def measure_run(layout: OutputLayout, shards: list[int], spec: DiversitySpec, *,
     Raises:
         OSError: a shard's Parquet cannot be read.
     """
-    sample, prefixes, images, embedded = GroupSample(spec.sample_size), [], 0, 0
+    sample = GroupSample(spec.sample_size)
+    images, embedded, prefixes, with_column = 0, 0, [], False
     for shard in sorted(shards):
         with layout.fs.open(layout.shard_file("parquet", shard), "rb") as handle:
             parquet = pq.ParquetFile(handle)
@@ -201,26 +224,20 @@ def measure_run(layout: OutputLayout, shards: list[int], spec: DiversitySpec, *,
             columns = [c for c in (schema.STATUS, schema.ID, GROUP_COLUMN, schema.SHA256, schema.IMAGE_EMBEDDING)
                        if c in names]
             for batch in parquet.iter_batches(columns=columns, batch_size=_BATCH_ROWS):
-                rows = batch.to_pydict()
-                ok = [i for i, status in enumerate(rows[schema.STATUS]) if status == schema.Status.OK]
-                images += len(ok)
-                prefixes.append(_digest_prefixes([rows[schema.SHA256][i] for i in ok]))
-                embeddings = rows.get(schema.IMAGE_EMBEDDING)
-                if embeddings is None:
-                    continue
-                ids = rows[schema.ID]
-                groups = rows.get(GROUP_COLUMN, ids)
-                for i in ok:
-                    if embeddings[i]:
-                        embedded += 1
-                        sample.add(str(groups[i] or ids[i]), str(ids[i]), np.asarray(embeddings[i], np.float32))
+                ok = np.asarray(batch.column(schema.STATUS).to_numpy(zero_copy_only=False) == schema.Status.OK.value)
+                images += int(ok.sum())
+                prefixes.append(_digest_prefixes(batch.column(schema.SHA256).filter(pa.array(ok)).to_pylist()))
+                if schema.IMAGE_EMBEDDING in names:
+                    with_column = True
+                    embedded += _offer(sample, batch, ok)
     figures: dict[str, Any] = {
         "images": images, "exact_duplicates": _exact_duplicates(prefixes),
         "near_duplicate_cosine": spec.near_duplicate_cosine, "sample": None, "near_duplicates": None,
         "mean_distance": None, "within_prompt_distance": None, "pairs_table": None, "why": None,
     }
     if not embedded:
-        figures["why"] = NO_SCORE_WHY if images else "the run made no images"
+        figures["why"] = ("the run made no images" if not images else
+                          "no image has an embedding" if with_column else NO_SCORE_WHY)
         return figures
     picked = sample.rows()
     figures["sample"] = {"images": len(picked), "groups": len({group for group, _, _ in picked}), "of": embedded,
