@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from pipelines.cli import main
 from pipelines.diversity import EMBEDDING_TYPE, NO_SCORE_WHY
 from pipelines.layout import OutputLayout
 from pipelines.resume import foreign_files
@@ -70,13 +71,26 @@ def test_diverse_and_degenerate_runs_are_told_apart(ray_session, write_prompts, 
     assert json.loads((tmp_path / "diverse" / "_run.json").read_text())["diversity"]["exact_duplicates"]["images"] == 0
 
 
-def test_without_the_score_stage_only_exact_duplicates(ray_session, write_prompts, tmp_path, model_cache) -> None:
+def test_without_the_score_stage_only_exact_duplicates(
+    ray_session, write_prompts, tmp_path, model_cache, capsys
+) -> None:
+    """Through the command: the summary's diversity lines say exact duplicates only, and why."""
+    import yaml
+
     rows = [{"id": f"s{i}", "prompt": PROMPTS[0], "seed": 3} for i in range(3)] + [{"id": "x", "prompt": PROMPTS[1]}]
-    summary = _run(rows, write_prompts, tmp_path, model_cache, "noscore", score=None)
-    figures = summary.diversity
-    assert figures is not None
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({
+        "input": {"uri": str(write_prompts(rows, name="noscore.jsonl"))},
+        "output": {"uri": str(tmp_path / "noscore"), "samples_per_shard": 3},
+        "model": {"cache_dir": model_cache}, "score": None, "defaults": {"width": 32, "height": 32, "steps": 1},
+    }))
+    assert main(["run", str(job)]) == 0
+    printed = capsys.readouterr().out
+    assert "pixelmill: diversity: 3 of 4 images are exact duplicates (1 distinct)" in printed
+    assert "score stage is off" in printed
+    figures = json.loads((tmp_path / "noscore" / "_run.json").read_text())["diversity"]
     assert figures["exact_duplicates"] == {"images": 3, "groups": 1}
-    assert figures["near_duplicates"] is None and figures["mean_distance"] is None
+    assert figures["near_duplicates"] is None and figures["mean_distance"] is None and figures["sample"] is None
     assert figures["why"] == NO_SCORE_WHY
     assert not (tmp_path / "noscore" / "_diversity").exists()
     html = (tmp_path / "noscore" / "report.html").read_text()
