@@ -16,7 +16,9 @@ __all__ = ["ScoreStage"]
 
 
 class ScoreStage(Stage):
-    """Callable class for ``map_batches``: adds ``clip_score`` (NaN for rows without an image).
+    """Callable class for ``map_batches``: adds ``clip_score`` (NaN for rows without an image) and
+    ``image_embedding`` (the L2-normalised CLIP image embedding the score used; a ``[rows, dim]``
+    float32 array, NaN rows for rows without an image, which the sink stores as null).
 
     Rows below ``score.min_score`` become ``filtered`` (stage ``score``), so the
     sink keeps them out of the tar and counts them apart from errors.  The model runs
@@ -40,20 +42,24 @@ class ScoreStage(Stage):
         self.min_score = score.min_score
         self.micro_batch = stage.micro_batch_size
 
-    def compute(self, batch: Batch, rows: list[int]) -> list[float]:
+    def compute(self, batch: Batch, rows: list[int]) -> list[tuple[float, np.ndarray]]:
         images = [batch[IMAGE_COLUMN][i] for i in rows]
         prompts = [str(batch[schema.PROMPT][i]) for i in rows]
-        return self.scorer.score(images, prompts, micro_batch=self.micro_batch).tolist()
+        found = self.scorer.score_and_embed(images, prompts, micro_batch=self.micro_batch)
+        return list(zip(found["score"].tolist(), found["embedding"], strict=True))
 
-    def finish(self, batch: Batch, results: dict[int, float]) -> None:
-        scores = np.full(len(batch[schema.STATUS]), np.nan, dtype=np.float64)
-        for i, value in results.items():
-            scores[i] = value
+    def finish(self, batch: Batch, results: dict[int, tuple[float, np.ndarray]]) -> None:
+        size = len(batch[schema.STATUS])
+        scores = np.full(size, np.nan, dtype=np.float64)
+        embeddings = np.full((size, self.scorer.embedding_dim), np.nan, dtype=np.float32)
+        for i, (score, embedding) in results.items():
+            scores[i], embeddings[i] = score, embedding
         if self.min_score is not None:
             low = {
-                i: f"clip_score {value:.2f} is below min_score {self.min_score:g}"
-                for i, value in results.items()
-                if value < self.min_score
+                i: f"clip_score {score:.2f} is below min_score {self.min_score:g}"
+                for i, (score, _) in results.items()
+                if score < self.min_score
             }
             self.mark(batch, low, Status.FILTERED)
         batch[schema.CLIP_SCORE] = scores
+        batch[schema.IMAGE_EMBEDDING] = embeddings

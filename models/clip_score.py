@@ -65,8 +65,19 @@ class ClipScorer:
         features = getattr(features, "pooler_output", features)
         return torch.nn.functional.normalize(features.float(), dim=-1)
 
+    @property
+    def embedding_dim(self) -> int:
+        """The length of an image embedding (the model's projection size)."""
+        return int(self.model.config.projection_dim)
+
     def score(self, images: list[np.ndarray], prompts: list[str], *, micro_batch: int | None = None) -> np.ndarray:
-        """Return the CLIP score of each (image, prompt) pair, float32 in [0, 100].
+        """Return the CLIP score of each (image, prompt) pair, float32 in [0, 100] (see :meth:`score_and_embed`)."""
+        return self.score_and_embed(images, prompts, micro_batch=micro_batch)["score"]
+
+    def score_and_embed(
+        self, images: list[np.ndarray], prompts: list[str], *, micro_batch: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """Return each (image, prompt) pair's CLIP score and the image's embedding, from one forward pass.
 
         Args:
             micro_batch: pairs per forward pass.  Given, every pass runs at one fixed
@@ -75,16 +86,24 @@ class ClipScorer:
                 score does not depend on the other pairs, their number or its position
                 (on CPU the attention runs on torch's math kernel, see below).
                 ``None``: one pass over all pairs, prompts padded to the longest.
+
+        Returns:
+            ``score``: float32 ``[B]`` in [0, 100]; ``embedding``: the L2-normalised image
+            embeddings, float32 ``[B, embedding_dim]`` (the ones the score was computed with).
+
+        Raises:
+            ValueError: the numbers of images and prompts differ.
         """
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         if not images:
-            return np.zeros(0, dtype=np.float32)
+            return {"score": np.zeros(0, dtype=np.float32),
+                    "embedding": np.zeros((0, self.embedding_dim), dtype=np.float32)}
         if micro_batch is None:
             return self._score(list(images), list(prompts), fixed_length=False)
         from models.batching import in_fixed_chunks
 
-        def chunk(indices: np.ndarray) -> np.ndarray:
+        def chunk(indices: np.ndarray) -> dict[str, np.ndarray]:
             chunk_images, chunk_prompts = [images[i] for i in indices], [prompts[i] for i in indices]
             if self.device.type != "cpu":
                 return self._score(chunk_images, chunk_prompts, fixed_length=True)
@@ -99,6 +118,10 @@ class ClipScorer:
 
         return in_fixed_chunks(chunk, len(images), micro_batch)
 
-    def _score(self, images: list[np.ndarray], prompts: list[str], *, fixed_length: bool) -> np.ndarray:
-        cosine = (self.embed_images(images) * self.embed_texts(prompts, fixed_length=fixed_length)).sum(dim=-1)
-        return (SCORE_SCALE * cosine.clamp(min=0)).cpu().numpy().astype(np.float32)
+    def _score(self, images: list[np.ndarray], prompts: list[str], *, fixed_length: bool) -> dict[str, np.ndarray]:
+        image_embeddings = self.embed_images(images)
+        cosine = (image_embeddings * self.embed_texts(prompts, fixed_length=fixed_length)).sum(dim=-1)
+        return {
+            "score": (SCORE_SCALE * cosine.clamp(min=0)).cpu().numpy().astype(np.float32),
+            "embedding": image_embeddings.cpu().numpy().astype(np.float32),
+        }

@@ -58,6 +58,8 @@ class RunSummary:
     scored: int = 0
     clip_score_mean: float | None = None
     warnings: list[str] = field(default_factory=list)
+    # Duplicates and spread of this run's images (``pipelines.diversity.measure_run``); None before it ran.
+    diversity: dict[str, Any] | None = None
     # Damaged shards the run found and removed (their rows were done again): shard name -> what was wrong.
     damaged_shards: dict[str, str] = field(default_factory=dict)
     # What the whole output holds after the run, each id once with its latest status (``output_totals``).

@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "cluster":
         return _render(args, spec)
 
+    from pipelines.diversity import summary_lines
     from pipelines.retry import retry_errors
     from pipelines.runner import PreflightError, RunStalled, first_line, root_cause, run_job
 
@@ -299,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.cost import cost_line
 
         print(cost_line(summary.cost))
+    for line in summary_lines(summary.diversity):
+        print(line)
     for warning in summary.warnings:
         print(f"pixelmill: warning: {warning}", file=sys.stderr)
     if not summary.balanced:

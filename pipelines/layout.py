@@ -16,6 +16,7 @@ The layout of an output root::
                             each other file of the shard with its size in bytes
     _run.json               the latest run's record (summary, equation, spec)
     _runs/<run id>.json     one record per run
+    _diversity/<run id>.parquet  a run's near-duplicate pairs (``pipelines.diversity``)
     _retry.json             a retry-errors run in progress
     _lease.json             the run that is writing now
     _tmp/<run id>/          local staging (renamed into place)
@@ -58,6 +59,7 @@ SHARD_DIGITS = 5
 TMP_DIR = "_tmp"
 ERRORS_DIR = "_errors"
 RUNS_DIR = "_runs"
+DIVERSITY_DIR = "_diversity"
 RUN_RECORD = "_run.json"
 RETRY_MANIFEST = "_retry.json"
 LEASE = "_lease.json"
@@ -196,6 +198,10 @@ class OutputLayout:
     def run_record(self, run_id: str | None = None) -> str:
         """Return ``_runs/<run id>.json``, or ``_run.json`` (the latest run) without a run id."""
         return self.path(RUNS_DIR, f"{run_id}.json") if run_id else self.path(RUN_RECORD)
+
+    def diversity_table(self, run_id: str) -> str:
+        """Return a run's near-duplicate pairs table (``_diversity/<run id>.parquet``)."""
+        return self.path(DIVERSITY_DIR, f"{run_id}.parquet")
 
     @property
     def errors_dir(self) -> str:
@@ -348,8 +354,9 @@ class OutputLayout:
     def is_owned(self, path: str) -> bool:
         """Return whether ``path`` (a full path under the root) is a file pixelmill writes there.
 
-        Owned: every per-shard file (``SHARD_FILES``), the run records, the retry manifest,
-        the lease, the report and anything under ``_tmp/``. Anything else (a user's notes,
+        Owned: every per-shard file (``SHARD_FILES``), the run records, the near-duplicate
+        tables (``_diversity/*.parquet``), the retry manifest, the lease, the report and
+        anything under ``_tmp/``. Anything else (a user's notes,
         an input file placed in the output) is not pixelmill's to delete.
         """
         relative = self.relative(path)
@@ -357,8 +364,9 @@ class OutputLayout:
             return True
         if relative.startswith(TMP_DIR + "/"):
             return True
-        if relative.startswith(RUNS_DIR + "/") and relative.endswith(".json") and relative.count("/") == 1:
-            return True
+        for folder, suffix in ((RUNS_DIR, ".json"), (DIVERSITY_DIR, ".parquet")):
+            if relative.startswith(folder + "/") and relative.endswith(suffix) and relative.count("/") == 1:
+                return True
         return any(shard_file.regex().fullmatch("/" + relative) for shard_file in SHARD_FILES)
 
     def remove_tmp(self) -> None:

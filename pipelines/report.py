@@ -22,7 +22,8 @@ balances), the run's cost per stage and its budget (``_run.json``'s ``cost``, ``
 counts (images, errors by stage and by reason, filtered, skipped), a contact sheet of a
 deterministic sample of images (``seed``), per-stage throughput from the per-row ``*_s``
 columns, shard write times from the stats files, a histogram of ``clip_score`` (where the
-output has it), and the first error records.
+output has it), the latest run's diversity figures (``pipelines.diversity``, from
+``_run.json``), and the first error records.
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ def render_report(
         errors=data.errors,
         error_total=data.error_total,
         damaged=[(shard_name(shard), damage) for shard, damage in data.damaged.items()],
+        diversity=data.diversity,
     )
 
 

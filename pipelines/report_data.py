@@ -97,6 +97,8 @@ class ReportData:
     error_total: int
     damaged: dict[int, str] = field(default_factory=dict)  # shard -> what is wrong; left out of everything else
     history: list[dict[str, Any]] = field(default_factory=list)  # every run's record (``_runs/``), oldest first
+    # The latest run's diversity figures (``_run.json``, ``pipelines.diversity``); None when it has none.
+    diversity: dict[str, Any] | None = None
 
 
 def gather(layout: OutputLayout, *, sample_size: int, seed: int, max_errors: int = MAX_ERRORS) -> ReportData:
@@ -134,6 +136,7 @@ def gather(layout: OutputLayout, *, sample_size: int, seed: int, max_errors: int
         errors=errors,
         error_total=error_total,
         damaged=check.damaged,
+        diversity=(run or {}).get("diversity"),
     )
 
 

@@ -134,6 +134,7 @@ def finish_run(
     summary.dataset = output_totals(layout.all_stats())
     summary.finish(started=started, clock_start=clock_start)
     summary.warnings += score_warnings(spec, summary)
+    summary.diversity = _measure_diversity(spec, layout, summary.run_id, [s["shard"] for s in sink.shard_stats])
     summary.spec = redact(spec.model_dump(mode="json"))
     record = asdict(summary)
     layout.write_json(layout.run_record(summary.run_id), record)
@@ -178,6 +179,20 @@ def score_warnings(spec: JobSpec, summary: RunSummary) -> list[str]:
         f"{level[0]:.1f} it gives images that match their captions ({level[1]:.1f} for mismatched ones): "
         f"the prompts are likely outside what {spec.model.uri} can draw (README: Built-in models)"
     ]
+
+
+def _measure_diversity(spec: JobSpec, layout: OutputLayout, run_id: str, shards: list[int]) -> dict[str, Any] | None:
+    """Return the diversity figures of the shards this run committed (``pipelines.diversity``).
+
+    Figures that fail are logged and left out (None), never a failed run: the data is written.
+    """
+    from pipelines.diversity import measure_run
+
+    try:
+        return measure_run(layout, shards, spec.diversity, run_id=run_id)
+    except Exception as error:  # noqa: BLE001
+        logger.warning("pixelmill: could not measure diversity: %s: %s", type(error).__name__, error)
+        return None
 
 
 def _write_card(layout: OutputLayout, spec: JobSpec, *, images: int) -> None:

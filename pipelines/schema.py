@@ -33,7 +33,7 @@ __all__ = [
     "SOURCE", "SOURCE_ROW", "SHARD",
     "PROMPT_TOKENS", "PROMPT_TRUNCATED", "NEGATIVE_PROMPT_TRUNCATED", "MODEL", "MODEL_HASH", "SCHEDULER", "PIPELINE",
     "STYLE", "STYLE_HASH", "STYLE_BACKEND", "STYLE_STRENGTH", "STYLE_PRESERVE_COLOR",
-    "CLIP_SCORE", "IMAGE", "SHA256", "IMAGE_FORMAT",
+    "CLIP_SCORE", "IMAGE_EMBEDDING", "IMAGE", "SHA256", "IMAGE_FORMAT",
     # stages
     "INPUT_STAGE", "DUPLICATE_STAGE", "ENCODE", "GENERATE", "STYLE_STAGE", "SCORE", "IMAGE_ENCODE", "STAGES",
     "STAGE_SECONDS",
@@ -108,6 +108,9 @@ STYLE_BACKEND = "style_backend"
 STYLE_STRENGTH = "style_strength"
 STYLE_PRESERVE_COLOR = "style_preserve_color"
 CLIP_SCORE = "clip_score"
+# The score model's L2-normalised image embedding (list<float32>; null on rows without an image):
+# what ``pipelines.diversity`` measures near duplicates and spread with.
+IMAGE_EMBEDDING = "image_embedding"
 IMAGE = "image"  # the encoded image bytes: the tar member, not a Parquet column
 SHA256 = "sha256"
 IMAGE_FORMAT = "image_format"
@@ -150,7 +153,7 @@ GENERATE = StageColumns("generate", adds=(MODEL, MODEL_HASH, SCHEDULER, PIPELINE
 STYLE_STAGE = StageColumns(
     "style", adds=(STYLE_HASH, STYLE_BACKEND), echoes=(STYLE, STYLE_STRENGTH, STYLE_PRESERVE_COLOR)
 )
-SCORE = StageColumns("score", adds=(CLIP_SCORE,))
+SCORE = StageColumns("score", adds=(CLIP_SCORE, IMAGE_EMBEDDING))
 IMAGE_ENCODE = StageColumns("image_encode", adds=(SHA256, IMAGE_FORMAT), tar_only=(IMAGE,))
 # Every stage, in pipeline order (style and score run only when the job has them).
 STAGES: tuple[StageColumns, ...] = (ENCODE, GENERATE, STYLE_STAGE, SCORE, IMAGE_ENCODE)
@@ -176,8 +179,9 @@ OUTPUT_COLUMNS = frozenset({*SINK_COLUMNS, *STATUS_COLUMNS, *_STAGE_OUTPUTS})
 # Columns pixelmill writes itself; input columns with these names must be mapped.
 RESERVED_COLUMNS = frozenset({*CANONICAL_COLUMNS, *SOURCE_COLUMNS, *OUTPUT_COLUMNS})
 # Parquet columns left out of the tar sample's JSON (and the dataset card's features): the
-# image bytes, the timings (so a rerun's samples are byte-identical) and ``raw_input`` ("" on ok rows).
-NOT_IN_SAMPLE_JSON = frozenset({*TAR_ONLY_COLUMNS, *STAGE_SECONDS, RAW_INPUT})
+# image bytes, the timings (so a rerun's samples are byte-identical), ``raw_input`` ("" on ok rows)
+# and the image embedding (hundreds of floats per sample; the Parquet holds it).
+NOT_IN_SAMPLE_JSON = frozenset({*TAR_ONLY_COLUMNS, *STAGE_SECONDS, RAW_INPUT, IMAGE_EMBEDDING})
 
 
 # --- how each Arrow type travels into the sample JSON -------------------------------------------

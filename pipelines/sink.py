@@ -33,6 +33,7 @@ from ray.data.datasource import Datasink
 
 from pipelines import schema
 from pipelines.column_types import restore
+from pipelines.diversity import store_embeddings
 from pipelines.faults import inject
 from pipelines.layout import SHARD_FILES, OutputLayout, shard_name
 from pipelines.passthrough import unpack
@@ -189,8 +190,8 @@ class ShardDatasink(Datasink[dict]):
         shard = self.shard_offset + ctx.task_idx
         layout = OutputLayout(self.output.uri, self.storage_options)
         staging = layout.staging_dir(self.run_id)
-        content = ShardContent(shard, self._with_keys(restore(unpack(table), self.declared), shard),
-                               self.output.image_format)
+        table = restore(unpack(table), self.declared)
+        content = ShardContent(shard, self._with_keys(store_embeddings(table), shard), self.output.image_format)
         committed = self._claim(layout, shard)
         if committed is not None:  # this task, retried by Ray after its first attempt committed
             return committed

@@ -110,3 +110,21 @@ def test_scorer_micro_batch_fixes_the_shapes(spec_model: ModelSpec) -> None:
     assert together.dtype == np.float32 and together.shape == (5,)
     # Without a micro-batch: one pass over all pairs; the same scores up to rounding.
     np.testing.assert_allclose(scorer.score(images, prompts), together, rtol=1e-4, atol=1e-4)
+
+
+def test_writes_the_image_embedding_the_score_used(spec_model: ModelSpec) -> None:
+    """``image_embedding``: unit length, NaN rows where no image, batch-invariant, and the score's own embedding."""
+    stage = ScoreStage(score=ScoreSpec(model=spec_model), stage=StageSpec(micro_batch_size=3))
+    images, prompts = _pairs(5)
+    batch = _world_batch(prompts, images)
+    batch["status"][1] = "error"
+    out = stage(batch)
+    embeddings = out["image_embedding"]
+    assert embeddings.dtype == np.float32 and embeddings.shape == (5, stage.scorer.embedding_dim)
+    assert np.isnan(embeddings[1]).all()
+    kept = np.delete(embeddings, 1, axis=0)
+    np.testing.assert_allclose(np.linalg.norm(kept, axis=1), 1.0, atol=1e-5)
+    alone = stage(_world_batch([prompts[3]], [images[3]]))["image_embedding"]
+    np.testing.assert_array_equal(alone[0], embeddings[3])
+    texts = stage.scorer.embed_texts([prompts[3]], fixed_length=True).numpy()[0]
+    assert out["clip_score"][3] == pytest.approx(100 * max(float(embeddings[3] @ texts), 0), abs=1e-3)

@@ -25,7 +25,7 @@ def test_column_sets_are_the_ones_pixelmill_writes() -> None:
     stage_columns = {
         "prompt_tokens", "prompt_truncated", "negative_prompt_truncated", "model", "model_hash", "scheduler",
         "pipeline", "style_hash",
-        "style_backend", "clip_score", "sha256", "image_format", *schema.STAGE_SECONDS,
+        "style_backend", "clip_score", "image_embedding", "sha256", "image_format", *schema.STAGE_SECONDS,
     }
     assert schema.OUTPUT_COLUMNS == {"key", "shard", "status", "stage", "error", *stage_columns}
     assert schema.RESERVED_COLUMNS == {
@@ -35,7 +35,7 @@ def test_column_sets_are_the_ones_pixelmill_writes() -> None:
     # Per-row style settings may come from the input, and the image bytes never reach the Parquet.
     assert not {"style", "style_strength", "style_preserve_color", "image"} & schema.RESERVED_COLUMNS
     assert schema.TAR_ONLY_COLUMNS == {"image"}
-    assert schema.NOT_IN_SAMPLE_JSON == {"image", "raw_input", *schema.STAGE_SECONDS}
+    assert schema.NOT_IN_SAMPLE_JSON == {"image", "raw_input", "image_embedding", *schema.STAGE_SECONDS}
 
 
 def test_internal_columns_share_the_prefix() -> None:
