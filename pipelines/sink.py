@@ -56,6 +56,15 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def _list_types(table: pa.Table) -> pa.Table:
+    """Return ``table`` with the stages' list columns at their declared item types (``schema.LIST_ITEM_TYPES``)."""
+    for name, item in schema.LIST_ITEM_TYPES.items():
+        if name in table.column_names:
+            kind = pa.list_(pa.type_for_alias(item))
+            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(kind))
+    return table
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
@@ -176,7 +185,7 @@ class ShardDatasink(Datasink[dict]):
         content = ShardContent(
             shard,
             self._with_keys(
-                restore(unpack(pa.concat_tables(tables, promote_options="permissive")), self.declared),
+                _list_types(restore(unpack(pa.concat_tables(tables, promote_options="permissive")), self.declared)),
                 shard,
             ),
             self.output.image_format,

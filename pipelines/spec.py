@@ -371,7 +371,7 @@ class JobSpec(_Strict):
         regenerate loop runs generate, style and score in the ``generate`` pool's actors.
         """
         pools = self.pools()
-        hosts = {stage: stage if stage in pools else "generate" for stage in ("encode", "generate")}
+        hosts: dict[str, str] = {stage: stage if stage in pools else "generate" for stage in ("encode", "generate")}
         for stage in ("style", "score"):
             if getattr(self, stage) is not None:
                 hosts[stage] = stage if stage in pools else "generate"
