@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -57,12 +58,28 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 
 def _list_types(table: pa.Table) -> pa.Table:
-    """Return ``table`` with the stages' list columns at their declared item types (``schema.LIST_ITEM_TYPES``)."""
+    """Return ``table`` with the stages' list columns as ``list<item>`` of their declared item types
+    (``schema.LIST_ITEM_TYPES``).
+
+    A numpy task after the stage (image encoding) hands equal-length lists back to Ray as a
+    tensor, which Arrow keeps as Ray's tensor extension (or its ``{data, shape}`` storage once
+    blocks of both kinds are concatenated); an all-empty block reads as ``list<null>``.
+    """
     for name, item in schema.LIST_ITEM_TYPES.items():
         if name in table.column_names:
             kind = pa.list_(pa.type_for_alias(item))
-            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(kind))
+            column = table.column(name)
+            if column.type != kind:
+                column = pa.array([_as_list(value) for value in column.to_pylist()], kind)
+            table = table.set_column(table.column_names.index(name), name, column)
     return table
+
+
+def _as_list(value: Any) -> list | None:
+    """One list cell as a Python list, whichever of Arrow's or Ray's forms it arrived in."""
+    if isinstance(value, dict):  # a variable-shaped tensor's storage
+        value = value["data"]
+    return None if value is None else np.asarray(value).ravel().tolist()
 
 
 def _now() -> str:
@@ -176,7 +193,7 @@ class ShardDatasink(Datasink[dict]):
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, Any]:
         """Write and commit the shard for this task; return its stats."""
         started, start = _now(), time.perf_counter()
-        tables = [t for t in (BlockAccessor.for_block(block).to_arrow() for block in blocks) if t.num_rows]
+        tables = [_list_types(t) for t in (BlockAccessor.for_block(block).to_arrow() for block in blocks) if t.num_rows]
         if not tables:  # nothing left to write (e.g. a resumed run with everything done)
             return {"shard": None, "count": 0}
         shard = self.shard_offset + ctx.task_idx
@@ -185,7 +202,7 @@ class ShardDatasink(Datasink[dict]):
         content = ShardContent(
             shard,
             self._with_keys(
-                _list_types(restore(unpack(pa.concat_tables(tables, promote_options="permissive")), self.declared)),
+                restore(unpack(pa.concat_tables(tables, promote_options="permissive")), self.declared),
                 shard,
             ),
             self.output.image_format,

@@ -49,7 +49,8 @@ def _loop(models: dict[str, Any], **score: Any) -> RegenerateStage:
     spec = ScoreSpec(model=models["clip"], **score)
     return RegenerateStage(
         before=[(EncodeStage, {"model": models["sd"], "stage": stage})],
-        attempt=[(GenerateStage, {"model": models["sd"], "stage": stage}), (ScoreStage, {"score": spec, "stage": stage})],
+        attempt=[(GenerateStage, {"model": models["sd"], "stage": stage}),
+                 (ScoreStage, {"score": spec, "stage": stage})],
         after=[],
         score=spec,
         seed_of=attempt_seed,
