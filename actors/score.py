@@ -12,13 +12,22 @@ from pipelines import schema
 from pipelines.schema import IMAGE_COLUMN, Status
 from pipelines.spec import ScoreSpec, StageSpec
 
-__all__ = ["ScoreStage"]
+__all__ = ["ScoreStage", "Attempts", "write_attempts"]
+
+# One row's attempt history: the seeds drawn, their scores (NaN: not scored), the chosen index (-1: none).
+Attempts = tuple[list[int], list[float], int]
+# A row failed at one of these stages had its image drawn (then failed), so it records one attempt.
+_DRAWN_STAGES = (schema.GENERATE.name, schema.STYLE_STAGE.name, schema.SCORE.name)
 
 
 class ScoreStage(Stage):
     """Callable class for ``map_batches``: adds ``clip_score`` (NaN for rows without an image) and
     ``image_embedding`` (the L2-normalised CLIP image embedding the score used; a ``[rows, dim]``
     float32 array, NaN rows for rows without an image, which the sink stores as null).
+
+    Also writes the attempt columns of one attempt (``attempts``, ``attempt_seeds``,
+    ``attempt_scores``, ``chosen_attempt``); the regenerate loop (``actors.regenerate``)
+    overwrites them with each row's whole history.
 
     Rows below ``score.min_score`` become ``filtered`` (stage ``score``), so the
     sink keeps them out of the tar and counts them apart from errors.  The model runs
@@ -63,3 +72,26 @@ class ScoreStage(Stage):
             self.mark(batch, low, Status.FILTERED)
         batch[schema.CLIP_SCORE] = scores
         batch[schema.IMAGE_EMBEDDING] = embeddings
+        history: dict[int, Attempts] = {}
+        for i, stage in enumerate(batch[schema.STAGE]):
+            if i in results or stage in _DRAWN_STAGES:
+                history[i] = ([int(batch[schema.SEED][i])], [float(scores[i])], 0)
+        write_attempts(batch, history)
+
+
+def write_attempts(batch: Batch, history: dict[int, Attempts]) -> None:
+    """Write the four attempt columns of every row, in place; rows not in ``history`` drew no image.
+
+    Lists are Python lists of int and float (Arrow reads them as ``list<int64>``/``list<double>``;
+    the sink casts all-empty blocks, ``schema.LIST_ITEM_TYPES``).
+    """
+    size = len(batch[schema.STATUS])
+    seeds, scores = np.empty(size, dtype=object), np.empty(size, dtype=object)
+    chosen = np.full(size, -1, dtype=np.int64)
+    for i in range(size):
+        row_seeds, row_scores, pick = history.get(i, ([], [], -1))
+        seeds[i], scores[i], chosen[i] = [int(s) for s in row_seeds], [float(s) for s in row_scores], pick
+    batch[schema.ATTEMPTS] = np.array([len(s) for s in seeds], dtype=np.int64)
+    batch[schema.ATTEMPT_SEEDS] = seeds
+    batch[schema.ATTEMPT_SCORES] = scores
+    batch[schema.CHOSEN_ATTEMPT] = chosen

@@ -16,7 +16,7 @@ import time
 
 from bench.common import RESULTS_DIR
 
-BENCHMARKS = ("sink", "efficiency", "naive", "backends", "placement", "scaling")
+BENCHMARKS = ("sink", "efficiency", "naive", "backends", "placement", "scaling", "regenerate")
 
 
 def main(names: list[str]) -> None:

@@ -133,6 +133,9 @@ def settings_of(spec: JobSpec) -> dict[str, Any]:
         settings["score.model.uri"] = spec.score.model.uri
         settings["score.model.hash"] = model_hash(spec.score.model, spec.storage_options)
         settings["score.min_score"] = spec.score.min_score
+        if spec.regenerates:  # the loop chooses the images; absent at 1, so earlier outputs still resume
+            settings["score.max_attempts"] = spec.score.max_attempts
+            settings["score.keep"] = spec.score.keep
     else:
         settings["score"] = None
     return settings

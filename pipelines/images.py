@@ -85,7 +85,18 @@ class ImageEncodeStage(Stage):
 
 
 def encode_images(batch: Batch, *, image_format: str, quality: int) -> Batch:
-    """:class:`ImageEncodeStage` as a function, for ``map_batches`` CPU tasks (a class would need an actor pool)."""
+    """:class:`ImageEncodeStage` as a function, for ``map_batches`` CPU tasks (a class would need an actor pool).
+
+    Returns the batch with its images encoded, and the stages' list columns (``schema.LIST_ITEM_TYPES``)
+    as Python lists again: Ray hands them to this task as numpy arrays, which it would store back
+    as its tensor type (and then fail to concatenate with a block of empty lists).
+    """
+    for name in schema.LIST_ITEM_TYPES:
+        if name in batch:
+            cells = np.empty(len(batch[name]), dtype=object)
+            for i, value in enumerate(batch[name]):  # one by one: a slice assignment would broadcast
+                cells[i] = np.asarray(value).tolist()
+            batch[name] = cells
     return ImageEncodeStage(image_format=image_format, quality=quality)(batch)
 
 

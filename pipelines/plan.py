@@ -17,10 +17,13 @@ from pipelines.fanout import fan_out, fans_out
 from pipelines.images import encode_images
 from pipelines.passthrough import pack
 from pipelines.resilience import stage_remote_args
-from pipelines.rows import check_input_columns, prepare_rows
+from pipelines.rows import attempt_seed, check_input_columns, prepare_rows
 from pipelines.schema import DUPLICATE_STAGE, ERROR, OUTPUT_COLUMNS, STAGE, STATUS, Status
 from pipelines.sources import input_columns, list_input_files, read_prompts
 from pipelines.spec import ColumnMap, JobSpec, StageSpec
+
+# A pool's steps: ``(stage class or function, its kwargs)`` in the order they run on a batch.
+Steps = list[tuple[Callable[..., Any], dict[str, Any]]]
 
 __all__ = ["pool_options", "prepared_rows", "process_rows", "retried_rows", "style_columns"]
 
@@ -182,24 +185,56 @@ def _placed_stages(spec: JobSpec) -> list[tuple[Callable[..., Any], dict[str, An
     Without fusion every model stage is its own pool.  ``fuse_encode_generate`` runs the
     encode stage inside the generate pool (its resources, one ``FusedStage`` actor);
     ``encode_images: last_stage`` runs PNG/JPEG/WebP encoding inside the last model actor.
+    With ``score.max_attempts > 1`` (``spec.regenerates``) generate, style and score run as one
+    ``RegenerateStage`` in the generate pool (``JobSpec.pools``).
     """
-    from actors.fused import FusedStage
-
     # a pool's steps: stage classes, and encode_images (a function) when it runs in the last one
-    pools: list[tuple[list[tuple[Callable[..., Any], dict[str, Any]]], StageSpec]] = []
+    pools: list[tuple[Steps, StageSpec]] = []
     for name, stage_class, kwargs, resources in _model_stages(spec):
-        if name == "encode" and spec.placement.fuse_encode_generate:
-            # In the generate actors the encoder shares their device: ``device: auto`` follows
-            # the generate stage's GPUs (the encode stage's own num_gpus is 0 when fused).
+        if spec.stage_hosts()[name] == "generate" and name != "generate":
+            # In the generate actors a fused stage shares their device: ``device: auto`` follows
+            # the generate stage's GPUs (the fused stage's own num_gpus is 0 then).
             kwargs = {**kwargs, "stage": kwargs["stage"].model_copy(update={"num_gpus": spec.stages.generate.num_gpus})}
         if name == "generate" and spec.placement.fuse_encode_generate:
             pools[-1] = (pools[-1][0] + [(stage_class, kwargs)], resources)
+        elif name in ("style", "score") and spec.regenerates:  # in the loop: the generate pool's actors
+            pools[-1] = (pools[-1][0] + [(stage_class, kwargs)], pools[-1][1])
         else:
             pools.append(([(stage_class, kwargs)], resources))
-    if spec.placement.encode_images == "last_stage":
+    last_stage = spec.placement.encode_images == "last_stage"
+    after: Steps = [(encode_images, _image_encoding_kwargs(spec))] if last_stage else []
+    if spec.regenerates:
+        return [*_placed(pools[:-1]), _regenerate_pool(spec, pools, after)]
+    if after:
         steps, resources = pools[-1]
-        pools[-1] = (steps + [(encode_images, _image_encoding_kwargs(spec))], resources)
+        pools[-1] = (steps + after, resources)
+    return _placed(pools)
+
+
+def _placed(pools: list[tuple[Steps, StageSpec]]) -> list[tuple[Callable[..., Any], dict[str, Any], StageSpec]]:
+    """Each pool as ``(class, constructor kwargs, resources)``: its one stage, or a ``FusedStage`` of its steps."""
+    from actors.fused import FusedStage
+
     return [
         (steps[0][0], steps[0][1], resources) if len(steps) == 1 else (FusedStage, {"steps": steps}, resources)
         for steps, resources in pools
     ]
+
+
+def _regenerate_pool(
+    spec: JobSpec,
+    pools: list[tuple[Steps, StageSpec]],
+    after: Steps,
+) -> tuple[Callable[..., Any], dict[str, Any], StageSpec]:
+    """The regenerate loop's pool (``actors.regenerate``): the generate pool's resources, running the
+    generate pool's steps and every later pool's (style, score) as one attempt, image encoding after.
+
+    ``pools[-1]`` is the generate pool, with style and score already appended to its steps.
+    """
+    from actors.regenerate import RegenerateStage
+
+    steps, resources = pools[-1]
+    first = next(n for n, (step, _) in enumerate(steps) if step is GenerateStage)
+    kwargs = {"before": steps[:first], "attempt": steps[first:], "after": after, "score": spec.score,
+              "seed_of": attempt_seed}
+    return (RegenerateStage, kwargs, resources)

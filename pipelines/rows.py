@@ -59,7 +59,7 @@ from pipelines.spec import ColumnMap, GenerationDefaults
 # INPUT_ERROR_COLUMN, OUTPUT_COLUMNS and RESERVED_COLUMNS live in ``pipelines.schema``; re-exported here.
 __all__ = [
     "INPUT_ERROR_COLUMN", "MAX_IMAGES_PER_PROMPT", "OUTPUT_COLUMNS", "RESERVED_COLUMNS", "SEED_LIMIT",
-    "child_seed", "derive_seed", "prepare_rows", "check_passthrough_columns",
+    "attempt_seed", "child_seed", "derive_seed", "prepare_rows", "check_passthrough_columns",
 ]
 
 _INT_FIELDS = (schema.WIDTH, schema.HEIGHT, schema.STEPS)
@@ -100,6 +100,22 @@ def child_seed(seed: int, image_index: int) -> int:
     if image_index == 0:
         return seed
     digest = hashlib.sha256(f"image:{seed}:{image_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def attempt_seed(seed: int, attempt: int) -> int:
+    """Return the seed of a row's regenerate attempt ``attempt`` (0-based) from the row's seed.
+
+    Attempt 0 is the row seed itself, so a job without the loop draws the same image. Later
+    attempts hash the row seed and the attempt number with the salt ``attempt`` (other derived
+    seeds, :func:`child_seed`, use other salts, so they never hash the same text).
+
+    Returns:
+        a whole number in ``[0, 2**32)``, as :func:`derive_seed` gives.
+    """
+    if attempt == 0:
+        return seed
+    digest = hashlib.sha256(f"attempt:{seed}:{attempt}".encode()).digest()
     return int.from_bytes(digest[:4], "little")
 
 

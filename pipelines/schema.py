@@ -34,6 +34,7 @@ __all__ = [
     "PROMPT_TOKENS", "PROMPT_TRUNCATED", "NEGATIVE_PROMPT_TRUNCATED", "MODEL", "MODEL_HASH", "SCHEDULER", "PIPELINE",
     "STYLE", "STYLE_HASH", "STYLE_BACKEND", "STYLE_STRENGTH", "STYLE_PRESERVE_COLOR",
     "CLIP_SCORE", "IMAGE_EMBEDDING", "IMAGE", "SHA256", "IMAGE_FORMAT",
+    "ATTEMPTS", "ATTEMPT_SEEDS", "ATTEMPT_SCORES", "CHOSEN_ATTEMPT", "LIST_ITEM_TYPES",
     # stages
     "INPUT_STAGE", "DUPLICATE_STAGE", "ENCODE", "GENERATE", "STYLE_STAGE", "SCORE", "IMAGE_ENCODE", "STAGES",
     "STAGE_SECONDS",
@@ -111,6 +112,11 @@ CLIP_SCORE = "clip_score"
 # The score model's L2-normalised image embedding (list<float32>; null on rows without an image):
 # what ``pipelines.diversity`` measures near duplicates and spread with.
 IMAGE_EMBEDDING = "image_embedding"
+# The regenerate loop's record of every scored row (``actors.regenerate``; one attempt without the loop).
+ATTEMPTS = "attempts"  # images drawn for the row (0: none, the row failed before generate)
+ATTEMPT_SEEDS = "attempt_seeds"  # each attempt's seed (``pipelines.rows.attempt_seed``), list<int64>
+ATTEMPT_SCORES = "attempt_scores"  # each attempt's clip_score (NaN: that image was not scored), list<double>
+CHOSEN_ATTEMPT = "chosen_attempt"  # the 0-based attempt whose image and columns the row holds (-1: none)
 IMAGE = "image"  # the encoded image bytes: the tar member, not a Parquet column
 SHA256 = "sha256"
 IMAGE_FORMAT = "image_format"
@@ -153,7 +159,9 @@ GENERATE = StageColumns("generate", adds=(MODEL, MODEL_HASH, SCHEDULER, PIPELINE
 STYLE_STAGE = StageColumns(
     "style", adds=(STYLE_HASH, STYLE_BACKEND), echoes=(STYLE, STYLE_STRENGTH, STYLE_PRESERVE_COLOR)
 )
-SCORE = StageColumns("score", adds=(CLIP_SCORE, IMAGE_EMBEDDING))
+SCORE = StageColumns(
+    "score", adds=(CLIP_SCORE, IMAGE_EMBEDDING, ATTEMPTS, ATTEMPT_SEEDS, ATTEMPT_SCORES, CHOSEN_ATTEMPT)
+)
 IMAGE_ENCODE = StageColumns("image_encode", adds=(SHA256, IMAGE_FORMAT), tar_only=(IMAGE,))
 # Every stage, in pipeline order (style and score run only when the job has them).
 STAGES: tuple[StageColumns, ...] = (ENCODE, GENERATE, STYLE_STAGE, SCORE, IMAGE_ENCODE)
@@ -174,6 +182,9 @@ SINK_COLUMNS: tuple[str, ...] = (KEY, SHARD)
 # Written to the tar sample (as ``<key>.<format>``), left out of the Parquet and the sample JSON.
 TAR_ONLY_COLUMNS = frozenset(column for stage in STAGES for column in stage.tar_only)
 _STAGE_OUTPUTS = frozenset(column for stage in STAGES for column in (*stage.adds, stage.seconds))
+# Item types of the stages' list columns: the sink casts them, so a block whose lists are all
+# empty (Arrow infers list<null>) still writes the output's one schema.
+LIST_ITEM_TYPES: dict[str, str] = {ATTEMPT_SEEDS: "int64", ATTEMPT_SCORES: "float64"}
 # Columns the stages and the sink add; dropped when error records become input again.
 OUTPUT_COLUMNS = frozenset({*SINK_COLUMNS, *STATUS_COLUMNS, *_STAGE_OUTPUTS})
 # Columns pixelmill writes itself; input columns with these names must be mapped.

@@ -25,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -55,6 +56,31 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info.size, info.mtime, info.mode = len(data), _TAR_MTIME, _TAR_MODE
     info.uname = info.gname = _TAR_OWNER
     tar.addfile(info, io.BytesIO(data))
+
+
+def _list_types(table: pa.Table) -> pa.Table:
+    """Return ``table`` with the stages' list columns as ``list<item>`` of their declared item types
+    (``schema.LIST_ITEM_TYPES``).
+
+    A numpy task after the stage (image encoding) hands equal-length lists back to Ray as a
+    tensor, which Arrow keeps as Ray's tensor extension (or its ``{data, shape}`` storage once
+    blocks of both kinds are concatenated); an all-empty block reads as ``list<null>``.
+    """
+    for name, item in schema.LIST_ITEM_TYPES.items():
+        if name in table.column_names:
+            kind = pa.list_(pa.type_for_alias(item))
+            column = table.column(name)
+            if column.type != kind:
+                column = pa.array([_as_list(value) for value in column.to_pylist()], kind)
+            table = table.set_column(table.column_names.index(name), name, column)
+    return table
+
+
+def _as_list(value: Any) -> list | None:
+    """One list cell as a Python list, whichever of Arrow's or Ray's forms it arrived in."""
+    if isinstance(value, dict):  # a variable-shaped tensor's storage
+        value = value["data"]
+    return None if value is None else np.asarray(value).ravel().tolist()
 
 
 def _now() -> str:
@@ -182,7 +208,7 @@ class ShardDatasink(Datasink[dict]):
     def write(self, blocks: Iterable[Block], ctx: Any) -> dict[str, Any]:
         """Write and commit the shard for this task; return its stats."""
         started, start = _now(), time.perf_counter()
-        tables = [t for t in (BlockAccessor.for_block(block).to_arrow() for block in blocks) if t.num_rows]
+        tables = [_list_types(t) for t in (BlockAccessor.for_block(block).to_arrow() for block in blocks) if t.num_rows]
         table, deferred = _without_deferred(pa.concat_tables(tables, promote_options="permissive")) if tables \
             else (None, 0)
         if table is None:  # nothing left to write (a resumed run with everything done, or only deferred rows)

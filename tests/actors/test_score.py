@@ -22,6 +22,7 @@ def _batch(statuses: list[str]) -> dict[str, np.ndarray]:
         "status": np.array(statuses, dtype=object),
         "stage": np.array(["" if s == "ok" else "input" for s in statuses], dtype=object),
         "error": np.array(["" if s == "ok" else "prompt is empty" for s in statuses], dtype=object),
+        "seed": np.arange(len(statuses), dtype=np.int64) + 100,
         IMAGE_COLUMN: images,
     }
 
@@ -38,6 +39,10 @@ def test_scores_every_image_and_only_images(spec_model: ModelSpec) -> None:
     assert np.isnan(scores[1]) and np.isfinite(scores[[0, 2, 3]]).all()
     assert ((scores[[0, 2, 3]] >= 0) & (scores[[0, 2, 3]] <= 100)).all()
     assert list(out["status"]) == ["ok", "error", "ok", "ok"]
+    # One attempt each (no regenerate loop): the row seed and its score; none for the row that failed before.
+    assert list(out["attempts"]) == [1, 0, 1, 1] and list(out["chosen_attempt"]) == [0, -1, 0, 0]
+    assert out["attempt_seeds"][0] == [100] and out["attempt_seeds"][1] == []
+    assert out["attempt_scores"][2] == [scores[2]] and out["attempt_scores"][1] == []
     again = stage(_batch(["ok", "error", "ok", "ok"]))["clip_score"]
     np.testing.assert_allclose(again[[0, 2, 3]], scores[[0, 2, 3]], rtol=1e-5)
 
