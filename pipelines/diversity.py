@@ -47,7 +47,7 @@ __all__ = [
 EMBEDDING_TYPE = pa.list_(pa.float32())
 # The input row an image was made from (the images_per_prompt fan-out's column; until an output
 # has it, each image is its own group).
-GROUP_COLUMN = "parent_id"
+GROUP_COLUMN = schema.PARENT_ID  # the input row an image came from (``pipelines.fanout``)
 MAX_PAIRS = 10_000
 PAIR_SCHEMA = pa.schema([("id_a", pa.string()), ("id_b", pa.string()), ("cosine", pa.float32())])
 NO_SCORE_WHY = "the score stage is off (score: null): no image embeddings, so only exact duplicates are measured"
