@@ -3,7 +3,7 @@
 Each benchmark runs in its own Python process (its own moto server and Ray runtime: a
 Ray runtime started for one benchmark would keep the first moto endpoint in its workers'
 environment), prints its own table and writes ``bench/results/<name>.json``;
-``bench/results/summary.json`` collects the ratios.  About 12 minutes on 2 cores.
+``bench/results/summary.json`` collects the ratios.  About 21 minutes on 2 cores.
 """
 
 from __future__ import annotations

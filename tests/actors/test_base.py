@@ -139,6 +139,7 @@ def test_fused_stage_builds_stage_steps(tmp_path_factory: pytest.TempPathFactory
                               (encode_images, {"image_format": "png", "quality": 90})])
     assert fused.contracts == [schema.SCORE, schema.IMAGE_ENCODE]
     batch = _batch(["a red circle", "a blue square"])
+    batch["seed"] = np.arange(2, dtype=np.int64)  # canonical rows carry their seed (the score stage records it)
     batch[IMAGE_COLUMN] = np.empty(2, dtype=object)
     for i in range(2):
         batch[IMAGE_COLUMN][i] = np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)

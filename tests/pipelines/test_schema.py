@@ -26,6 +26,7 @@ def test_column_sets_are_the_ones_pixelmill_writes() -> None:
         "prompt_tokens", "prompt_truncated", "negative_prompt_truncated", "model", "model_hash", "scheduler",
         "pipeline", "style_hash",
         "style_backend", "clip_score", "image_embedding", "sha256", "image_format", *schema.STAGE_SECONDS,
+        "attempts", "attempt_seeds", "attempt_scores", "chosen_attempt",  # the regenerate loop's record
     }
     assert schema.OUTPUT_COLUMNS == {"key", "shard", "status", "stage", "error", *stage_columns}
     assert schema.RESERVED_COLUMNS == {
