@@ -303,7 +303,7 @@ def _counts(run: dict[str, Any] | None, stats: dict[int, dict[str, Any]]) -> dic
     if run:
         by_stage = dict(run.get("errors_by_stage") or {})
         by_reason = dict(run.get("errors_by_reason") or {})
-        counts = {key: run.get(key, 0) for key in ("input_rows", "images", "errors", "filtered", "skipped")}
+        counts = {key: run.get(key, 0) for key in ("input_rows", "images", "errors", "filtered", "skipped", "deferred")}
         counts["shards"] = len(run.get("shards") or [])
     else:
         by_stage, by_reason = {}, {}
@@ -318,6 +318,7 @@ def _counts(run: dict[str, Any] | None, stats: dict[int, dict[str, Any]]) -> dic
             "errors": sum(s.get("failures", 0) for s in stats.values()),
             "filtered": sum(s.get("filtered", 0) for s in stats.values()),
             "skipped": 0,
+            "deferred": 0,
             "shards": len(stats),
         }
     counts["errors_by_stage"] = sorted(by_stage.items(), key=lambda item: (-item[1], item[0]))

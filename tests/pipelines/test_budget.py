@@ -75,6 +75,7 @@ def test_a_spent_budget_defers_the_rest_and_a_resume_finishes_exactly_once(
     _check_cost(run, first["stats"])
     report = (out_dir / "report.html").read_text()
     assert 'id="cost-cpu-hours"' in report and "rows deferred to a later run" in report
+    assert f'id="count-deferred">{run["deferred"]}<' in report
 
     # Same job without a budget: the resume does the deferred rows, and nothing twice.
     free = _job(tmp_path, "free.yaml", str(path), str(out_dir), model_cache)
