@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+from collections.abc import Iterable
 from typing import Any
 
 from pipelines.fanout import fans_out
@@ -107,8 +108,13 @@ def model_hash(model: ModelSpec, storage_options: dict[str, Any] | None = None) 
         return "unknown"
 
 
-def settings_of(spec: JobSpec) -> dict[str, Any]:
-    """Return the settings of ``spec`` that change its images or their fate, as dotted keys."""
+def settings_of(spec: JobSpec, input_names: Iterable[str] | None = None) -> dict[str, Any]:
+    """Return the settings of ``spec`` that change its images or their fate, as dotted keys.
+
+    Args:
+        input_names: the input's columns, when known: an unmapped ``images_per_prompt`` column
+            makes the job fan out (``pipelines.fanout.fans_out``), which changes its ids.
+    """
     settings: dict[str, Any] = {
         "model.uri": spec.model.uri,
         "model.hash": model_hash(spec.model, spec.storage_options),
@@ -122,7 +128,7 @@ def settings_of(spec: JobSpec) -> dict[str, Any]:
         "output.image_quality": spec.output.image_quality,
         **{f"defaults.{key}": value for key, value in spec.defaults.model_dump(mode="json").items()},
     }
-    if fans_out(spec):  # sample ids <id>/<k>: a resume must not switch between the two id schemes
+    if fans_out(spec, input_names):  # sample ids <id>/<k>: a resume must not switch between the two id schemes
         settings["images_per_prompt.child_ids"] = True
     if spec.style is not None:
         style = spec.style.model_dump(mode="json", exclude={"cache_size"})

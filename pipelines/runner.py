@@ -351,8 +351,9 @@ def made_from(
     from pipelines.sources import input_columns
 
     id_column = spec.input.columns.id or schema.ID
-    positional = id_column not in (input_columns(listing, columns=spec.input.columns) or [])
-    settings = fingerprint.settings_of(spec)
+    names = input_columns(listing, columns=spec.input.columns) or []
+    positional = id_column not in names
+    settings = fingerprint.settings_of(spec, names)
     input_record = fingerprint.input_of(listing, positional_ids=positional)
     if mode == "resume" and layout.committed_shards():
         fingerprint.check_resume(layout, input_uri=spec.input.uri, settings=settings, input_record=input_record,

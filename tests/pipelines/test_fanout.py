@@ -98,6 +98,14 @@ def test_fans_out_when_the_count_or_a_column_says_so() -> None:
     assert child_id("a/b", 3) == "a/b/3"  # fan-outs compose by appending /<index>
 
 
+def test_the_resume_fingerprint_knows_a_job_that_fans_out_through_an_unmapped_column() -> None:
+    from pipelines.fingerprint import settings_of
+
+    spec = load_spec(raw={"input": {"uri": "in.jsonl"}, "output": {"uri": "out"}, "score": None})
+    assert "images_per_prompt.child_ids" not in settings_of(spec, ["prompt"])
+    assert settings_of(spec, ["prompt", "images_per_prompt"])["images_per_prompt.child_ids"] is True
+
+
 def test_the_readme_example_is_a_valid_fanning_job() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     section = readme.split("## Several images per prompt", 1)[1].split("\n## ", 1)[0]
