@@ -24,6 +24,8 @@ __all__ = ["EQUATION_TERMS", "RunSummary", "output_totals"]
 # The terms that add up to ``input_rows``; a new way for a row to end (a fan-out child)
 # is one more term here and one more counter field below.
 EQUATION_TERMS: tuple[str, ...] = ("images", "errors", "filtered", "skipped", "deferred")
+# Terms only a budgeted run has: the equation's text names them only when they are not 0.
+_OPTIONAL_TERMS = frozenset({"deferred"})
 
 
 @dataclass
@@ -117,7 +119,7 @@ class RunSummary:
         total = sum(counts.values())
         self.balanced = total == self.input_rows
         self.equation = (
-            " + ".join(f"{count} {term}" for term, count in counts.items())
+            " + ".join(f"{count} {term}" for term, count in counts.items() if count or term not in _OPTIONAL_TERMS)
             + f" = {total} {'==' if self.balanced else '!='} {self.input_rows} input rows"
         )
 
