@@ -87,36 +87,33 @@ def derive_seed(job_seed: int, row_id: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def _salted_seed(salt: str, seed: int, index: int) -> int:
+    """Return the seed ``index`` derived from ``seed`` under ``salt``: ``seed`` itself for index 0, else
+    the first 4 bytes (little-endian) of sha256(``<salt>:<seed>:<index>``). One salt per fan-out kind, so
+    two kinds never hash the same text. Returns a whole number in ``[0, 2**32)`` (``seed`` for index 0)."""
+    if index == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{salt}:{seed}:{index}".encode()).digest()[:4], "little")
+
+
 def child_seed(seed: int, image_index: int) -> int:
     """Return the seed of image ``image_index`` of a row whose seed is ``seed`` (``pipelines.fanout``).
 
     Image 0 keeps the row's seed itself, so ``images_per_prompt: 1`` and image 0 of any
     fan-out draw the same image; image ``k > 0`` hashes the seed with the salt ``image``
     (a regenerate attempt uses another salt, so image 1 never equals attempt 1 of image 0).
-
-    Returns:
-        a whole number in ``[0, 2**32)`` for ``k > 0``; ``seed`` for ``k == 0``.
     """
-    if image_index == 0:
-        return seed
-    digest = hashlib.sha256(f"image:{seed}:{image_index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+    return _salted_seed("image", seed, image_index)
 
 
 def attempt_seed(seed: int, attempt: int) -> int:
     """Return the seed of a row's regenerate attempt ``attempt`` (0-based) from the row's seed.
 
     Attempt 0 is the row seed itself, so a job without the loop draws the same image. Later
-    attempts hash the row seed and the attempt number with the salt ``attempt`` (other derived
-    seeds, :func:`child_seed`, use other salts, so they never hash the same text).
-
-    Returns:
-        a whole number in ``[0, 2**32)``, as :func:`derive_seed` gives.
+    attempts hash the row seed and the attempt number with the salt ``attempt`` (:func:`child_seed`
+    uses the salt ``image``).
     """
-    if attempt == 0:
-        return seed
-    digest = hashlib.sha256(f"attempt:{seed}:{attempt}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+    return _salted_seed("attempt", seed, attempt)
 
 
 # Column names that usually hold the prompt, in the order a mapping hint suggests them.
