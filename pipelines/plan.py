@@ -25,7 +25,7 @@ from pipelines.spec import ColumnMap, JobSpec, StageSpec
 # A pool's steps: ``(stage class or function, its kwargs)`` in the order they run on a batch.
 Steps = list[tuple[Callable[..., Any], dict[str, Any]]]
 
-__all__ = ["pool_options", "prepared_rows", "process_rows", "retried_rows", "style_columns"]
+__all__ = ["pool_options", "prepared_rows", "process_rows", "retried_rows", "style_columns", "text_columns"]
 
 
 def pool_options(stage: StageSpec) -> dict[str, Any]:
@@ -50,6 +50,11 @@ def style_columns(spec: JobSpec) -> tuple[str, ...]:
     return tuple(name for name in names if name)
 
 
+def text_columns(spec: JobSpec) -> tuple[str, ...]:
+    """Return the input columns read as text beyond the canonical ones: the style stage's and the templates'."""
+    return tuple(dict.fromkeys((*style_columns(spec), *spec.template_columns())))
+
+
 def prepared_rows(
     spec: JobSpec, *, listing: tuple | None = None, declared: pa.Schema | None = None
 ) -> ray.data.Dataset:
@@ -60,7 +65,7 @@ def prepared_rows(
         declared: the run's pass-through schema (``pipelines.column_types``), if decided.
     """
     listing = listing or list_input_files(spec.input, spec.storage_options)
-    ds = read_prompts(spec.input, spec.storage_options, listing=listing, text_columns=style_columns(spec),
+    ds = read_prompts(spec.input, spec.storage_options, listing=listing, text_columns=text_columns(spec),
                       declared=declared)
     if spec.limit is not None:
         ds = ds.limit(spec.limit)
@@ -69,14 +74,15 @@ def prepared_rows(
         schema = ds.schema()
         names = None if schema is None else schema.names
     if names is not None:  # else no file has a row: zero rows in, zero out (0-byte files)
-        check_input_columns(names, spec.input.columns, uri=spec.input.uri)  # the runner's preflight did too
+        # the runner's preflight did too
+        check_input_columns(names, spec.input.columns, uri=spec.input.name, templates=spec.templates())
     # pyarrow batches: pass-through columns stay the reader's Arrow columns (no pandas round trip,
     # which turned uint64/decimal/huge integers and nullable ints into lossy or failing values).
     ds = ds.map_batches(
         cast(Any, prepare_rows),  # Ray's UDF type has no room for the keyword arguments fn_kwargs fills
         batch_format="pyarrow",
         fn_kwargs={"columns": spec.input.columns, "defaults": spec.defaults, "job_seed": spec.seed,
-                   "images_per_prompt": spec.images_per_prompt},
+                   "images_per_prompt": spec.images_per_prompt, "templates": spec.templates()},
     )
     # Several images per prompt (pipelines.fanout): samples <id>/<k>, before duplicates and resume.
     return ds.map_batches(cast(Any, fan_out), batch_format="pyarrow", fn_kwargs={"enabled": fans_out(spec, names)})
@@ -103,7 +109,7 @@ def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Datase
         cast(Any, prepare_rows),  # as in prepared_rows: keyword arguments from fn_kwargs
         batch_format="pyarrow",
         fn_kwargs={"columns": ColumnMap(), "defaults": spec.defaults, "job_seed": spec.seed,
-                   "images_per_prompt": spec.images_per_prompt},
+                   "images_per_prompt": spec.images_per_prompt, "templates": spec.templates()},
     ).map_batches(
         cast(Any, fan_out), batch_format="pyarrow", fn_kwargs={"enabled": False}
     ).map_batches(apply_marks, batch_format="pyarrow")

@@ -13,7 +13,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from pipelines import prompt_template as templating
+from pipelines.grid import GRID_SOURCE, check_grid
+from pipelines.schema import INPUT_ERROR_COLUMN, RESERVED_COLUMNS
 
 __all__ = [
     "JobSpec",
@@ -54,11 +70,33 @@ class ColumnMap(_Strict):
 
 
 class InputSpec(_Strict):
-    """Where the prompt table lives: a file, a folder/prefix or a glob, any fsspec URI."""
+    """Where the prompt table lives: a file, a folder/prefix or a glob, any fsspec URI; or a ``grid``.
 
-    uri: str = Field(min_length=1)
+    ``grid`` (``pipelines.grid``) is the table of every combination of its columns' values, with
+    ids built from the values; exactly one of ``uri`` and ``grid`` is set.
+    """
+
+    uri: Annotated[str, Field(min_length=1)] | None = None
+    grid: dict[str, list[StrictStr | StrictInt | StrictFloat | StrictBool]] | None = None
     format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
     columns: ColumnMap = ColumnMap()
+
+    @model_validator(mode="after")
+    def _uri_or_grid(self) -> InputSpec:
+        if (self.uri is None) == (self.grid is None):
+            raise ValueError("input: set exactly one of uri (a prompt table) and grid (a product of value lists)")
+        if self.grid is not None:
+            if self.columns.id is not None:
+                raise ValueError("input.columns.id: a grid's ids are built from its values; remove the mapping")
+            # a key may be a canonical field (steps, seed, prompt, ...): read as that field, as a file's column is
+            readable = set(ColumnMap.model_fields) - {"id"}
+            check_grid(self.grid, reserved=frozenset({*RESERVED_COLUMNS, INPUT_ERROR_COLUMN} - readable))
+        return self
+
+    @property
+    def name(self) -> str:
+        """The input as messages name it: its URI, or ``input.grid``."""
+        return self.uri if self.uri is not None else GRID_SOURCE
 
 
 class OutputSpec(_Strict):
@@ -340,6 +378,40 @@ class JobSpec(_Strict):
     budget: BudgetSpec | None = None
     limit: PositiveInt | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    # Build each row's prompt / negative prompt from its columns (``pipelines.prompt_template``):
+    # ``"{product} on a {background} background"``; the template wins over a prompt column.
+    prompt_template: str | None = None
+    negative_prompt_template: str | None = None
+
+    def templates(self) -> tuple[templating.Template, ...]:
+        """Return the job's parsed templates (prompt first), none when it has none."""
+        texts = (("prompt_template", self.prompt_template), ("negative_prompt_template", self.negative_prompt_template))
+        return tuple(templating.parse(text, key) for key, text in texts if text is not None)
+
+    def template_columns(self) -> tuple[str, ...]:
+        """Return the input columns the templates read (read as text, as the canonical fields are)."""
+        return tuple(dict.fromkeys(name for template in self.templates() for name in template.fields))
+
+    @field_validator("prompt_template", "negative_prompt_template")
+    @classmethod
+    def _template_parses(cls, text: str | None, info: ValidationInfo) -> str | None:
+        if text is not None:
+            templating.parse(text, str(info.field_name))
+        return text
+
+    @model_validator(mode="after")
+    def _templates_read_plain_columns(self) -> JobSpec:
+        # A template's column must reach a retry-errors run as read: the prompt columns hold the
+        # filled text there, and a mapped column is read as its canonical field, not kept.
+        own = {"prompt", "negative_prompt", *self.input.columns.overrides().values()}
+        for template in self.templates():
+            taken = [name for name in template.fields if name in own]
+            if taken:
+                raise ValueError(
+                    f"{template.key}: {{{taken[0]}}} names a prompt column or a column mapped in input.columns; "
+                    "a template reads other columns only (rename the column)"
+                )
+        return self
 
     def pools(self) -> dict[str, StageSpec]:
         """The actor pools Ray starts for this job, by stage name (``pipelines.plan`` places them).
