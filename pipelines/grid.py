@@ -76,9 +76,13 @@ def check_grid(grid: Mapping[str, Sequence[Scalar]], *, reserved: frozenset[str]
         raise ValueError(f"input.grid: the product has {rows:,} rows, above the cap of {MAX_GRID_ROWS:,}")
 
 
+def _escaped(text: str) -> str:
+    return quote(text, safe="-_.").replace("~", "%7E")  # quote keeps ``~``: it marks shortened ids here
+
+
 def grid_id(row: Mapping[str, Scalar]) -> str:
     """Return the id of a grid row (``key=value`` pairs joined by ``/``, escaped; see the module docstring)."""
-    text = "/".join(f"{quote(key, safe='-_.')}={quote(_text(value), safe='-_.')}" for key, value in row.items())
+    text = "/".join(f"{_escaped(key)}={_escaped(_text(value))}" for key, value in row.items())
     if len(text) <= MAX_ID_CHARS:
         return text
     return f"{text[:_PREFIX_CHARS]}~{hashlib.sha256(text.encode()).hexdigest()[:16]}"
