@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pipelines.cli import main
 from pipelines.grid import grid_id
 from pipelines.runner import PreflightError, run_job
 from pipelines.spec import load_spec
@@ -80,6 +81,13 @@ def test_file_input_with_a_template_and_an_empty_value(
     (record,) = out["errors"]
     assert (record["id"], record["stage"]) == ("b", "input")
     assert record["error"] == "prompt_template: column 'colour' is empty in this row"
+
+    # retry-errors (the spec recorded in _run.json): the template fills the record again, from its columns
+    assert main(["retry-errors", out_uri, "--min-success-rate", "0"]) == 0
+    again = read_output(out_uri)
+    check_exactly_once(again, ["a", "b", "c"])
+    assert [(r["id"], r["error"]) for r in again["errors"]] == [("b", record["error"])]
+    assert again["run"]["input_rows"] == 1 and again["run"]["balanced"]
 
 
 def test_a_template_column_the_input_lacks_stops_the_job_first(
