@@ -88,6 +88,8 @@ class InputSpec(_Strict):
         if self.grid is not None:
             if self.columns.id is not None:
                 raise ValueError("input.columns.id: a grid's ids are built from its values; remove the mapping")
+            if self.format != "auto":
+                raise ValueError("input.format: a grid is no file; remove the key")
             # a key may be a canonical field (steps, seed, prompt, ...): read as that field, as a file's column is
             readable = set(ColumnMap.model_fields) - {"id"}
             check_grid(self.grid, reserved=frozenset({*RESERVED_COLUMNS, INPUT_ERROR_COLUMN} - readable))

@@ -85,6 +85,8 @@ def test_exactly_one_of_uri_and_grid_and_no_id_mapping() -> None:
         load_spec(raw={"input": {}, "output": {"uri": "out"}})
     with pytest.raises(SpecError, match="input.columns.id"):
         _spec({"a": [1]}, input={"columns": {"id": "a"}})
+    with pytest.raises(SpecError, match="input.format: a grid is no file"):
+        _spec({"a": [1]}, input={"format": "csv"})
     spec = _spec({"steps": [1, 2], "prompt": ["a red circle"]})  # canonical fields may be grid keys
     assert spec.input.uri is None and spec.input.name == "input.grid"
 
