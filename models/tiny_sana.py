@@ -108,7 +108,6 @@ def build_tiny_sana_pipeline() -> SanaPipeline:
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        attn_implementation="eager",  # Gemma 2's logit soft-capping runs on the eager kernel
     )
     transformer = _seeded(
         SanaTransformer2DModel,

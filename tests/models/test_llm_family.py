@@ -127,7 +127,8 @@ def test_the_window_is_max_sequence_length(encoder: PromptEncoder) -> None:
     assert encoder.token_counts([_words(299), _words(300), _words(301)]) == [299, 300, 301]
 
     def last_word_counts(count: int) -> bool:
-        embeds = [encoder.encode([_words(count, last)], None, guidance=[1.0])["prompt_embeds"] for last in ("dog", "red")]
+        prompts = [_words(count, last) for last in ("dog", "red")]
+        embeds = [encoder.encode([prompt], None, guidance=[1.0])["prompt_embeds"] for prompt in prompts]
         return not np.array_equal(*embeds)
 
     # The 300th token still changes the embedding; the 301st is cut off, as max_tokens says
@@ -147,7 +148,9 @@ def test_encoding_is_batch_invariant(encoder: PromptEncoder, embeds) -> None:
 
 # guidance 4.5: CFG doubles the denoiser batch; micro_batch 3: a padded last chunk
 @pytest.mark.parametrize("guidance, micro_batch", [(1.0, 1), (4.5, 1), (4.5, 3)])
-def test_rows_are_bit_identical_in_any_batch(generator: ImageGenerator, embeds, guidance: float, micro_batch: int) -> None:
+def test_rows_are_bit_identical_in_any_batch(
+    generator: ImageGenerator, embeds, guidance: float, micro_batch: int
+) -> None:
     kwargs = {**SIZE, "guidance": guidance, "micro_batch": micro_batch}
     together = generator.generate(embeds, seeds=[0, 1, 2, 3], **kwargs)
     for rows in ([2], [3, 0]):

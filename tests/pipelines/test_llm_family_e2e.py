@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from actors.encode import EMBED_PREFIX, EncodeStage
 from pipelines.runner import run_job
