@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from models.publish import is_complete, publish_once
+from models.tiny_sana import build_tiny_sana_pipeline
 from models.tiny_tokenizer import build_clip_tokenizer
 
 if TYPE_CHECKING:
@@ -210,6 +211,7 @@ BUILTIN_MODELS: dict[str, Callable[[], Any]] = {
     "tiny-sd": build_tiny_sd_pipeline,
     "tiny-sdxl": build_tiny_sdxl_pipeline,
     "tiny-clip": build_tiny_clip,
+    "tiny-sana": build_tiny_sana_pipeline,  # an LLM-encoded family: Gemma 2 text encoder
 }
 
 

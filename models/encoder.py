@@ -8,10 +8,13 @@ row's embeddings never depend on its batch.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
 from models.batching import in_fixed_chunks
+from models.families import FAMILIES
 from models.fastpaths import FastPaths, weights_dtype
 from models.loading import load_text_half
 
@@ -92,15 +95,26 @@ class PromptEncoder:
         return in_fixed_chunks(compute, len(prompts), micro_batch)
 
     @property
-    def max_tokens(self) -> int:
-        """Tokens per prompt the primary tokenizer keeps when encoding (``model_max_length``).
+    def _counting_tokenizer(self) -> Any:
+        """The tokenizer that counts a prompt's tokens: the family's ``count_tokenizer`` (a text tower: its own)."""
+        family = FAMILIES.get(self.pipeline_class)
+        return getattr(self.pipe, family.count_tokenizer if family else "tokenizer")
 
-        Longer prompts are truncated by ``encode`` (for SD/SDXL/FLUX: 77, CLIP's limit).
+    @property
+    def max_tokens(self) -> int:
+        """Tokens per prompt (as ``token_counts`` counts them) that ``encode`` keeps.
+
+        The family's ``text_window`` when it has one (Sana: ``max_sequence_length``, 300),
+        else the counting tokenizer's ``model_max_length`` (SD/SDXL/FLUX: 77, CLIP's limit).
+        Longer prompts are truncated by ``encode``.
         """
-        return int(self.pipe.tokenizer.model_max_length)
+        family = FAMILIES.get(self.pipeline_class)
+        if family is not None and family.text_window is not None:
+            return int(family.text_window(self.pipe))
+        return int(self._counting_tokenizer.model_max_length)
 
     def token_counts(self, prompts: list[str]) -> list[int]:
-        """Count the primary tokenizer's tokens per prompt, without truncation.
+        """Count the counting tokenizer's tokens per prompt, without truncation.
 
         Args:
             prompts: one prompt per row.
@@ -113,5 +127,5 @@ class PromptEncoder:
             return []
         # verbose=False: no "sequence length is longer than the maximum" warning, counting
         # over-long prompts is the point here
-        token_ids = self.pipe.tokenizer(list(prompts), truncation=False, verbose=False)["input_ids"]
+        token_ids = self._counting_tokenizer(list(prompts), truncation=False, verbose=False)["input_ids"]
         return [len(ids) for ids in token_ids]

@@ -1,4 +1,4 @@
-"""What differs between diffusers pipeline classes (SD, SDXL, FLUX), as a registry by class name.
+"""What differs between diffusers pipeline classes (SD, SDXL, FLUX, Sana), as a registry by class name.
 
 ``PromptEncoder`` and ``ImageGenerator`` stay generic: they look up the pipeline's
 ``PipelineFamily`` (from ``model_index.json``'s ``_class_name``) to know which
@@ -11,10 +11,11 @@ another kind (the GAN of ``models.gan``) has its text half loaded as a text towe
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # (text half, prompts, negative prompts ("" = none), device) -> named tensors, batch first.
@@ -31,6 +32,13 @@ class PipelineFamily:
         encode: runs the pipeline's own ``encode_prompt`` and names its outputs.
         embed_keys: outputs of ``encode`` that the pipeline's ``__call__`` accepts.
         size_multiple: width and height must be multiples of this.
+        text_window: ``text_window(pipe)`` is how many tokens of a prompt, as the counting
+            tokenizer counts them (special tokens included), ``encode`` keeps; None: that
+            tokenizer's ``model_max_length`` (CLIP's 77).
+        count_tokenizer: the pipeline attribute holding the tokenizer that counts a prompt's tokens.
+        mask_keys: those of ``embed_keys`` that are attention masks: handed to the pipeline as
+            int64 (they travel as float32 like every embedding), not in the weights' dtype.
+        call_kwargs: fixed keyword arguments of the pipeline's ``__call__`` when it gets embeddings.
     """
 
     text_only_drop: tuple[str, ...]
@@ -38,6 +46,10 @@ class PipelineFamily:
     encode: EncodeFn
     embed_keys: tuple[str, ...]
     size_multiple: int = 8
+    text_window: Callable[[Any], int] | None = None
+    count_tokenizer: str = "tokenizer"
+    mask_keys: tuple[str, ...] = ()
+    call_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def _encode_sd(pipe: Any, prompts: list[str], negatives: list[str], device: Any) -> dict[str, Any]:
@@ -82,6 +94,44 @@ def _encode_flux(pipe: Any, prompts: list[str], negatives: list[str], device: An
     return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
 
 
+def call_default(pipe: Any, name: str) -> Any:
+    """Return the default of argument ``name`` of the pipeline class's ``__call__`` (what a plain call uses)."""
+    return inspect.signature(type(pipe).__call__).parameters[name].default
+
+
+def _encode_sana(pipe: Any, prompts: list[str], negatives: list[str], device: Any) -> dict[str, Any]:
+    """Sana: Gemma 2 hidden states + attention masks, padded to ``max_sequence_length``.
+
+    The prompt gets the complex human instruction that ``__call__`` prepends by default;
+    negatives are encoded for every row (CFG at guidance > 1), without it, as the pipeline does.
+    """
+    embeds, mask, negative_embeds, negative_mask = pipe.encode_prompt(
+        prompts,
+        True,
+        negative_prompt=negatives,
+        device=device,
+        max_sequence_length=call_default(pipe, "max_sequence_length"),
+        complex_human_instruction=call_default(pipe, "complex_human_instruction"),
+    )
+    return {
+        "prompt_embeds": embeds,
+        "prompt_attention_mask": mask,
+        "negative_prompt_embeds": negative_embeds,
+        "negative_prompt_attention_mask": negative_mask,
+    }
+
+
+def _sana_window(pipe: Any) -> int:
+    """Sana keeps ``max_sequence_length`` tokens of a prompt, BOS included.
+
+    With the instruction prepended, the tokenizer truncates instruction + prompt at
+    ``n_instruction + max_sequence_length - 2``; the instruction's trailing space joins the
+    prompt's first word (``▁word``), so the prompt keeps ``max_sequence_length - 1`` tokens
+    besides BOS. Without the instruction the window is ``max_sequence_length`` with BOS.
+    """
+    return int(call_default(pipe, "max_sequence_length"))
+
+
 _SAFETY = ("safety_checker", "feature_extractor")  # a safety filter is not our job here
 _SD = PipelineFamily(
     text_only_drop=("unet", "vae", "image_encoder", *_SAFETY),
@@ -108,10 +158,24 @@ _FLUX = PipelineFamily(
     size_multiple=16,  # VAE factor 8 x 2x2 latent packing
 )
 
+_SANA = PipelineFamily(
+    text_only_drop=("transformer", "vae"),
+    image_only_drop=("text_encoder", "tokenizer"),
+    encode=_encode_sana,
+    embed_keys=("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask"),
+    size_multiple=32,  # the pipeline's own check (its DC-AE downsamples 32x)
+    text_window=_sana_window,
+    mask_keys=("prompt_attention_mask", "negative_prompt_attention_mask"),
+    # no resizing to the aspect-ratio bins of its training sizes; "" is the default negative, but
+    # embeddings and a negative prompt together are refused
+    call_kwargs={"use_resolution_binning": False, "negative_prompt": None},
+)
+
 FAMILIES: dict[str, PipelineFamily] = {
     "StableDiffusionPipeline": _SD,
     "StableDiffusionXLPipeline": _SDXL,
     "FluxPipeline": _FLUX,
+    "SanaPipeline": _SANA,
 }
 
 
