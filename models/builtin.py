@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from models.publish import is_complete, publish_once
+from models.tiny_lm import build_tiny_lm
 from models.tiny_tokenizer import build_clip_tokenizer
 
 if TYPE_CHECKING:
@@ -210,6 +211,7 @@ BUILTIN_MODELS: dict[str, Callable[[], Any]] = {
     "tiny-sd": build_tiny_sd_pipeline,
     "tiny-sdxl": build_tiny_sdxl_pipeline,
     "tiny-clip": build_tiny_clip,
+    "tiny-lm": build_tiny_lm,  # a random-weight causal LM for the LLM prompt stage's tests (models.tiny_lm)
 }
 
 
