@@ -35,7 +35,7 @@ from pipelines.rows import child_seed, variation_seed
 from pipelines.schema import IMAGES_PER_PROMPT_COLUMN, LLM_SEED_COLUMN, VARIATION_COLUMN, Status
 from pipelines.spec import JobSpec
 
-__all__ = ["child_id", "fan_out", "fans_out", "variations_of"]
+__all__ = ["child_id", "fan_out", "fans_out", "makes_samples", "variations_of"]
 
 
 def fans_out(spec: JobSpec, input_names: Iterable[str] | None = None) -> bool:
@@ -49,6 +49,11 @@ def fans_out(spec: JobSpec, input_names: Iterable[str] | None = None) -> bool:
     column = spec.input.columns.images_per_prompt
     return (spec.images_per_prompt > 1 or column is not None
             or schema.IMAGES_PER_PROMPT in (input_names or ()))
+
+
+def makes_samples(spec: JobSpec, input_names: Iterable[str] | None = None) -> bool:
+    """Return whether an input row may become several samples: :func:`fans_out`, or ``llm.variations > 1``."""
+    return fans_out(spec, input_names) or (variations_of(spec) or 1) > 1
 
 
 def child_id(parent_id: str, image_index: int) -> str:
