@@ -15,6 +15,7 @@ import pytest
 from pipelines import schema
 from pipelines.fanout import fan_out
 from pipelines.rows import child_seed, variation_seed
+from pipelines.retry import retry_errors
 from pipelines.runner import run_job
 from pipelines.spec import JobSpec, SpecError, load_spec
 from tests.pipelines.readback import check_exactly_once, read_output
@@ -124,3 +125,16 @@ def test_a_constraint_no_text_meets_makes_error_records(
         assert record["stage"] == "llm" and "does not match llm.constraint" in record["error"]
         assert "(2 draws)" in record["error"]
         assert record["prompt"] == record["source_prompt"]  # the prompt as read
+
+    # retry-errors without the constraint: the LLM starts again from the prompt as read, with the record's seed
+    del raw["llm"]["constraint"]
+    retried = retry_errors(load_spec(raw={**raw, "images_per_prompt": 1}))
+    assert retried.input_rows == 2 and retried.images == 2 and retried.balanced
+    again = read_output(str(tmp_path / "out"))
+    check_exactly_once(again, ["a", "b"])
+    seeds = {record["id"]: record["llm_seed"] for record in out["errors"]}
+    source = {row["id"]: row["prompt"] for row in ROWS}
+    for sample in again["samples"]:
+        row = sample["json"]
+        assert row["source_prompt"] == source[row["id"]] and row["prompt"] not in ("", source[row["id"]])
+        assert row["llm_seed"] == seeds[row["id"]] and row["variation_index"] == 0
