@@ -51,6 +51,17 @@ def test_the_llm_spec_checks_its_instruction_and_constraint() -> None:
             load_spec(raw={**base, "llm": bad})
 
 
+def test_preflight_checks_the_llm_model() -> None:
+    from pipelines.preflight import ModelUnavailable, check_models, model_uris
+
+    raw = {"input": {"uri": "in.jsonl"}, "output": {"uri": "out"}, "score": None}
+    spec = load_spec(raw={**raw, "llm": {"model": {"uri": "builtin:tiny-lm"}}})
+    assert ("llm.model.uri", "builtin:tiny-lm") in [(key, uri) for key, uri, _ in model_uris(spec)]
+    check_models(spec)
+    with pytest.raises(ModelUnavailable, match="llm.model.uri: unknown built-in model 'no-such-lm'"):
+        check_models(load_spec(raw={**raw, "llm": {"model": {"uri": "builtin:no-such-lm"}}}))
+
+
 def _canonical(ids: list[str], seeds: list[int], statuses: list[str]) -> pa.Table:
     return pa.table({"id": ids, "seed": pa.array(seeds, pa.int64()), "status": statuses,
                      "image_index": pa.array([0] * len(ids), pa.int64()),
