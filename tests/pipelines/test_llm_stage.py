@@ -14,8 +14,8 @@ import pytest
 
 from pipelines import schema
 from pipelines.fanout import fan_out
-from pipelines.rows import child_seed, variation_seed
 from pipelines.retry import retry_errors
+from pipelines.rows import child_seed, variation_seed
 from pipelines.runner import run_job
 from pipelines.spec import JobSpec, SpecError, load_spec
 from tests.pipelines.readback import check_exactly_once, read_output
