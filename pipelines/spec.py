@@ -411,7 +411,8 @@ class JobSpec(_Strict):
 
         With ``placement.fuse_encode_generate`` the encode stage has no pool: it runs in the
         generate pool's actors; with ``score.max_attempts > 1`` so do style and score (the
-        regenerate loop draws, styles and scores each attempt in one actor).
+        regenerate loop draws, styles and scores each attempt in one actor). With ``llm`` the LLM
+        prompt stage has a pool of its own, first.
         """
         pools = {"generate": self.stages.generate}
         if not self.placement.fuse_encode_generate:
