@@ -149,3 +149,14 @@ def test_a_constraint_no_text_meets_makes_error_records(
         row = sample["json"]
         assert row["source_prompt"] == source[row["id"]] and row["prompt"] not in ("", source[row["id"]])
         assert row["llm_seed"] == seeds[row["id"]] and row["variation_index"] == 0
+
+
+def test_the_llm_settings_are_part_of_the_resume_fingerprint() -> None:
+    from pipelines.fingerprint import settings_of
+
+    raw = {"input": {"uri": "in.jsonl"}, "output": {"uri": "out"}, "score": None}
+    plain = settings_of(load_spec(raw=raw))
+    assert not any(key.startswith("llm") for key in plain)  # earlier outputs keep their settings
+    settings = settings_of(load_spec(raw={**raw, "llm": {"model": {"uri": "builtin:tiny-lm"}, "variations": 2}}))
+    assert settings["llm.model.hash"] == "tiny-lm" and settings["llm.variations"] == 2
+    assert settings["llm.instruction"] == "{prompt}" and settings["stages.llm.micro_batch_size"] == 1
