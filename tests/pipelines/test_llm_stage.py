@@ -89,14 +89,15 @@ def _by_id(out: dict) -> dict[str, dict]:
 
 
 def test_variations_and_images_end_to_end(ray_session, tmp_path: Path, write_prompts, model_cache: str) -> None:
-    prompts = write_prompts(ROWS)
+    prompts = write_prompts([*ROWS, {"id": "c", "prompt": ""}])  # an input error: one record, not fanned out
     spec: JobSpec = load_spec(raw=_raw(str(prompts), str(tmp_path / "one"), model_cache, variations=3))
     summary = run_job(spec, mode="overwrite")
     ids = [f"{row['id']}/{v}/{k}" for row in ROWS for v in range(3) for k in range(2)]
-    assert summary.balanced and summary.input_rows == 12 and summary.images == 12 and summary.prompts == 2
+    assert summary.balanced and summary.input_rows == 13 and summary.images == 12 and summary.prompts == 3
     out = read_output(str(tmp_path / "one"))
-    check_exactly_once(out, ids)
+    check_exactly_once(out, [*ids, "c"])
     rows = _by_id(out)
+    assert rows["c"]["stage"] == "input" and rows["c"]["variation_index"] == 0 and rows["c"]["source_prompt"] == ""
     source = {row["id"]: row["prompt"] for row in ROWS}
     for row_id in ids:
         parent, v, k = row_id.split("/")
@@ -119,7 +120,7 @@ def test_variations_and_images_end_to_end(ray_session, tmp_path: Path, write_pro
         i: (r["prompt"], r["sha256"]) for i, r in rows.items()}  # same texts, same images
 
     resumed = run_job(spec, mode="resume")
-    assert resumed.skipped == 12 and resumed.images == 0 and resumed.balanced
+    assert resumed.skipped == 13 and resumed.images == 0 and resumed.balanced
     assert read_output(str(tmp_path / "one"))["stats"] == out["stats"]  # nothing new was written
 
 
