@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from models.publish import is_complete, publish_once
+from models.tiny_lm import build_tiny_lm
 from models.tiny_sana import build_tiny_sana_pipeline
 from models.tiny_tokenizer import build_clip_tokenizer
 
@@ -212,6 +213,7 @@ BUILTIN_MODELS: dict[str, Callable[[], Any]] = {
     "tiny-sdxl": build_tiny_sdxl_pipeline,
     "tiny-clip": build_tiny_clip,
     "tiny-sana": build_tiny_sana_pipeline,  # an LLM-encoded family: Gemma 2 text encoder
+    "tiny-lm": build_tiny_lm,  # a random-weight causal LM for the LLM prompt stage's tests (models.tiny_lm)
 }
 
 

@@ -6,9 +6,9 @@ compares them with the output's earlier runs before any work (:func:`check_resum
 - **Settings.** :func:`settings_of` flattens the settings that change an image or decide
   its fate into dotted keys: the model and a hash of its files, the backend, the size,
   steps, guidance and negative-prompt defaults, the prompt templates, the job seed, the precision, the style
-  settings, the score model and the ``min_score`` filter, the image format. A resume whose
-  settings differ from the latest run's stops with the keys that differ, unless the user
-  passes ``--allow-spec-change`` (the output then holds images of both; every run's
+  settings, the score model and the ``min_score`` filter, the image format, the LLM stage's
+  settings and model hash. A resume whose settings differ from the latest run's stops with the
+  keys that differ, unless the user passes ``--allow-spec-change`` (the output then holds images of both; every run's
   record keeps its own settings). ``--mode append`` is a new batch and is not checked.
 - **Input.** :func:`input_of` lists each input file with its size and its ETag (object
   stores) or modification time. When the rows have no id column their ids are positions
@@ -137,6 +137,13 @@ def settings_of(spec: JobSpec, input_names: Iterable[str] | None = None) -> dict
             settings[key] = getattr(spec, key)
     if fans_out(spec, input_names):  # sample ids <id>/<k>: a resume must not switch between the two id schemes
         settings["images_per_prompt.child_ids"] = True
+    if spec.llm is not None:  # the LLM writes the prompts; absent without it, so earlier outputs still resume
+        llm = spec.llm.model_dump(mode="json", exclude={"model"})
+        settings.update({f"llm.{key}": value for key, value in llm.items()})
+        settings["llm.model.uri"] = spec.llm.model.uri
+        settings["llm.model.hash"] = model_hash(spec.llm.model, spec.storage_options)
+        settings["stages.llm.dtype"] = spec.stages.llm.dtype
+        settings["stages.llm.micro_batch_size"] = spec.stages.llm.micro_batch_size
     if spec.style is not None:
         style = spec.style.model_dump(mode="json", exclude={"cache_size"})
         settings.update({f"style.{key}": value for key, value in style.items()})

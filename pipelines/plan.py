@@ -1,4 +1,5 @@
-"""The Ray Data plan: read -> prepare rows -> encode -> generate -> [style] -> [score] -> encode images -> shards."""
+"""The Ray Data plan: read -> prepare rows -> fan out -> [llm] -> encode -> generate -> [style] -> [score] ->
+encode images -> shards."""
 
 from __future__ import annotations
 
@@ -13,12 +14,26 @@ import ray.data
 from actors.encode import EncodeStage
 from actors.generate import GenerateStage
 from pipelines.dedupe import DUPLICATE_MARK, apply_marks
-from pipelines.fanout import fan_out, fans_out
+from pipelines.fanout import fan_out, fans_out, variations_of
 from pipelines.images import encode_images
 from pipelines.passthrough import pack
 from pipelines.resilience import stage_remote_args
-from pipelines.rows import attempt_seed, check_input_columns, prepare_rows
-from pipelines.schema import DUPLICATE_STAGE, ERROR, OUTPUT_COLUMNS, STAGE, STATUS, Status
+from pipelines.rows import attempt_seed, check_input_columns, llm_retry_seed, prepare_rows
+from pipelines.schema import (
+    DUPLICATE_STAGE,
+    ERROR,
+    LLM_SEED,
+    LLM_SEED_COLUMN,
+    OUTPUT_COLUMNS,
+    PROMPT,
+    SEED,
+    SOURCE_PROMPT,
+    STAGE,
+    STATUS,
+    VARIATION_COLUMN,
+    VARIATION_INDEX,
+    Status,
+)
 from pipelines.sources import input_columns, list_input_files, read_prompts
 from pipelines.spec import ColumnMap, JobSpec, StageSpec
 
@@ -85,7 +100,8 @@ def prepared_rows(
                    "images_per_prompt": spec.images_per_prompt, "templates": spec.templates()},
     )
     # Several images per prompt (pipelines.fanout): samples <id>/<k>, before duplicates and resume.
-    return ds.map_batches(cast(Any, fan_out), batch_format="pyarrow", fn_kwargs={"enabled": fans_out(spec, names)})
+    return ds.map_batches(cast(Any, fan_out), batch_format="pyarrow",
+                          fn_kwargs={"enabled": fans_out(spec, names), "variations": variations_of(spec)})
 
 
 def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Dataset:
@@ -97,10 +113,11 @@ def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Datase
     Output columns are dropped; ``prepare_rows`` puts an input-stage record's ``raw_input``
     back in place of its canonical columns. A fan-out sample comes back as itself (its id,
     ``parent_id``, ``image_index`` and seed as recorded): it is never fanned out again, but a
-    record's bad per-row image count fails again with the same reason.
+    record's bad per-row image count fails again with the same reason. A record of a job with an
+    LLM stage gets its prompt as read back (``source_prompt``), its variation and LLM seed.
     """
     def to_input(batch: pa.Table) -> pa.Table:
-        errors = batch.filter(pc.equal(batch.column(STATUS), Status.ERROR.value))
+        errors = _llm_inputs_back(batch.filter(pc.equal(batch.column(STATUS), Status.ERROR.value)))
         duplicate = pc.fill_null(pc.equal(errors[STAGE], DUPLICATE_STAGE), False)
         errors = errors.append_column(DUPLICATE_MARK, pc.if_else(duplicate, errors[ERROR], pa.scalar("", pa.string())))
         return errors.drop_columns([c for c in errors.column_names if c in OUTPUT_COLUMNS])
@@ -113,6 +130,18 @@ def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Datase
     ).map_batches(
         cast(Any, fan_out), batch_format="pyarrow", fn_kwargs={"enabled": False}
     ).map_batches(apply_marks, batch_format="pyarrow")
+
+
+def _llm_inputs_back(errors: pa.Table) -> pa.Table:
+    """Return error records of an LLM job with the LLM stage's inputs back: the prompt as read, the
+    variation and the LLM seed (the internal columns ``pipelines.fanout`` made); others as they are."""
+    names = errors.column_names
+    if LLM_SEED not in names:
+        return errors
+    source = pc.fill_null(errors[SOURCE_PROMPT], "")
+    errors = errors.set_column(names.index(PROMPT), PROMPT, pc.if_else(pc.equal(source, ""), errors[PROMPT], source))
+    return errors.append_column(VARIATION_COLUMN, pc.fill_null(errors[VARIATION_INDEX], 0)).append_column(
+        LLM_SEED_COLUMN, pc.fill_null(errors[LLM_SEED], errors[SEED]))
 
 
 def process_rows(spec: JobSpec, ds: ray.data.Dataset, *, ledger: str | None = None) -> ray.data.Dataset:
@@ -163,7 +192,13 @@ def _model_stages(spec: JobSpec) -> list[tuple[str, type, dict[str, Any], StageS
     """The model stages of a job in order: ``(name, actor class, constructor kwargs, resources)``."""
     options = spec.storage_options
     stage_args = {"model": spec.model, "storage_options": options}
-    stages = [
+    stages: list[tuple[str, type, dict[str, Any], StageSpec]] = []
+    if spec.llm is not None:  # first: the encode stage encodes the LLM's text
+        from actors.llm import LlmStage
+
+        stages.append(("llm", LlmStage, {"llm": spec.llm, "stage": spec.stages.llm, "image_model": spec.model,
+                                         "storage_options": options, "seed_of": llm_retry_seed}, spec.stages.llm))
+    stages += [
         ("encode", EncodeStage, {**stage_args, "stage": spec.stages.encode}, spec.stages.encode),
         ("generate", GenerateStage, {**stage_args, "stage": spec.stages.generate, "generate": spec.generate},
          spec.stages.generate),

@@ -61,7 +61,8 @@ from pipelines.spec import ColumnMap, GenerationDefaults
 # INPUT_ERROR_COLUMN, OUTPUT_COLUMNS and RESERVED_COLUMNS live in ``pipelines.schema``; re-exported here.
 __all__ = [
     "INPUT_ERROR_COLUMN", "MAX_IMAGES_PER_PROMPT", "OUTPUT_COLUMNS", "RESERVED_COLUMNS", "SEED_LIMIT",
-    "attempt_seed", "child_seed", "derive_seed", "prepare_rows", "check_passthrough_columns",
+    "attempt_seed", "child_seed", "llm_retry_seed", "variation_seed", "derive_seed", "prepare_rows",
+    "check_passthrough_columns",
 ]
 
 _INT_FIELDS = (schema.WIDTH, schema.HEIGHT, schema.STEPS)
@@ -116,6 +117,22 @@ def attempt_seed(seed: int, attempt: int) -> int:
     uses the salt ``image``).
     """
     return _salted_seed("attempt", seed, attempt)
+
+
+def variation_seed(seed: int, variation: int) -> int:
+    """Return the seed of prompt variation ``variation`` of a row whose seed is ``seed`` (``pipelines.fanout``).
+
+    Variation 0 keeps the row's seed; a later one hashes it with the salt ``variation``.
+    """
+    return _salted_seed("variation", seed, variation)
+
+
+def llm_retry_seed(seed: int, retry: int) -> int:
+    """Return the seed of the LLM stage's draw ``retry`` (0: the first) of a sample whose LLM seed is ``seed``.
+
+    Draw 0 is the seed itself; a redraw (``llm.retries``) hashes it with the salt ``llm``.
+    """
+    return _salted_seed("llm", seed, retry)
 
 
 # Column names that usually hold the prompt, in the order a mapping hint suggests them.

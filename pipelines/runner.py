@@ -237,7 +237,7 @@ def run_job(
     """
     from actors.budget import open_ledger
     from pipelines.dedupe import first_occurrences
-    from pipelines.fanout import fans_out
+    from pipelines.fanout import makes_samples
     from pipelines.plan import prepared_rows, process_rows
     from pipelines.rows import check_input_columns
     from pipelines.sink import ShardDatasink
@@ -276,7 +276,7 @@ def run_job(
             execute(spec, layout, dataset, sink, total=input_rows - skipped)
         summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=skipped, input_rows=input_rows,
                              settings=settings, input=input_record, damaged_shards=plan.damaged)
-        if fans_out(spec, names):  # input_rows counts samples: say how many prompts they came from
+        if makes_samples(spec, names):  # input_rows counts samples: say how many prompts they came from
             summary.prompts, summary.images_per_prompt = run_rows.prompts(), spec.images_per_prompt
         return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start, budget=budget)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -241,6 +242,9 @@ class Stages(_Strict):
     generate: StageSpec = StageSpec(batch_size=8)
     style: StageSpec = StageSpec(batch_size=8)
     score: StageSpec = StageSpec(batch_size=32)
+    # The LLM prompt stage (``llm``): one row per forward pass, so a row's text never depends
+    # on its batch-mates (``models.llm``).
+    llm: StageSpec = StageSpec(batch_size=16, micro_batch_size=1)
 
 
 class AdaINWeights(_Strict):
@@ -301,6 +305,65 @@ class ScoreSpec(_Strict):
     def _score_model_default(cls, value: Any) -> Any:
         """``model: {cache_dir: ...}`` keeps the CLIP default, not ``ModelSpec``'s diffusion one."""
         return {"uri": DEFAULT_SCORE_MODEL, **value} if isinstance(value, dict) else value
+
+
+# The most prompt variations one input row may fan out to (a typo like 1000 is refused, not run).
+MAX_VARIATIONS = 100
+
+
+class LlmSpec(_Strict):
+    """The LLM prompt stage: a causal LM rewrites each row's prompt (``actors.llm``, ``models.llm``).
+
+    ``instruction`` is filled with the row's prompt (``{prompt}``); the model's chat template,
+    when its tokenizer has one, wraps it. ``variations: N`` makes each input row N samples
+    ``<id>/<v>`` (``pipelines.fanout``), each with its own seed and so its own text. An output
+    that is empty, longer than the image model's text window, or not a full match of
+    ``constraint`` is drawn again with the next seed, ``retries`` times, then is an error record.
+    """
+
+    model: ModelSpec = ModelSpec(uri="builtin:shapes-lm")
+    # vllm is the route for large GPU clusters (ray.data.llm); it is not built here (README).
+    backend: Literal["transformers"] = "transformers"
+    instruction: str = "{prompt}"
+    variations: Annotated[int, Field(ge=1, le=MAX_VARIATIONS)] = 1
+    max_new_tokens: Annotated[int, Field(ge=1, le=1024)] = 48
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    do_sample: bool = True
+    constraint: str | None = None
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _llm_model_default(cls, value: Any) -> Any:
+        """``model: {cache_dir: ...}`` keeps the LLM default, not ``ModelSpec``'s diffusion one."""
+        return {"uri": "builtin:shapes-lm", **value} if isinstance(value, dict) else value
+
+    @field_validator("instruction")
+    @classmethod
+    def _has_prompt(cls, value: str) -> str:
+        try:
+            filled = value.format(prompt="x")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"instruction must use only the field {{prompt}} (braces doubled): {error}") from None
+        if filled == value.format(prompt="y"):
+            raise ValueError("instruction must contain {prompt}, where the row's prompt goes")
+        return value
+
+    @field_validator("constraint")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"constraint is not a regular expression: {error}") from None
+        return value
+
+    def sampling(self) -> dict[str, Any]:
+        """Return the settings that decide a row's text besides its prompt and seed (``llm_sampling``)."""
+        return self.model_dump(mode="json", include={"instruction", "max_new_tokens", "temperature", "top_p",
+                                                     "do_sample", "constraint", "retries"})
 
 
 class DiversitySpec(_Strict):
@@ -369,6 +432,8 @@ class JobSpec(_Strict):
     stages: Stages = Stages()
     style: StyleSpec | None = None
     score: ScoreSpec | None = ScoreSpec()
+    # The LLM prompt stage (issue 19): rewrites each row's prompt before the encode stage.
+    llm: LlmSpec | None = None
     placement: PlacementSpec = PlacementSpec()
     ray: RaySpec = RaySpec()
     seed: int = 0
@@ -420,11 +485,14 @@ class JobSpec(_Strict):
 
         With ``placement.fuse_encode_generate`` the encode stage has no pool: it runs in the
         generate pool's actors; with ``score.max_attempts > 1`` so do style and score (the
-        regenerate loop draws, styles and scores each attempt in one actor).
+        regenerate loop draws, styles and scores each attempt in one actor). With ``llm`` the LLM
+        prompt stage has a pool of its own, first.
         """
         pools = {"generate": self.stages.generate}
         if not self.placement.fuse_encode_generate:
             pools = {"encode": self.stages.encode, **pools}
+        if self.llm is not None:
+            pools = {"llm": self.stages.llm, **pools}
         if self.regenerates:
             return pools
         if self.style is not None:
@@ -445,7 +513,8 @@ class JobSpec(_Strict):
         regenerate loop runs generate, style and score in the ``generate`` pool's actors.
         """
         pools = self.pools()
-        hosts: dict[str, str] = {stage: stage if stage in pools else "generate" for stage in ("encode", "generate")}
+        hosts: dict[str, str] = {"llm": "llm"} if self.llm is not None else {}
+        hosts.update({stage: stage if stage in pools else "generate" for stage in ("encode", "generate")})
         for stage in ("style", "score"):
             if getattr(self, stage) is not None:
                 hosts[stage] = stage if stage in pools else "generate"
