@@ -109,4 +109,5 @@ def test_sizes_must_be_multiples_of_16(halves) -> None:
 def test_family_registry_names_both_pipelines(tiny_flux_builtin_path: str, tiny_sd3_path: str) -> None:
     assert family_for(tiny_flux_builtin_path)[0] == "FluxPipeline"
     assert family_for(tiny_sd3_path)[0] == "StableDiffusion3Pipeline"
-    assert FAMILIES["FluxPipeline"].max_sequence_length == 512 and FAMILIES["StableDiffusion3Pipeline"].max_sequence_length == 256
+    caps = {name: FAMILIES[name].max_sequence_length for name in ("FluxPipeline", "StableDiffusion3Pipeline")}
+    assert caps == {"FluxPipeline": 512, "StableDiffusion3Pipeline": 256}
