@@ -111,3 +111,23 @@ def test_family_registry_names_both_pipelines(tiny_flux_builtin_path: str, tiny_
     assert family_for(tiny_sd3_path)[0] == "StableDiffusion3Pipeline"
     caps = {name: FAMILIES[name].max_sequence_length for name in ("FluxPipeline", "StableDiffusion3Pipeline")}
     assert caps == {"FluxPipeline": 512, "StableDiffusion3Pipeline": 256}
+
+
+def test_t5_tokenizer_is_built_in_code() -> None:
+    from models.tiny_tokenizer import build_t5_tokenizer
+
+    tokenizer = build_t5_tokenizer(model_max_length=16)
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
+    ids = tokenizer("a red zebra 🙂", truncation=False)["input_ids"]
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    assert pieces[:2] == ["▁a", "▁red"]  # common words are one piece
+    assert pieces[2:7] == ["▁z", "e", "b", "r", "a"]  # others are spelled
+    assert pieces[-2:] == ["<unk>", "</s>"] and tokenizer.model_max_length == 16
+
+
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3"])
+def test_weights_are_deterministic(name: str) -> None:
+    from models.builtin import BUILTIN_MODELS
+
+    first, second = (BUILTIN_MODELS[name]().transformer.state_dict() for _ in range(2))
+    assert first.keys() == second.keys() and all(first[key].equal(second[key]) for key in first)
