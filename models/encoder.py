@@ -8,13 +8,11 @@ row's embeddings never depend on its batch.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 
 from models.batching import in_fixed_chunks
-from models.families import FAMILIES
+from models.families import token_window
 from models.fastpaths import FastPaths, weights_dtype
 from models.loading import load_text_half
 
@@ -49,6 +47,7 @@ class PromptEncoder:
         self.pipeline_class, self.pipe, self._encode, self.fast_paths_applied = load_text_half(
             model_path, device=device, dtype=weights_dtype(fast_paths, device, dtype), fast_paths=fast_paths
         )
+        self._window_tokenizer, self._window = token_window(self.pipeline_class, self.pipe)
 
     @torch.no_grad()
     def encode(
@@ -95,26 +94,16 @@ class PromptEncoder:
         return in_fixed_chunks(compute, len(prompts), micro_batch)
 
     @property
-    def _counting_tokenizer(self) -> Any:
-        """The tokenizer that counts a prompt's tokens: the family's ``count_tokenizer`` (a text tower: its own)."""
-        family = FAMILIES.get(self.pipeline_class)
-        return getattr(self.pipe, family.count_tokenizer if family else "tokenizer")
-
-    @property
     def max_tokens(self) -> int:
-        """Tokens per prompt (as ``token_counts`` counts them) that ``encode`` keeps.
+        """Tokens per prompt the family's window keeps when encoding (``models.families.token_window``).
 
-        The family's ``text_window`` when it has one (Sana: ``max_sequence_length``, 300),
-        else the counting tokenizer's ``model_max_length`` (SD/SDXL/FLUX: 77, CLIP's limit).
-        Longer prompts are truncated by ``encode``.
+        Longer prompts lose their tail in ``encode``: for SD/SDXL 77 (CLIP), for FLUX 512
+        and SD3 256 T5 tokens (at most the T5 tokenizer's ``model_max_length``), for Sana 300 Gemma tokens.
         """
-        family = FAMILIES.get(self.pipeline_class)
-        if family is not None and family.text_window is not None:
-            return int(family.text_window(self.pipe))
-        return int(self._counting_tokenizer.model_max_length)
+        return self._window
 
     def token_counts(self, prompts: list[str]) -> list[int]:
-        """Count the counting tokenizer's tokens per prompt, without truncation.
+        """Count the window tokenizer's tokens per prompt (``max_tokens``' tokenizer), without truncation.
 
         Args:
             prompts: one prompt per row.
@@ -127,5 +116,5 @@ class PromptEncoder:
             return []
         # verbose=False: no "sequence length is longer than the maximum" warning, counting
         # over-long prompts is the point here
-        token_ids = self._counting_tokenizer(list(prompts), truncation=False, verbose=False)["input_ids"]
+        token_ids = self._window_tokenizer(list(prompts), truncation=False, verbose=False)["input_ids"]
         return [len(ids) for ids in token_ids]

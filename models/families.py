@@ -1,4 +1,4 @@
-"""What differs between diffusers pipeline classes (SD, SDXL, FLUX, Sana), as a registry by class name.
+"""What differs between diffusers pipeline classes (SD, SDXL, FLUX, SD3, Sana), as a registry by class name.
 
 ``PromptEncoder`` and ``ImageGenerator`` stay generic: they look up the pipeline's
 ``PipelineFamily`` (from ``model_index.json``'s ``_class_name``) to know which
@@ -32,13 +32,14 @@ class PipelineFamily:
         encode: runs the pipeline's own ``encode_prompt`` and names its outputs.
         embed_keys: outputs of ``encode`` that the pipeline's ``__call__`` accepts.
         size_multiple: width and height must be multiples of this.
-        text_window: ``text_window(pipe)`` is how many tokens of a prompt, as the counting
-            tokenizer counts them (special tokens included), ``encode`` keeps; None: that
-            tokenizer's ``model_max_length`` (CLIP's 77).
-        count_tokenizer: the pipeline attribute holding the tokenizer that counts a prompt's tokens.
         mask_keys: those of ``embed_keys`` that are attention masks: handed to the pipeline as
             int64 (they travel as float32 like every embedding), not in the weights' dtype.
         call_kwargs: fixed keyword arguments of the pipeline's ``__call__`` when it gets embeddings.
+        window_tokenizer: the text half's tokenizer whose window defines ``prompt_truncated``
+            (see ``token_window``): the encoder that reads the longest part of the prompt.
+        max_sequence_length: the family's cap on that window (diffusers' default
+            ``max_sequence_length`` of its ``encode_prompt``); None: the tokenizer's own
+            ``model_max_length`` only.
     """
 
     text_only_drop: tuple[str, ...]
@@ -46,10 +47,25 @@ class PipelineFamily:
     encode: EncodeFn
     embed_keys: tuple[str, ...]
     size_multiple: int = 8
-    text_window: Callable[[Any], int] | None = None
-    count_tokenizer: str = "tokenizer"
     mask_keys: tuple[str, ...] = ()
     call_kwargs: dict[str, Any] = field(default_factory=dict)
+    window_tokenizer: str = "tokenizer"
+    max_sequence_length: int | None = None
+
+    def token_window(self, half: Any) -> tuple[Any, int]:
+        """Return ``(tokenizer, tokens)``: the tokenizer of ``half`` that defines truncation and its window.
+
+        The window is the tokenizer's ``model_max_length``, capped by ``max_sequence_length``;
+        the family's ``encode`` encodes with exactly this window, so a prompt of more tokens
+        (special tokens included) loses its tail there.
+        """
+        tokenizer = getattr(half, self.window_tokenizer)
+        return tokenizer, self.window_of(tokenizer)
+
+    def window_of(self, tokenizer: Any) -> int:
+        """Return the window of ``window_tokenizer`` (loaded on its own, e.g. from its subfolder), in its tokens."""
+        window = int(tokenizer.model_max_length)
+        return min(window, self.max_sequence_length or window)
 
 
 def _encode_sd(pipe: Any, prompts: list[str], negatives: list[str], device: Any) -> dict[str, Any]:
@@ -89,7 +105,11 @@ def _encode_flux(pipe: Any, prompts: list[str], negatives: list[str], device: An
     ``text_ids`` are not returned: FLUX builds them (all zeros) from the sequence length.
     """
     prompt_embeds, pooled, _text_ids = pipe.encode_prompt(
-        prompt=prompts, prompt_2=None, device=device, num_images_per_prompt=1
+        prompt=prompts,
+        prompt_2=None,
+        device=device,
+        num_images_per_prompt=1,
+        max_sequence_length=_FLUX.token_window(pipe)[1],
     )
     return {"prompt_embeds": prompt_embeds, "pooled_prompt_embeds": pooled}
 
@@ -110,7 +130,7 @@ def _encode_sana(pipe: Any, prompts: list[str], negatives: list[str], device: An
         True,
         negative_prompt=negatives,
         device=device,
-        max_sequence_length=call_default(pipe, "max_sequence_length"),
+        max_sequence_length=_SANA.token_window(pipe)[1],
         complex_human_instruction=call_default(pipe, "complex_human_instruction"),
     )
     return {
@@ -121,15 +141,28 @@ def _encode_sana(pipe: Any, prompts: list[str], negatives: list[str], device: An
     }
 
 
-def _sana_window(pipe: Any) -> int:
-    """Sana keeps ``max_sequence_length`` tokens of a prompt, BOS included.
+def _encode_sd3(pipe: Any, prompts: list[str], negatives: list[str], device: Any) -> dict[str, Any]:
+    """SD3: two CLIPs (sequence + pooled) and T5 (sequence); classic CFG, negatives always encoded.
 
-    With the instruction prepended, the tokenizer truncates instruction + prompt at
-    ``n_instruction + max_sequence_length - 2``; the instruction's trailing space joins the
-    prompt's first word (``▁word``), so the prompt keeps ``max_sequence_length - 1`` tokens
-    besides BOS. Without the instruction the window is ``max_sequence_length`` with BOS.
+    An empty negative is encoded as the text ``""`` (SD3 has no zeroing), row by row, so a
+    row's embeddings never depend on its batch-mates' negatives.
     """
-    return int(call_default(pipe, "max_sequence_length"))
+    prompt_embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+        prompt=prompts,
+        prompt_2=None,
+        prompt_3=None,
+        device=device,
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=True,
+        negative_prompt=negatives,
+        max_sequence_length=_SD3.token_window(pipe)[1],
+    )
+    return {
+        "prompt_embeds": prompt_embeds,
+        "negative_prompt_embeds": negative_embeds,
+        "pooled_prompt_embeds": pooled,
+        "negative_pooled_prompt_embeds": negative_pooled,
+    }
 
 
 _SAFETY = ("safety_checker", "feature_extractor")  # a safety filter is not our job here
@@ -156,6 +189,26 @@ _FLUX = PipelineFamily(
     encode=_encode_flux,
     embed_keys=("prompt_embeds", "pooled_prompt_embeds"),
     size_multiple=16,  # VAE factor 8 x 2x2 latent packing
+    # Truncation is T5's: the whole sequence the transformer attends to comes from T5; CLIP
+    # (77 tokens) only gives the pooled vector, so a prompt cut there but whole in T5 is whole.
+    window_tokenizer="tokenizer_2",
+    max_sequence_length=512,
+)
+_SD3 = PipelineFamily(
+    text_only_drop=("transformer", "vae", "image_encoder", "feature_extractor"),
+    image_only_drop=("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"),
+    encode=_encode_sd3,
+    embed_keys=(
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "pooled_prompt_embeds",
+        "negative_pooled_prompt_embeds",
+    ),
+    size_multiple=16,  # VAE factor 8 x patch 2
+    # Truncation is T5's: the sequence is CLIP's 77 tokens followed by T5's, so T5 reads the
+    # whole prompt whenever its (longer) window holds it, whatever CLIP cut.
+    window_tokenizer="tokenizer_3",
+    max_sequence_length=256,
 )
 
 _SANA = PipelineFamily(
@@ -164,7 +217,10 @@ _SANA = PipelineFamily(
     encode=_encode_sana,
     embed_keys=("prompt_embeds", "prompt_attention_mask", "negative_prompt_embeds", "negative_prompt_attention_mask"),
     size_multiple=32,  # the pipeline's own check (its DC-AE downsamples 32x)
-    text_window=_sana_window,
+    # Sana keeps max_sequence_length tokens of a prompt, BOS included (__call__'s default, 300):
+    # the instruction's trailing space joins the prompt's first word, so the prompt keeps 299
+    # besides BOS; the Gemma tokenizer's own model_max_length is unbounded.
+    max_sequence_length=300,
     mask_keys=("prompt_attention_mask", "negative_prompt_attention_mask"),
     # no resizing to the aspect-ratio bins of its training sizes; "" is the default negative, but
     # embeddings and a negative prompt together are refused
@@ -175,8 +231,21 @@ FAMILIES: dict[str, PipelineFamily] = {
     "StableDiffusionPipeline": _SD,
     "StableDiffusionXLPipeline": _SDXL,
     "FluxPipeline": _FLUX,
+    "StableDiffusion3Pipeline": _SD3,
     "SanaPipeline": _SANA,
 }
+
+
+def token_window(class_name: str, half: Any) -> tuple[Any, int]:
+    """Return ``(tokenizer, tokens)`` that define ``prompt_truncated`` for a loaded text half.
+
+    A family's rule is ``PipelineFamily.token_window``; any other text half (a text tower,
+    ``models.texttower``) has one tokenizer, ``half.tokenizer``, and its ``model_max_length``.
+    """
+    family = FAMILIES.get(class_name)
+    if family is not None:
+        return family.token_window(half)
+    return half.tokenizer, int(half.tokenizer.model_max_length)
 
 
 def read_model_index(model_path: str) -> dict[str, Any]:

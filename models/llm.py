@@ -133,13 +133,16 @@ def _pick(logits: torch.Tensor, generator: torch.Generator, *, temperature: floa
 
 
 class TextWindow:
-    """The image model's prompt window: its primary tokenizer (``<folder>/tokenizer``) and ``model_max_length``.
+    """The image model's prompt window: the tokenizer and length that define its ``prompt_truncated``.
 
-    Counts as ``models.encoder.PromptEncoder.token_counts`` does (special tokens included,
-    no truncation). A folder without a ``tokenizer`` subfolder has no window (``limit`` None).
+    The same rule as the encode stage (``models.families.token_window``): a diffusers family's
+    ``window_tokenizer`` subfolder, capped by its ``max_sequence_length`` (T5's for FLUX/SD3,
+    Gemma's 300 for Sana); any other folder (a GAN's text tower) its ``tokenizer`` subfolder.
+    Counts as ``models.encoder.PromptEncoder.token_counts`` does (special tokens included, no
+    truncation). A folder without that tokenizer has no window (``limit`` None).
 
     Args:
-        image_model_path: the local image-model folder (a diffusers pipeline folder).
+        image_model_path: the local image-model folder.
     """
 
     def __init__(self, image_model_path: str) -> None:
@@ -147,9 +150,16 @@ class TextWindow:
 
         from transformers import AutoTokenizer
 
-        folder = os.path.join(image_model_path, "tokenizer")
+        from models.families import FAMILIES, read_model_index
+
+        family = None
+        if os.path.isfile(os.path.join(image_model_path, "model_index.json")):
+            family = FAMILIES.get(read_model_index(image_model_path).get("_class_name", ""))
+        folder = os.path.join(image_model_path, family.window_tokenizer if family else "tokenizer")
         self.tokenizer = AutoTokenizer.from_pretrained(folder) if os.path.isdir(folder) else None
-        self.limit: int | None = None if self.tokenizer is None else int(self.tokenizer.model_max_length)
+        self.limit: int | None = None
+        if self.tokenizer is not None:
+            self.limit = family.window_of(self.tokenizer) if family else int(self.tokenizer.model_max_length)
 
     def count(self, text: str) -> int:
         """Return the tokens of ``text`` in the image model's tokenizer (0 without a window)."""
