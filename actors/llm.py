@@ -53,7 +53,10 @@ class LlmStage(Stage):
         self.window = TextWindow(local_model_path(image_model, storage_options))
         self.llm, self.seed_of, self.micro_batch = llm, seed_of, stage.micro_batch_size
         self.constraint = re.compile(llm.constraint) if llm.constraint is not None else None
-        self.sampling = json.dumps(llm.sampling(), sort_keys=True)
+        # The settings each text is drawn with: the spec's, the model's generation_config for the rest.
+        self.settings = self.writer.sampling(**llm.sampling())
+        recorded = {"instruction": llm.instruction, "constraint": llm.constraint, "retries": llm.retries}
+        self.sampling = json.dumps({**self.settings, **recorded}, sort_keys=True)
         self.drawn_texts = 0  # distinct (prompt, seed) draws, retries included: fewer than rows with fan-out
 
     def compute(self, batch: Batch, rows: list[int]) -> list[Drawn]:
@@ -66,9 +69,8 @@ class LlmStage(Stage):
                 break
             seeds = [self.seed_of(seed, draw) for _, seed in pending]
             texts = self.writer.write(
-                [prompt for prompt, _ in pending], seeds, instruction=self.llm.instruction,
-                max_new_tokens=self.llm.max_new_tokens, temperature=self.llm.temperature, top_p=self.llm.top_p,
-                do_sample=self.llm.do_sample, micro_batch=self.micro_batch,
+                [prompt for prompt, _ in pending], seeds, instruction=self.llm.instruction, **self.settings,
+                micro_batch=self.micro_batch,
             )
             self.drawn_texts += len(pending)
             failed = []

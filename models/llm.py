@@ -54,6 +54,25 @@ class PromptWriter:
         self.eos = {int(token) for token in (*ends, self.tokenizer.eos_token_id) if token is not None}
         self.info = {"model_hash": model_fingerprint(model_path)}
 
+    def sampling(self, **settings: Any) -> dict[str, Any]:
+        """Return the sampling settings ``write`` takes: ``settings`` where not None, else the model's own.
+
+        The model's ``generation_config.json`` (transformers' rule) fills what ``settings`` leave
+        None; what it does not set either is 48 new tokens, temperature 1.0, top_p 1.0, sampling.
+
+        Returns:
+            ``{"max_new_tokens": int, "temperature": float, "top_p": float, "do_sample": bool}``.
+        """
+        config = self.model.generation_config
+        defaults = {"max_new_tokens": 48, "temperature": 1.0, "top_p": 1.0, "do_sample": True}
+        resolved = {}
+        for name, fallback in defaults.items():
+            value = settings.get(name)
+            if value is None:
+                value = getattr(config, name, None)
+            resolved[name] = type(fallback)(fallback if value is None else value)
+        return resolved
+
     def render(self, prompt: str, instruction: str = "{prompt}") -> str:
         """Return the text the LM continues: ``instruction`` filled with ``prompt``, in the chat template if any."""
         text = instruction.format(prompt=prompt)

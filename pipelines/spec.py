@@ -326,10 +326,12 @@ class LlmSpec(_Strict):
     backend: Literal["transformers"] = "transformers"
     instruction: str = "{prompt}"
     variations: Annotated[int, Field(ge=1, le=MAX_VARIATIONS)] = 1
-    max_new_tokens: Annotated[int, Field(ge=1, le=1024)] = 48
-    temperature: Annotated[float, Field(gt=0)] = 1.0
-    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
-    do_sample: bool = True
+    # Sampling; None (the default): the model's own generation_config.json (transformers' rule), or
+    # 48 new tokens, temperature 1.0, top_p 1.0, sampling when it does not set one.
+    max_new_tokens: Annotated[int, Field(ge=1, le=1024)] | None = None
+    temperature: Annotated[float, Field(gt=0)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    do_sample: bool | None = None
     constraint: str | None = None
     retries: Annotated[int, Field(ge=0, le=10)] = 1
 
@@ -361,9 +363,8 @@ class LlmSpec(_Strict):
         return value
 
     def sampling(self) -> dict[str, Any]:
-        """Return the settings that decide a row's text besides its prompt and seed (``llm_sampling``)."""
-        return self.model_dump(mode="json", include={"instruction", "max_new_tokens", "temperature", "top_p",
-                                                     "do_sample", "constraint", "retries"})
+        """Return the sampling settings the spec sets (None: the model's ``generation_config``), by name."""
+        return self.model_dump(include={"max_new_tokens", "temperature", "top_p", "do_sample"})
 
 
 class DiversitySpec(_Strict):
