@@ -24,6 +24,7 @@ and :func:`satisfies`.  Plain Python + numpy: no torch.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import permutations
 
@@ -102,7 +103,7 @@ class Constraints:
         return f"{subject} on a {self.background} background" if self.background else subject
 
 
-def _group(names) -> str:
+def _group(names: Iterable[str]) -> str:
     return "(?:" + "|".join(re.escape(name) for name in names) + ")"
 
 
@@ -186,6 +187,7 @@ def make_request(scene: world.Scene, rng: np.random.Generator) -> Constraints:
         background = groups[0] if groups and rng.random() < 0.5 else scene.background
     if rng.random() < 0.125:
         return Constraints(count=len(scene.shapes), background=background)
+    shapes: tuple[world.Shape, ...]
     if len(scene.shapes) == 2 and rng.random() < 0.5:
         shapes = scene.shapes
     else:

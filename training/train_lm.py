@@ -13,8 +13,9 @@ caption of the scene the request came from, so the model learns the spread of ca
 satisfy a request (sampling gives varied ones).  The loss covers the caption tokens only.
 
 ``evaluate`` draws requests from held-out scenes (``world.held_out``), applies the chat template
-exactly as pixelmill's LLM stage does, samples 4 variations per request (seed ``4 * i + v``) with
-the saved generation config, and prints as JSON: the share of outputs that parse as captions, the
+exactly as pixelmill's LLM stage does, samples 4 variations per request (one ``generate`` call
+with 4 return sequences after ``torch.manual_seed(i)`` for request ``i``) with the saved generation
+config, and prints as JSON: the share of outputs that parse as captions, the
 share that keep every attribute the request named, the mean share of distinct variations per
 request, and the pixel-judge rate (``training.adherence``, "all") of ``shapes-sd`` images drawn
 from the LM's first variation next to images drawn from the source scenes' own captions.
@@ -53,7 +54,7 @@ def build_tokenizer():
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)  # joins words with spaces, "left ," -> "left,"
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, chat_template=CHAT_TEMPLATE, clean_up_tokenization_spaces=True,
-        model_max_length=MAX_LENGTH, **SPECIAL_TOKENS,
+        model_max_length=MAX_LENGTH, padding_side="left", **SPECIAL_TOKENS,  # left: batched generation
     )
 
 
@@ -110,7 +111,12 @@ def train(args: argparse.Namespace) -> None:
     tokenizer = build_tokenizer()
     ids, labels = _examples(tokenizer, args.pool, args.seed)
     print(f"{len(ids)} examples, {ids.shape[1]} tokens max, {time.time() - start:.0f}s", flush=True)
-    model = build_model(tokenizer, width=args.width, layers=args.layers, heads=args.heads)
+    if args.init:  # continue from a saved shapes-lm folder (same tokenizer: it is built in code)
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(args.init)
+    else:
+        model = build_model(tokenizer, width=args.width, layers=args.layers, heads=args.heads)
     optimiser = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     model.train()
     for step in range(args.steps):
@@ -145,12 +151,16 @@ def load(lm_path: str):
 
 
 @torch.no_grad()
-def rewrite(tokenizer, model, request: str, *, seed: int) -> str:
-    """The model's caption for ``request`` under seed ``seed`` (chat template, sample to EOS, decode, strip)."""
+def rewrite(tokenizer, model, request: str, *, seed: int, count: int = 1) -> list[str]:
+    """``count`` sampled captions for ``request`` after ``torch.manual_seed(seed)``.
+
+    The LLM stage's rule: chat template with the generation prompt, sample (the saved generation
+    config) until EOS, decode the new tokens without special tokens, strip.
+    """
     ids = tokenizer(prompt_text(tokenizer, request), add_special_tokens=False, return_tensors="pt")
     torch.manual_seed(seed)
-    out = model.generate(**ids, generation_config=model.generation_config)
-    return tokenizer.decode(out[0, ids.input_ids.shape[1] :], skip_special_tokens=True).strip()
+    out = model.generate(**ids, generation_config=model.generation_config, num_return_sequences=count)
+    return [tokenizer.decode(row[ids.input_ids.shape[1] :], skip_special_tokens=True).strip() for row in out]
 
 
 def held_out_requests(n: int, seed: int) -> list[tuple[str, world.Scene]]:
@@ -199,10 +209,7 @@ def evaluate(args: argparse.Namespace) -> None:
     begin = time.time()
     tokenizer, model = load(args.lm)
     pairs = held_out_requests(args.n, args.seed)
-    outputs = [
-        [rewrite(tokenizer, model, request, seed=VARIATIONS * i + v) for v in range(VARIATIONS)]
-        for i, (request, _scene) in enumerate(pairs)
-    ]
+    outputs = [rewrite(tokenizer, model, r, seed=i, count=VARIATIONS) for i, (r, _scene) in enumerate(pairs)]
     report: dict = {"n": args.n, "seed": args.seed, **text_figures([(r, o) for (r, _s), o in zip(pairs, outputs)])}
     report["lm_s"] = round(time.time() - begin, 1)
     report["examples"] = [{"request": r, "outputs": o} for (r, _s), o in list(zip(pairs, outputs))[:5]]
@@ -227,6 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     tr.add_argument("--width", type=int, default=128)
     tr.add_argument("--layers", type=int, default=4)
     tr.add_argument("--heads", type=int, default=4)
+    tr.add_argument("--init", help="a shapes-lm folder to continue training from (--width/--layers/--heads ignored)")
     ev = commands.add_parser("evaluate", help="the model card's four figures on held-out requests, as JSON")
     ev.add_argument("--lm", required=True)
     ev.add_argument("--sd", help="a shapes-sd folder for the pixel-judge comparison")
