@@ -159,7 +159,7 @@ def rewrite(tokenizer, model, request: str, *, seed: int, count: int = 1) -> lis
     """
     ids = tokenizer(prompt_text(tokenizer, request), add_special_tokens=False, return_tensors="pt")
     torch.manual_seed(seed)
-    out = model.generate(**ids, generation_config=model.generation_config, num_return_sequences=count)
+    out = model.generate(**ids, num_return_sequences=count)  # sampling settings: model.generation_config
     return [tokenizer.decode(row[ids.input_ids.shape[1] :], skip_special_tokens=True).strip() for row in out]
 
 
