@@ -14,10 +14,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from models.publish import is_complete, publish_once
-from models.tiny_tokenizer import build_clip_tokenizer
+from models.tiny_lm import build_tiny_lm
+from models.tiny_sana import build_tiny_sana_pipeline
+from models.tiny_tokenizer import build_clip_tokenizer, build_t5_tokenizer
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
 
 # Shared by every tiny model: 64x64 images = latent sample_size 32 x vae_scale_factor 2
 # (the VAE has two blocks, so it downsamples once).
@@ -162,6 +164,112 @@ def build_tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
     )
 
 
+def _flow_vae():
+    """The tiny VAE of the flow-matching families (FLUX, SD3): no quant convs, with a shift factor."""
+    from diffusers import AutoencoderKL
+
+    return _seeded(
+        AutoencoderKL,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        latent_channels=4,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+
+
+def _tiny_t5(tokenizer, d_model: int):
+    """A 1-layer ``T5EncoderModel`` of width ``d_model`` for ``tokenizer`` (FLUX's and SD3's sequence encoder)."""
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=1, num_heads=4,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    return _seeded(T5EncoderModel, config=config)
+
+
+def _flow_scheduler(**config: Any):
+    """``FlowMatchEulerDiscreteScheduler`` with ``config`` (the real checkpoints' shift settings)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(**config)
+
+
+def build_tiny_flux_pipeline() -> FluxPipeline:
+    """Build a tiny FLUX.1-dev layout pipeline: CLIP pooled + T5 sequence, guidance-embedded transformer.
+
+    Returns:
+        A ``FluxPipeline`` (4 latent channels packed 2x2, T5 window ``T5_WINDOW`` tokens).
+    """
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    tokenizer, t5_tokenizer = _tokenizer(), build_t5_tokenizer()
+    transformer = _seeded(
+        FluxTransformer2DModel,
+        in_channels=16,  # 4 latent channels, packed 2x2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=TEXT_HIDDEN,  # T5's width
+        pooled_projection_dim=TEXT_HIDDEN,  # CLIP's pooled output
+        guidance_embeds=True,
+        axes_dims_rope=(2, 2, 4),
+    )
+    return FluxPipeline(
+        scheduler=_flow_scheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),
+        vae=_flow_vae(),
+        text_encoder=_tiny_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        text_encoder_2=_tiny_t5(t5_tokenizer, TEXT_HIDDEN),
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer,
+    )
+
+
+def build_tiny_sd3_pipeline() -> StableDiffusion3Pipeline:
+    """Build a tiny SD3 layout pipeline: two CLIP-with-projection encoders + T5, an MMDiT transformer.
+
+    The sequence is both CLIPs' hidden states (2 x 32 wide) padded to T5's width (64), then T5's
+    tokens; the pooled input is both CLIPs' projections (2 x 32).
+
+    Returns:
+        A ``StableDiffusion3Pipeline`` (4 latent channels, patch 2, T5 window ``T5_WINDOW`` tokens).
+    """
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tokenizer, t5_tokenizer = _tokenizer(), build_t5_tokenizer()
+    transformer = _seeded(
+        SD3Transformer2DModel,
+        sample_size=LATENT_SAMPLE_SIZE,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=2 * TEXT_HIDDEN,
+        caption_projection_dim=16,
+        pooled_projection_dim=2 * TEXT_HIDDEN,
+        pos_embed_max_size=64,  # up to 256x256 images
+    )
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=_flow_scheduler(shift=3.0),
+        vae=_flow_vae(),
+        text_encoder=_tiny_text_encoder(tokenizer, with_projection=True),
+        tokenizer=tokenizer,
+        text_encoder_2=_tiny_text_encoder(tokenizer, with_projection=True),
+        tokenizer_2=tokenizer,
+        text_encoder_3=_tiny_t5(t5_tokenizer, 2 * TEXT_HIDDEN),
+        tokenizer_3=t5_tokenizer,
+    )
+
+
 class _ClipFolder:
     """A ``CLIPModel`` with its tokenizer and image processor, saved into one folder like hub checkpoints."""
 
@@ -209,7 +317,11 @@ def build_tiny_clip() -> _ClipFolder:
 BUILTIN_MODELS: dict[str, Callable[[], Any]] = {
     "tiny-sd": build_tiny_sd_pipeline,
     "tiny-sdxl": build_tiny_sdxl_pipeline,
+    "tiny-flux": build_tiny_flux_pipeline,
+    "tiny-sd3": build_tiny_sd3_pipeline,
     "tiny-clip": build_tiny_clip,
+    "tiny-sana": build_tiny_sana_pipeline,  # an LLM-encoded family: Gemma 2 text encoder
+    "tiny-lm": build_tiny_lm,  # a random-weight causal LM for the LLM prompt stage's tests (models.tiny_lm)
 }
 
 

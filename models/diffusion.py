@@ -220,8 +220,11 @@ class ImageGenerator:
                 embeddings and seeds of different lengths.
         """
         batch = _check_generate_inputs(self.family, embeds, seeds, width, height, steps)
+        # attention masks travel as float32 like the embeddings; the pipeline takes them as int64
         tensors = {
-            key: torch.from_numpy(np.ascontiguousarray(embeds[key])).to(self.device, self.dtype)
+            key: torch.from_numpy(np.ascontiguousarray(embeds[key])).to(
+                self.device, torch.int64 if key in self.family.mask_keys else self.dtype
+            )
             for key in self.family.embed_keys
             if key in embeds
         }
@@ -283,6 +286,7 @@ class ImageGenerator:
             num_inference_steps=steps,
             guidance_scale=guidance,
             output_type="pt",  # stays on the device: checks and uint8 conversion happen there
+            **self.family.call_kwargs,
         ).images.permute(0, 2, 3, 1)
 
 

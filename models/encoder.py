@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from models.batching import in_fixed_chunks
+from models.families import token_window
 from models.fastpaths import FastPaths, weights_dtype
 from models.loading import load_text_half
 
@@ -46,6 +47,7 @@ class PromptEncoder:
         self.pipeline_class, self.pipe, self._encode, self.fast_paths_applied = load_text_half(
             model_path, device=device, dtype=weights_dtype(fast_paths, device, dtype), fast_paths=fast_paths
         )
+        self._window_tokenizer, self._window = token_window(self.pipeline_class, self.pipe)
 
     @torch.no_grad()
     def encode(
@@ -93,14 +95,15 @@ class PromptEncoder:
 
     @property
     def max_tokens(self) -> int:
-        """Tokens per prompt the primary tokenizer keeps when encoding (``model_max_length``).
+        """Tokens per prompt the family's window keeps when encoding (``models.families.token_window``).
 
-        Longer prompts are truncated by ``encode`` (for SD/SDXL/FLUX: 77, CLIP's limit).
+        Longer prompts lose their tail in ``encode``: for SD/SDXL 77 (CLIP), for FLUX 512
+        and SD3 256 T5 tokens (at most the T5 tokenizer's ``model_max_length``), for Sana 300 Gemma tokens.
         """
-        return int(self.pipe.tokenizer.model_max_length)
+        return self._window
 
     def token_counts(self, prompts: list[str]) -> list[int]:
-        """Count the primary tokenizer's tokens per prompt, without truncation.
+        """Count the window tokenizer's tokens per prompt (``max_tokens``' tokenizer), without truncation.
 
         Args:
             prompts: one prompt per row.
@@ -113,5 +116,5 @@ class PromptEncoder:
             return []
         # verbose=False: no "sequence length is longer than the maximum" warning, counting
         # over-long prompts is the point here
-        token_ids = self.pipe.tokenizer(list(prompts), truncation=False, verbose=False)["input_ids"]
+        token_ids = self._window_tokenizer(list(prompts), truncation=False, verbose=False)["input_ids"]
         return [len(ids) for ids in token_ids]

@@ -134,3 +134,31 @@ def build_clip_tokenizer(folder: str, extra_words: list[str] | None = None):  # 
 
     write_tokenizer_files(folder, extra_words)
     return CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_LENGTH)
+
+
+T5_WINDOW = 128  # the tiny T5 tokenizers' model_max_length: longer than CLIP's 77, so the two windows differ
+
+
+def build_t5_tokenizer(model_max_length: int = T5_WINDOW):  # -> transformers.T5Tokenizer
+    """Build a small T5 tokenizer in code: a SentencePiece-style Unigram over :data:`COMMON_WORDS`.
+
+    The vocabulary is T5's layout (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2), one ``▁word`` piece
+    per common word, and single characters (letters, digits, punctuation, with and without
+    the word-start ``▁``), so common words are one token and other words are spelled; a
+    character outside the table is ``<unk>``. No sentinel (``<extra_id_N>``) tokens.
+
+    Returns:
+        a ``transformers.T5Tokenizer`` (in transformers 5 the ``tokenizers``-backed class that
+        ``T5TokenizerFast`` names too) whose ``model_max_length`` is ``model_max_length``.
+    """
+    import string
+
+    from transformers import T5Tokenizer
+
+    characters = string.ascii_lowercase + string.ascii_uppercase + string.digits + string.punctuation
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -3.0)]
+    pieces += [(f"▁{word}", -5.0) for word in dict.fromkeys(COMMON_WORDS)]
+    pieces += [(f"▁{char}", -11.0) for char in characters] + [(char, -10.0) for char in characters]
+    scores = dict(reversed(pieces))  # one entry per piece, its first score ("▁a" is a word and a character)
+    vocab = [(piece, scores[piece]) for piece in dict.fromkeys(piece for piece, _ in pieces)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)

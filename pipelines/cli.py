@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pixelmill: {error}", file=sys.stderr)
             return EXIT_NOTHING_DONE
         source = args.spec or "the job from --input/--output"
-        print(f"pixelmill: {source} is valid (input {spec.input.uri} -> output {spec.output.uri})")
+        print(f"pixelmill: {source} is valid (input {spec.input.name} -> output {spec.output.uri})")
         return EXIT_OK
     if args.command == "submit":
         return _submit(args, spec)

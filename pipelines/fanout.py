@@ -10,8 +10,14 @@ is ``rows.child_seed(row seed, k)`` (image 0 keeps the row's seed, so it is the 
 ``images_per_prompt: 1`` run draws). Every other column is the input row's. An input-stage
 error record is not fanned out: it stays one record, with the input row's id.
 
-Fan-outs compose: each appends ``/<index>`` in pipeline order, so a later prompt-variation
-stage (issue 19) and this one give ``<id>/<variation>/<image>``.
+Prompt variations (``llm.variations: V``, jobs with an LLM stage) come first: each input row
+becomes V rows ``<id>/<v>`` (v = 0..V-1, only when V > 1), variation 0 with the row's seed and
+variation v > 0 with ``rows.variation_seed(row seed, v)``; then the images fan-out above runs on
+each. Fan-outs compose: each appends ``/<index>`` only when it is enabled, so both give
+``<id>/<variation>/<image>``. With ``llm`` set every sample also carries its variation
+(``schema.VARIATION_COLUMN``) and the seed of its LLM text (``schema.LLM_SEED_COLUMN``: the
+variation's seed, so all images of a variation share one text and variations differ); the LLM
+stage writes them as ``variation_index`` and ``llm_seed``. ``parent_id`` stays the input row's id.
 
 Runs as a Ray Data ``map_batches`` task on pyarrow batches, after ``prepare_rows`` and
 before duplicate marking and resume, so both work on sample ids. A sample's children are
@@ -25,11 +31,11 @@ from collections.abc import Iterable
 import pyarrow as pa
 
 from pipelines import schema
-from pipelines.rows import child_seed
-from pipelines.schema import IMAGES_PER_PROMPT_COLUMN, Status
+from pipelines.rows import child_seed, variation_seed
+from pipelines.schema import IMAGES_PER_PROMPT_COLUMN, LLM_SEED_COLUMN, VARIATION_COLUMN, Status
 from pipelines.spec import JobSpec
 
-__all__ = ["child_id", "fan_out", "fans_out"]
+__all__ = ["child_id", "fan_out", "fans_out", "makes_samples", "variations_of"]
 
 
 def fans_out(spec: JobSpec, input_names: Iterable[str] | None = None) -> bool:
@@ -45,22 +51,36 @@ def fans_out(spec: JobSpec, input_names: Iterable[str] | None = None) -> bool:
             or schema.IMAGES_PER_PROMPT in (input_names or ()))
 
 
+def makes_samples(spec: JobSpec, input_names: Iterable[str] | None = None) -> bool:
+    """Return whether an input row may become several samples: :func:`fans_out`, or ``llm.variations > 1``."""
+    return fans_out(spec, input_names) or (variations_of(spec) or 1) > 1
+
+
 def child_id(parent_id: str, image_index: int) -> str:
     """Return the id of image ``image_index`` of the row ``parent_id``: ``<parent_id>/<image_index>``."""
     return f"{parent_id}/{image_index}"
 
 
-def fan_out(batch: pa.Table, *, enabled: bool) -> pa.Table:
+def variations_of(spec: JobSpec) -> int | None:
+    """Return the job's prompt variations per input row (``llm.variations``), or None without an LLM stage."""
+    return None if spec.llm is None else spec.llm.variations
+
+
+def fan_out(batch: pa.Table, *, enabled: bool, variations: int | None = None) -> pa.Table:
     """Return the samples of a batch of canonical rows (``prepare_rows(..., images_per_prompt=N)``).
 
     Args:
         batch: canonical rows with ``IMAGES_PER_PROMPT_COLUMN``.
-        enabled: :func:`fans_out` of the job; when False, the rows come back as they are.
+        enabled: :func:`fans_out` of the job; when False, the images fan-out leaves the rows as they are.
+        variations: :func:`variations_of` the job: None leaves the LLM columns out; 1 adds them; more
+            makes each row that many variations first.
 
     Returns:
-        the samples, children of a row adjacent and in order of ``k``, without
+        the samples, children of a row adjacent and in order of ``(v, k)``, without
         ``IMAGES_PER_PROMPT_COLUMN``.
     """
+    if variations is not None:
+        batch = _vary(batch, variations)
     counts = batch.column(IMAGES_PER_PROMPT_COLUMN).to_pylist()
     batch = batch.drop_columns([IMAGES_PER_PROMPT_COLUMN])
     if not enabled:
@@ -91,3 +111,26 @@ def fan_out(batch: pa.Table, *, enabled: bool) -> pa.Table:
     ):
         samples = samples.set_column(samples.schema.get_field_index(name), name, pa.array(values, kind))
     return samples
+
+
+def _vary(batch: pa.Table, variations: int) -> pa.Table:
+    """Return each ok row as ``variations`` rows ``<id>/<v>`` (ids kept when 1), with the LLM columns added."""
+    ids = batch.column(schema.ID).to_pylist()
+    seeds = batch.column(schema.SEED).to_pylist()
+    statuses = batch.column(schema.STATUS).to_pylist()
+    take: list[int] = []
+    new_ids: list[str] = []
+    new_seeds: list[int] = []
+    indices: list[int] = []
+    for row, (row_id, seed, status) in enumerate(zip(ids, seeds, statuses, strict=True)):
+        count = variations if status == Status.OK else 1  # an input-stage error record stays one record
+        for v in range(count):
+            take.append(row)
+            new_ids.append(child_id(row_id, v) if count > 1 else row_id)
+            new_seeds.append(variation_seed(seed, v))
+            indices.append(v)
+    rows = batch.take(pa.array(take, pa.int64()))
+    rows = rows.set_column(rows.schema.get_field_index(schema.ID), schema.ID, pa.array(new_ids, pa.string()))
+    rows = rows.set_column(rows.schema.get_field_index(schema.SEED), schema.SEED, pa.array(new_seeds, pa.int64()))
+    return rows.append_column(VARIATION_COLUMN, pa.array(indices, pa.int64())).append_column(
+        LLM_SEED_COLUMN, pa.array(new_seeds, pa.int64()))

@@ -5,10 +5,10 @@ compares them with the output's earlier runs before any work (:func:`check_resum
 
 - **Settings.** :func:`settings_of` flattens the settings that change an image or decide
   its fate into dotted keys: the model and a hash of its files, the backend, the size,
-  steps, guidance and negative-prompt defaults, the job seed, the precision, the style
-  settings, the score model and the ``min_score`` filter, the image format. A resume whose
-  settings differ from the latest run's stops with the keys that differ, unless the user
-  passes ``--allow-spec-change`` (the output then holds images of both; every run's
+  steps, guidance and negative-prompt defaults, the prompt templates, the job seed, the precision, the style
+  settings, the score model and the ``min_score`` filter, the image format, the LLM stage's
+  settings and model hash. A resume whose settings differ from the latest run's stops with the
+  keys that differ, unless the user passes ``--allow-spec-change`` (the output then holds images of both; every run's
   record keeps its own settings). ``--mode append`` is a new batch and is not checked.
 - **Input.** :func:`input_of` lists each input file with its size and its ETag (object
   stores) or modification time. When the rows have no id column their ids are positions
@@ -28,6 +28,7 @@ from typing import Any
 
 from pipelines.fanout import fans_out
 from pipelines.layout import OutputLayout
+from pipelines.sources import GRID_FORMAT
 from pipelines.spec import JobSpec, ModelSpec
 
 __all__ = ["ResumeRefused", "check_resume", "input_of", "model_hash", "settings_of"]
@@ -63,7 +64,10 @@ def input_of(listing: tuple, *, positional_ids: bool) -> dict[str, Any]:
         ``{"files": [[name, size, version], ...], "sha256": 16 hex chars, "positional_ids": bool}``
         with names relative to the input root.
     """
-    fs, files, root, _ = listing
+    fs, files, root, fmt = listing
+    if fmt == GRID_FORMAT:  # ids come from the values: a changed grid resumes like a changed id column
+        grid = hashlib.sha256(json.dumps(fs, sort_keys=False).encode()).hexdigest()[:16]
+        return {"files": [], "grid": grid, "sha256": grid, "positional_ids": False}
     details: dict[str, dict[str, Any]] = {}
     if len(files) > 1:  # one listing rather than one request per file
         found = fs.find(root, detail=True)
@@ -128,8 +132,18 @@ def settings_of(spec: JobSpec, input_names: Iterable[str] | None = None) -> dict
         "output.image_quality": spec.output.image_quality,
         **{f"defaults.{key}": value for key, value in spec.defaults.model_dump(mode="json").items()},
     }
+    for key in ("prompt_template", "negative_prompt_template"):  # absent when unset, so earlier outputs resume
+        if getattr(spec, key) is not None:
+            settings[key] = getattr(spec, key)
     if fans_out(spec, input_names):  # sample ids <id>/<k>: a resume must not switch between the two id schemes
         settings["images_per_prompt.child_ids"] = True
+    if spec.llm is not None:  # the LLM writes the prompts; absent without it, so earlier outputs still resume
+        llm = spec.llm.model_dump(mode="json", exclude={"model"})
+        settings.update({f"llm.{key}": value for key, value in llm.items()})
+        settings["llm.model.uri"] = spec.llm.model.uri
+        settings["llm.model.hash"] = model_hash(spec.llm.model, spec.storage_options)
+        settings["stages.llm.dtype"] = spec.stages.llm.dtype
+        settings["stages.llm.micro_batch_size"] = spec.stages.llm.micro_batch_size
     if spec.style is not None:
         style = spec.style.model_dump(mode="json", exclude={"cache_size"})
         settings.update({f"style.{key}": value for key, value in style.items()})

@@ -1,4 +1,5 @@
-"""The Ray Data plan: read -> prepare rows -> encode -> generate -> [style] -> [score] -> encode images -> shards."""
+"""The Ray Data plan: read -> prepare rows -> fan out -> [llm] -> encode -> generate -> [style] -> [score] ->
+encode images -> shards."""
 
 from __future__ import annotations
 
@@ -13,19 +14,33 @@ import ray.data
 from actors.encode import EncodeStage
 from actors.generate import GenerateStage
 from pipelines.dedupe import DUPLICATE_MARK, apply_marks
-from pipelines.fanout import fan_out, fans_out
+from pipelines.fanout import fan_out, fans_out, variations_of
 from pipelines.images import encode_images
 from pipelines.passthrough import pack
 from pipelines.resilience import stage_remote_args
-from pipelines.rows import attempt_seed, check_input_columns, prepare_rows
-from pipelines.schema import DUPLICATE_STAGE, ERROR, OUTPUT_COLUMNS, STAGE, STATUS, Status
+from pipelines.rows import attempt_seed, check_input_columns, llm_retry_seed, prepare_rows
+from pipelines.schema import (
+    DUPLICATE_STAGE,
+    ERROR,
+    LLM_SEED,
+    LLM_SEED_COLUMN,
+    OUTPUT_COLUMNS,
+    PROMPT,
+    SEED,
+    SOURCE_PROMPT,
+    STAGE,
+    STATUS,
+    VARIATION_COLUMN,
+    VARIATION_INDEX,
+    Status,
+)
 from pipelines.sources import input_columns, list_input_files, read_prompts
 from pipelines.spec import ColumnMap, JobSpec, StageSpec
 
 # A pool's steps: ``(stage class or function, its kwargs)`` in the order they run on a batch.
 Steps = list[tuple[Callable[..., Any], dict[str, Any]]]
 
-__all__ = ["pool_options", "prepared_rows", "process_rows", "retried_rows", "style_columns"]
+__all__ = ["pool_options", "prepared_rows", "process_rows", "retried_rows", "style_columns", "text_columns"]
 
 
 def pool_options(stage: StageSpec) -> dict[str, Any]:
@@ -50,6 +65,11 @@ def style_columns(spec: JobSpec) -> tuple[str, ...]:
     return tuple(name for name in names if name)
 
 
+def text_columns(spec: JobSpec) -> tuple[str, ...]:
+    """Return the input columns read as text beyond the canonical ones: the style stage's and the templates'."""
+    return tuple(dict.fromkeys((*style_columns(spec), *spec.template_columns())))
+
+
 def prepared_rows(
     spec: JobSpec, *, listing: tuple | None = None, declared: pa.Schema | None = None
 ) -> ray.data.Dataset:
@@ -60,7 +80,7 @@ def prepared_rows(
         declared: the run's pass-through schema (``pipelines.column_types``), if decided.
     """
     listing = listing or list_input_files(spec.input, spec.storage_options)
-    ds = read_prompts(spec.input, spec.storage_options, listing=listing, text_columns=style_columns(spec),
+    ds = read_prompts(spec.input, spec.storage_options, listing=listing, text_columns=text_columns(spec),
                       declared=declared)
     if spec.limit is not None:
         ds = ds.limit(spec.limit)
@@ -69,17 +89,19 @@ def prepared_rows(
         schema = ds.schema()
         names = None if schema is None else schema.names
     if names is not None:  # else no file has a row: zero rows in, zero out (0-byte files)
-        check_input_columns(names, spec.input.columns, uri=spec.input.uri)  # the runner's preflight did too
+        # the runner's preflight did too
+        check_input_columns(names, spec.input.columns, uri=spec.input.name, templates=spec.templates())
     # pyarrow batches: pass-through columns stay the reader's Arrow columns (no pandas round trip,
     # which turned uint64/decimal/huge integers and nullable ints into lossy or failing values).
     ds = ds.map_batches(
         cast(Any, prepare_rows),  # Ray's UDF type has no room for the keyword arguments fn_kwargs fills
         batch_format="pyarrow",
         fn_kwargs={"columns": spec.input.columns, "defaults": spec.defaults, "job_seed": spec.seed,
-                   "images_per_prompt": spec.images_per_prompt},
+                   "images_per_prompt": spec.images_per_prompt, "templates": spec.templates()},
     )
     # Several images per prompt (pipelines.fanout): samples <id>/<k>, before duplicates and resume.
-    return ds.map_batches(cast(Any, fan_out), batch_format="pyarrow", fn_kwargs={"enabled": fans_out(spec, names)})
+    return ds.map_batches(cast(Any, fan_out), batch_format="pyarrow",
+                          fn_kwargs={"enabled": fans_out(spec, names), "variations": variations_of(spec)})
 
 
 def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Dataset:
@@ -91,10 +113,11 @@ def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Datase
     Output columns are dropped; ``prepare_rows`` puts an input-stage record's ``raw_input``
     back in place of its canonical columns. A fan-out sample comes back as itself (its id,
     ``parent_id``, ``image_index`` and seed as recorded): it is never fanned out again, but a
-    record's bad per-row image count fails again with the same reason.
+    record's bad per-row image count fails again with the same reason. A record of a job with an
+    LLM stage gets its prompt as read back (``source_prompt``), its variation and LLM seed.
     """
     def to_input(batch: pa.Table) -> pa.Table:
-        errors = batch.filter(pc.equal(batch.column(STATUS), Status.ERROR.value))
+        errors = _llm_inputs_back(batch.filter(pc.equal(batch.column(STATUS), Status.ERROR.value)))
         duplicate = pc.fill_null(pc.equal(errors[STAGE], DUPLICATE_STAGE), False)
         errors = errors.append_column(DUPLICATE_MARK, pc.if_else(duplicate, errors[ERROR], pa.scalar("", pa.string())))
         return errors.drop_columns([c for c in errors.column_names if c in OUTPUT_COLUMNS])
@@ -103,10 +126,22 @@ def retried_rows(spec: JobSpec, shard_rows: ray.data.Dataset) -> ray.data.Datase
         cast(Any, prepare_rows),  # as in prepared_rows: keyword arguments from fn_kwargs
         batch_format="pyarrow",
         fn_kwargs={"columns": ColumnMap(), "defaults": spec.defaults, "job_seed": spec.seed,
-                   "images_per_prompt": spec.images_per_prompt},
+                   "images_per_prompt": spec.images_per_prompt, "templates": spec.templates()},
     ).map_batches(
         cast(Any, fan_out), batch_format="pyarrow", fn_kwargs={"enabled": False}
     ).map_batches(apply_marks, batch_format="pyarrow")
+
+
+def _llm_inputs_back(errors: pa.Table) -> pa.Table:
+    """Return error records of an LLM job with the LLM stage's inputs back: the prompt as read, the
+    variation and the LLM seed (the internal columns ``pipelines.fanout`` made); others as they are."""
+    names = errors.column_names
+    if LLM_SEED not in names:
+        return errors
+    source = pc.fill_null(errors[SOURCE_PROMPT], "")
+    errors = errors.set_column(names.index(PROMPT), PROMPT, pc.if_else(pc.equal(source, ""), errors[PROMPT], source))
+    return errors.append_column(VARIATION_COLUMN, pc.fill_null(errors[VARIATION_INDEX], 0)).append_column(
+        LLM_SEED_COLUMN, pc.fill_null(errors[LLM_SEED], errors[SEED]))
 
 
 def process_rows(spec: JobSpec, ds: ray.data.Dataset, *, ledger: str | None = None) -> ray.data.Dataset:
@@ -157,7 +192,13 @@ def _model_stages(spec: JobSpec) -> list[tuple[str, type, dict[str, Any], StageS
     """The model stages of a job in order: ``(name, actor class, constructor kwargs, resources)``."""
     options = spec.storage_options
     stage_args = {"model": spec.model, "storage_options": options}
-    stages = [
+    stages: list[tuple[str, type, dict[str, Any], StageSpec]] = []
+    if spec.llm is not None:  # first: the encode stage encodes the LLM's text
+        from actors.llm import LlmStage
+
+        stages.append(("llm", LlmStage, {"llm": spec.llm, "stage": spec.stages.llm, "image_model": spec.model,
+                                         "storage_options": options, "seed_of": llm_retry_seed}, spec.stages.llm))
+    stages += [
         ("encode", EncodeStage, {**stage_args, "stage": spec.stages.encode}, spec.stages.encode),
         ("generate", GenerateStage, {**stage_args, "stage": spec.stages.generate, "generate": spec.generate},
          spec.stages.generate),

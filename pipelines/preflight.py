@@ -130,6 +130,8 @@ def model_uris(spec: JobSpec) -> list[tuple[str, str, str | None]]:
     found: list[tuple[str, str, str | None]] = [("model.uri", spec.model.uri, model_cache)]
     if spec.model.performance.tiny_vae is not None:
         found.append(("model.performance.tiny_vae", spec.model.performance.tiny_vae, model_cache))
+    if spec.llm is not None:
+        found.append(("llm.model.uri", spec.llm.model.uri, spec.llm.model.local_cache_dir()))
     if spec.score is not None:
         found.append(("score.model.uri", spec.score.model.uri, spec.score.model.local_cache_dir()))
     if spec.style is not None and spec.style.backend == "adain" and spec.style.adain is not None:

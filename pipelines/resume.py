@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from pipelines.dedupe import KEY_COLUMNS, RESUME_KEY, RESUME_ON, mark_duplicates, with_resume_key
 from pipelines.layout import LEASE, OutputLayout, shard_name
-from pipelines.schema import ID, IMAGE_INDEX, SOURCE_COLUMNS, STAGE
+from pipelines.schema import ID, IMAGE_INDEX, SOURCE_COLUMNS, STAGE, VARIATION_COLUMN
 
 if TYPE_CHECKING:
     import ray.data
@@ -192,15 +192,19 @@ class RunRows:
     def prompts(self) -> int:
         """Return the input rows that ``rows`` are samples of (``pipelines.fanout``), counted by Ray.
 
-        Each input row has exactly one row with ``image_index`` 0 (its first image, or its
-        one error record).
+        Each input row has exactly one row with ``image_index`` 0 and variation 0 (its first
+        image, or its one error record).
         """
+        import pyarrow as pa
         import pyarrow.compute as pc
 
-        firsts = self.rows.select_columns([IMAGE_INDEX]).map_batches(
-            lambda batch: batch.filter(pc.equal(batch[IMAGE_INDEX], 0)), batch_format="pyarrow"
-        )
-        return firsts.count()
+        def first(batch: pa.Table) -> pa.Table:
+            keep = pc.equal(batch[IMAGE_INDEX], 0)
+            if VARIATION_COLUMN in batch.column_names:  # prompt variations (``llm.variations``)
+                keep = pc.and_(keep, pc.equal(batch[VARIATION_COLUMN], 0))
+            return batch.select([IMAGE_INDEX]).filter(keep)
+
+        return self.rows.map_batches(first, batch_format="pyarrow").count()
 
     def counts(self) -> tuple[int, int]:
         """Return ``(input_rows, skipped)``: both counted by Ray, with no model stage in their plans."""

@@ -53,13 +53,16 @@ from typing import Any
 import pyarrow as pa
 
 from pipelines import schema
+from pipelines.prompt_template import Template
+from pipelines.prompt_template import check_columns as check_template_columns
 from pipelines.schema import IMAGES_PER_PROMPT_COLUMN, INPUT_ERROR_COLUMN, OUTPUT_COLUMNS, RESERVED_COLUMNS, Status
 from pipelines.spec import ColumnMap, GenerationDefaults
 
 # INPUT_ERROR_COLUMN, OUTPUT_COLUMNS and RESERVED_COLUMNS live in ``pipelines.schema``; re-exported here.
 __all__ = [
     "INPUT_ERROR_COLUMN", "MAX_IMAGES_PER_PROMPT", "OUTPUT_COLUMNS", "RESERVED_COLUMNS", "SEED_LIMIT",
-    "attempt_seed", "child_seed", "derive_seed", "prepare_rows", "check_passthrough_columns",
+    "attempt_seed", "child_seed", "llm_retry_seed", "variation_seed", "derive_seed", "prepare_rows",
+    "check_passthrough_columns",
 ]
 
 _INT_FIELDS = (schema.WIDTH, schema.HEIGHT, schema.STEPS)
@@ -116,23 +119,44 @@ def attempt_seed(seed: int, attempt: int) -> int:
     return _salted_seed("attempt", seed, attempt)
 
 
+def variation_seed(seed: int, variation: int) -> int:
+    """Return the seed of prompt variation ``variation`` of a row whose seed is ``seed`` (``pipelines.fanout``).
+
+    Variation 0 keeps the row's seed; a later one hashes it with the salt ``variation``.
+    """
+    return _salted_seed("variation", seed, variation)
+
+
+def llm_retry_seed(seed: int, retry: int) -> int:
+    """Return the seed of the LLM stage's draw ``retry`` (0: the first) of a sample whose LLM seed is ``seed``.
+
+    Draw 0 is the seed itself; a redraw (``llm.retries``) hashes it with the salt ``llm``.
+    """
+    return _salted_seed("llm", seed, retry)
+
+
 # Column names that usually hold the prompt, in the order a mapping hint suggests them.
 _PROMPT_LIKE = ("text", "caption", "prompt_text", "description", "sentence", "title")
 
 
-def check_input_columns(names: list[str], columns: ColumnMap, *, uri: str) -> None:
-    """Raise ``ValueError`` when the input lacks the prompt column, or a column clashes with an output column.
+def check_input_columns(
+    names: list[str], columns: ColumnMap, *, uri: str, templates: tuple[Template, ...] = ()
+) -> None:
+    """Raise ``ValueError`` when the input lacks the prompt column or a column a template names,
+    or a column clashes with an output column.
 
     Args:
         names: the input's column names (pixelmill's own source columns are ignored).
         columns: the spec's ``input.columns``.
         uri: the input, named in the message.
+        templates: the job's prompt templates; with a ``prompt_template`` no prompt column is needed.
 
     The message says how to map the prompt column from the command line
     (``--set input.columns.prompt=text``), naming the likeliest column.
     """
     found = [c for c in names if c not in (*schema.SOURCE_COLUMNS, INPUT_ERROR_COLUMN)]
-    if columns.prompt not in found:
+    check_template_columns(templates, found, source=uri)
+    if columns.prompt not in found and not any(_TEMPLATE_FIELDS[t.key] == schema.PROMPT for t in templates):
         likely = [c for c in _PROMPT_LIKE if c in found] or found or ["COLUMN"]
         raise ValueError(
             f"input.columns.prompt: column {columns.prompt!r} not in the input {uri} (columns: {found}); "
@@ -310,12 +334,14 @@ def _read_fields(
 
 
 def _prepare_one(
-    raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed: int, images_per_prompt: int | None = None
+    raw: dict[str, Any], *, defaults: GenerationDefaults, job_seed: int, images_per_prompt: int | None = None,
+    template_error: str | None = None,
 ) -> dict[str, Any]:
     """One raw row (canonical field names) -> its canonical fields; a bad value -> an error record.
 
     With ``images_per_prompt`` (the job's) the row's own count is resolved too, as
-    ``IMAGES_PER_PROMPT_COLUMN`` (1 on an error record).
+    ``IMAGES_PER_PROMPT_COLUMN`` (1 on an error record). ``template_error``: why the job's
+    prompt template could not fill this row (the row becomes an error record with that reason).
     """
     row_id = _row_id(raw)
     prompt = raw.get(schema.PROMPT)
@@ -332,6 +358,8 @@ def _prepare_one(
     try:
         if raw.get(INPUT_ERROR_COLUMN) is not None:
             raise ValueError(str(raw[INPUT_ERROR_COLUMN]) or "the reader could not read this row")
+        if template_error is not None:
+            raise ValueError(template_error)
         _check_utf8(row_id, "id")
         if not isinstance(prompt, str):
             raise ValueError(f"prompt must be text, got {'nothing' if prompt is None else type(prompt).__name__}")
@@ -363,9 +391,35 @@ def _prepare_one(
     return out
 
 
+# The canonical field each template key fills.
+_TEMPLATE_FIELDS = {"prompt_template": schema.PROMPT, "negative_prompt_template": schema.NEGATIVE_PROMPT}
+
+
+def _filled(batch: pa.Table, templates: tuple[Template, ...]) -> list[tuple[dict[str, str | None], str | None]]:
+    """Each row's templated fields (``{canonical field: text}``) and the first template's reason it failed, or None.
+
+    A field whose template fails is None (so the record's ``raw_input`` holds no half-made prompt).
+    """
+    names = {name for template in templates for name in template.fields}
+    columns = {name: batch.column(name).to_pylist() for name in names if name in batch.column_names}
+    rows: list[tuple[dict[str, str | None], str | None]] = []
+    for index in range(batch.num_rows):
+        values = {name: column[index] for name, column in columns.items()}
+        texts: dict[str, str | None] = {}
+        reason = None
+        for template in templates:
+            try:
+                texts[_TEMPLATE_FIELDS[template.key]] = template.fill(values)
+            except ValueError as error:
+                texts[_TEMPLATE_FIELDS[template.key]] = None
+                reason = reason or str(error)
+        rows.append((texts, reason))
+    return rows
+
+
 def prepare_rows(
     batch: pa.Table, *, columns: ColumnMap, defaults: GenerationDefaults, job_seed: int,
-    images_per_prompt: int | None = None,
+    images_per_prompt: int | None = None, templates: tuple[Template, ...] = (),
 ) -> pa.Table:
     """Map a batch of raw input rows to canonical rows; other columns pass through unchanged.
 
@@ -377,6 +431,8 @@ def prepare_rows(
         job_seed: the job's seed, mixed with row ids to derive row seeds.
         images_per_prompt: the job's images per prompt; when given, each row's own count
             is checked and written as ``IMAGES_PER_PROMPT_COLUMN`` for ``pipelines.fanout``.
+        templates: the job's prompt templates (``JobSpec.templates``): each fills its field
+            (``prompt``/``negative_prompt``) from the row's columns, over any prompt column.
 
     Returns:
         The canonical columns (``schema.CANONICAL_COLUMNS``, typed as ``_CANONICAL_TYPES``),
@@ -396,9 +452,10 @@ def prepare_rows(
     }
     # Error records read back by retry-errors carry their raw inputs (``schema.RAW_INPUT``).
     raw_inputs = batch.column(schema.RAW_INPUT).to_pylist() if schema.RAW_INPUT in names else [None] * batch.num_rows
+    filled = _filled(batch, templates)
     prepared = [
-        _prepare_one(_read_fields(values, raw_inputs, i), defaults=defaults, job_seed=job_seed,
-                     images_per_prompt=images_per_prompt)
+        _prepare_one({**_read_fields(values, raw_inputs, i), **filled[i][0]}, defaults=defaults, job_seed=job_seed,
+                     images_per_prompt=images_per_prompt, template_error=filled[i][1])
         for i in range(batch.num_rows)
     ]
     types = dict(_CANONICAL_TYPES)

@@ -237,7 +237,7 @@ def run_job(
     """
     from actors.budget import open_ledger
     from pipelines.dedupe import first_occurrences
-    from pipelines.fanout import fans_out
+    from pipelines.fanout import makes_samples
     from pipelines.plan import prepared_rows, process_rows
     from pipelines.rows import check_input_columns
     from pipelines.sink import ShardDatasink
@@ -252,7 +252,7 @@ def run_job(
         check_apart(spec, listing, layout)
         names = input_columns(listing, columns=spec.input.columns)
         if names is not None:  # no file has a first batch: the plan checks what Ray reads
-            check_input_columns(names, spec.input.columns, uri=spec.input.uri)
+            check_input_columns(names, spec.input.columns, uri=spec.input.name, templates=spec.templates())
         check_output_reachable(spec)
         check_mode(layout, mode, force=force)
         declared = run_schema(spec, layout, listing, mode)
@@ -276,7 +276,7 @@ def run_job(
             execute(spec, layout, dataset, sink, total=input_rows - skipped)
         summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=skipped, input_rows=input_rows,
                              settings=settings, input=input_record, damaged_shards=plan.damaged)
-        if fans_out(spec, names):  # input_rows counts samples: say how many prompts they came from
+        if makes_samples(spec, names):  # input_rows counts samples: say how many prompts they came from
             summary.prompts, summary.images_per_prompt = run_rows.prompts(), spec.images_per_prompt
         return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start, budget=budget)
 
@@ -309,7 +309,7 @@ def check_apart(spec: JobSpec, listing: tuple, layout: OutputLayout) -> None:
     from pipelines.storage import filesystem
 
     fs, files, _, _ = listing
-    if type(fs) is not type(layout.fs):
+    if spec.input.uri is None or type(fs) is not type(layout.fs):  # a grid has no files
         return
     output = layout.root.rstrip(layout.fs.sep) + layout.fs.sep
     inside = [path for path in files if path.startswith(output)]
@@ -335,7 +335,8 @@ def check_job(spec: JobSpec) -> None:
     Raises:
         OSError: the first check that fails, as one line naming the spec key (``pipelines.preflight``).
     """
-    check_reachable(spec.input.uri, spec.storage_options, key="input.uri", bucket_must_exist=False)
+    if spec.input.uri is not None:  # a grid is built from the spec
+        check_reachable(spec.input.uri, spec.storage_options, key="input.uri", bucket_must_exist=False)
     check_models(spec)
 
 
@@ -356,7 +357,7 @@ def made_from(
     settings = fingerprint.settings_of(spec, names)
     input_record = fingerprint.input_of(listing, positional_ids=positional)
     if mode == "resume" and layout.committed_shards():
-        fingerprint.check_resume(layout, input_uri=spec.input.uri, settings=settings, input_record=input_record,
+        fingerprint.check_resume(layout, input_uri=spec.input.name, settings=settings, input_record=input_record,
                                  allow_spec_change=allow_spec_change)
     return settings, input_record
 
@@ -381,10 +382,10 @@ def run_schema(spec: JobSpec, layout: OutputLayout, listing: tuple, mode: Mode) 
         ValueError: the input has a column the output's committed shards lack.
     """
     from pipelines import column_types
-    from pipelines.plan import style_columns
+    from pipelines.plan import text_columns
     from pipelines.sources import passthrough_schema
 
-    scanned = passthrough_schema(listing, columns=spec.input.columns, extra_text=style_columns(spec))
+    scanned = passthrough_schema(listing, columns=spec.input.columns, extra_text=text_columns(spec))
     return column_types.for_run(scanned, None if mode == "overwrite" else committed_schema(layout))
 
 

@@ -26,7 +26,7 @@ __all__ = [
     "Status", "StageColumns",
     # internal columns
     "INTERNAL_PREFIX", "EMBED_PREFIX", "IMAGE_COLUMN", "INPUT_ERROR_COLUMN", "LINE_COLUMN", "is_internal",
-    "IMAGES_PER_PROMPT_COLUMN",
+    "IMAGES_PER_PROMPT_COLUMN", "VARIATION_COLUMN", "LLM_SEED_COLUMN",
     # column names
     "KEY", "ID", "PROMPT", "NEGATIVE_PROMPT", "SEED", "WIDTH", "HEIGHT", "STEPS", "GUIDANCE",
     "STATUS", "STAGE", "ERROR", "RAW_INPUT", "PARENT_ID", "IMAGE_INDEX", "IMAGES_PER_PROMPT",
@@ -35,8 +35,9 @@ __all__ = [
     "STYLE", "STYLE_HASH", "STYLE_BACKEND", "STYLE_STRENGTH", "STYLE_PRESERVE_COLOR",
     "CLIP_SCORE", "IMAGE_EMBEDDING", "IMAGE", "SHA256", "IMAGE_FORMAT",
     "ATTEMPTS", "ATTEMPT_SEEDS", "ATTEMPT_SCORES", "CHOSEN_ATTEMPT", "LIST_ITEM_TYPES",
+    "SOURCE_PROMPT", "VARIATION_INDEX", "LLM_MODEL", "LLM_MODEL_HASH", "LLM_SAMPLING", "LLM_SEED",
     # stages
-    "INPUT_STAGE", "DUPLICATE_STAGE", "ENCODE", "GENERATE", "STYLE_STAGE", "SCORE", "IMAGE_ENCODE", "STAGES",
+    "INPUT_STAGE", "DUPLICATE_STAGE", "LLM", "ENCODE", "GENERATE", "STYLE_STAGE", "SCORE", "IMAGE_ENCODE", "STAGES",
     "STAGE_SECONDS",
     # error records' reason codes
     "reason_code",
@@ -67,6 +68,10 @@ INPUT_ERROR_COLUMN = INTERNAL_PREFIX + "input_error"  # set by ``pipelines.sourc
 LINE_COLUMN = INTERNAL_PREFIX + "line"  # a JSON Lines row's line number while ``pipelines.sources`` reads it
 # A row's images per prompt as ``pipelines.rows`` resolved it, until ``pipelines.fanout`` makes the samples.
 IMAGES_PER_PROMPT_COLUMN = INTERNAL_PREFIX + "images_per_prompt"
+# A sample's prompt variation and the seed its LLM text is drawn with, from ``pipelines.fanout`` (jobs
+# with ``llm``) to the LLM stage, which writes them as ``variation_index`` and ``llm_seed``.
+VARIATION_COLUMN = INTERNAL_PREFIX + "variation_index"
+LLM_SEED_COLUMN = INTERNAL_PREFIX + "llm_seed"
 
 
 def is_internal(column: str) -> bool:
@@ -117,6 +122,14 @@ ATTEMPTS = "attempts"  # images drawn for the row (0: none, the row failed befor
 ATTEMPT_SEEDS = "attempt_seeds"  # each attempt's seed (``pipelines.rows.attempt_seed``), list<int64>
 ATTEMPT_SCORES = "attempt_scores"  # each attempt's clip_score (NaN: that image was not scored), list<double>
 CHOSEN_ATTEMPT = "chosen_attempt"  # the 0-based attempt whose image and columns the row holds (-1: none)
+# The LLM prompt stage (``actors.llm``): the prompt as read (``prompt`` then holds the LLM's text),
+# which variation of its input row a sample is, the LLM, its settings (JSON text) and the text's seed.
+SOURCE_PROMPT = "source_prompt"
+VARIATION_INDEX = "variation_index"
+LLM_MODEL = "llm_model"
+LLM_MODEL_HASH = "llm_model_hash"
+LLM_SAMPLING = "llm_sampling"
+LLM_SEED = "llm_seed"
 IMAGE = "image"  # the encoded image bytes: the tar member, not a Parquet column
 SHA256 = "sha256"
 IMAGE_FORMAT = "image_format"
@@ -154,6 +167,7 @@ INPUT_STAGE = "input"  # the ``stage`` of rows ``pipelines.rows`` rejects (no ac
 # The ``stage`` of a later occurrence of an id (``pipelines.dedupe``); with ``source``/``source_row``
 # it is also what tells a committed duplicate record from the id's own row on resume.
 DUPLICATE_STAGE = "duplicate"
+LLM = StageColumns("llm", adds=(SOURCE_PROMPT, VARIATION_INDEX, LLM_MODEL, LLM_MODEL_HASH, LLM_SAMPLING, LLM_SEED))
 ENCODE = StageColumns("encode", adds=(PROMPT_TOKENS, PROMPT_TRUNCATED, NEGATIVE_PROMPT_TRUNCATED))
 GENERATE = StageColumns("generate", adds=(MODEL, MODEL_HASH, SCHEDULER, PIPELINE))
 STYLE_STAGE = StageColumns(
@@ -163,8 +177,8 @@ SCORE = StageColumns(
     "score", adds=(CLIP_SCORE, IMAGE_EMBEDDING, ATTEMPTS, ATTEMPT_SEEDS, ATTEMPT_SCORES, CHOSEN_ATTEMPT)
 )
 IMAGE_ENCODE = StageColumns("image_encode", adds=(SHA256, IMAGE_FORMAT), tar_only=(IMAGE,))
-# Every stage, in pipeline order (style and score run only when the job has them).
-STAGES: tuple[StageColumns, ...] = (ENCODE, GENERATE, STYLE_STAGE, SCORE, IMAGE_ENCODE)
+# Every stage, in pipeline order (llm, style and score run only when the job has them).
+STAGES: tuple[StageColumns, ...] = (LLM, ENCODE, GENERATE, STYLE_STAGE, SCORE, IMAGE_ENCODE)
 # Per-row seconds the stages write, in pipeline order.
 STAGE_SECONDS: tuple[str, ...] = tuple(stage.seconds for stage in STAGES)
 

@@ -44,7 +44,9 @@ Reading rules (one value or one file's shape never sinks a job):
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import itertools
 import json
 import posixpath
 import re
@@ -56,6 +58,7 @@ import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
 from pipelines import column_types, schema
+from pipelines.grid import GRID_SOURCE, grid_rows
 from pipelines.schema import INPUT_ERROR_COLUMN, LINE_COLUMN, SOURCE, SOURCE_ROW
 from pipelines.spec import ColumnMap, InputSpec
 from pipelines.storage import filesystem
@@ -64,7 +67,7 @@ if TYPE_CHECKING:
     import ray.data
 
 __all__ = [
-    "FORMAT_READERS", "INPUT_ERROR_COLUMN", "PromptTableDatasource", "ReadRules",
+    "FORMAT_READERS", "GRID_FORMAT", "INPUT_ERROR_COLUMN", "PromptTableDatasource", "ReadRules",
     "input_columns", "input_schema", "list_input_files", "passthrough_schema", "read_prompts",
 ]
 
@@ -315,6 +318,28 @@ FORMAT_READERS: dict[str, tuple[tuple[str, ...], Callable[[pa.NativeFile, ReadRu
 }
 
 
+GRID_FORMAT = "grid"
+
+
+def _grid_batches(grid: dict[str, list[Any]], rules: ReadRules) -> Iterator[pa.Table]:
+    """The grid's rows (``pipelines.grid``) as a reader yields a file's: ``source`` and ``source_row`` added.
+
+    Each key's column has one type over the whole grid (a key of ints and floats is float64 in
+    every batch); a run's declared schema wins where it names the column.
+    """
+    own = pa.schema([_passthrough_field(key, values)[0] for key, values in grid.items() if key not in rules.text])
+    declared = own if rules.declared is None else rules.declared
+    rows = grid_rows(grid, id_column=rules.id)
+    offset = 0
+    while chunk := list(itertools.islice(rows, _JSONL_CHUNK_ROWS)):
+        table = pa.Table.from_batches([_rows_to_batch(chunk, dataclasses.replace(rules, declared=declared))])
+        if rules.declared is not None:
+            table = column_types.conform(table, rules.declared)
+        table = table.append_column(SOURCE, pa.array([GRID_SOURCE] * table.num_rows, pa.string()))
+        yield table.append_column(SOURCE_ROW, pa.array(range(offset, offset + table.num_rows), pa.int64()))
+        offset += table.num_rows
+
+
 def _format_of(path: str) -> str | None:
     for name, (extensions, _) in FORMAT_READERS.items():
         if path.lower().endswith(extensions):
@@ -329,12 +354,17 @@ def list_input_files(spec: InputSpec, storage_options: dict[str, Any] | None = N
 
     Returns:
         ``(fsspec filesystem, sorted file paths, root path, format name)``; the
-        root is what ``source`` names are relative to.
+        root is what ``source`` names are relative to. A grid input (``input.grid``) is
+        ``(the grid mapping, [], "", GRID_FORMAT)``: no files, and every function here that
+        takes a listing builds the grid's rows instead (:func:`_grid_batches`).
 
     Raises:
         FileNotFoundError: nothing readable at the URI.
         ValueError: mixed or unknown formats with ``format: auto``.
     """
+    if spec.grid is not None:
+        return spec.grid, [], "", GRID_FORMAT
+    assert spec.uri is not None  # the spec holds exactly one of uri and grid
     fs, path = filesystem(spec.uri, storage_options)
     # A listing cached by an earlier run in this process (s3fs keeps one per instance) may be stale.
     fs.invalidate_cache(path.split("*")[0].split("?")[0].split("[")[0])
@@ -432,8 +462,11 @@ def input_schema(listing: tuple, *, columns: ColumnMap | None = None) -> pa.Sche
         ValueError: the first file cannot be read as a prompt table.
     """
     fs, files, root, fmt = listing
-    reader = FORMAT_READERS[fmt][1]
     rules = ReadRules.of(columns) if columns is not None else ReadRules()
+    if fmt == GRID_FORMAT:
+        first = next(_grid_batches(fs, rules)).schema
+        return pa.schema([field for field in first if field.name not in (SOURCE, SOURCE_ROW)])  # as a file's
+    reader = FORMAT_READERS[fmt][1]
     for path in files:
         name = posixpath.relpath(path, root) if root else path
         try:
@@ -477,6 +510,8 @@ def passthrough_schema(
     """
     fs, files, root, fmt = listing
     rules = ReadRules.of(columns, extra_text) if columns is not None else ReadRules()
+    if fmt == GRID_FORMAT:
+        return column_types.decide([next(_grid_batches(fs, rules)).schema], rules.consumed)
 
     def schemas() -> Iterator[pa.Schema]:
         for path in files:
@@ -506,6 +541,8 @@ def read_prompts(
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
     fs, files, root, fmt = listing or list_input_files(spec, storage_options)
+    if fmt == GRID_FORMAT:  # built on the driver (at most pipelines.grid.MAX_GRID_ROWS rows), in blocks
+        return ray.data.from_arrow(list(_grid_batches(fs, ReadRules.of(spec.columns, text_columns, declared))))
     names = {p: posixpath.relpath(p, root) if root else p for p in files}
     datasource = PromptTableDatasource(
         files, format=fmt, source_names=names, filesystem=PyFileSystem(FSSpecHandler(fs)),

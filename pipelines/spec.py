@@ -9,11 +9,28 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from pipelines import prompt_template as templating
+from pipelines.grid import GRID_SOURCE, check_grid
+from pipelines.schema import INPUT_ERROR_COLUMN, RESERVED_COLUMNS
 
 __all__ = [
     "JobSpec",
@@ -54,11 +71,35 @@ class ColumnMap(_Strict):
 
 
 class InputSpec(_Strict):
-    """Where the prompt table lives: a file, a folder/prefix or a glob, any fsspec URI."""
+    """Where the prompt table lives: a file, a folder/prefix or a glob, any fsspec URI; or a ``grid``.
 
-    uri: str = Field(min_length=1)
+    ``grid`` (``pipelines.grid``) is the table of every combination of its columns' values, with
+    ids built from the values; exactly one of ``uri`` and ``grid`` is set.
+    """
+
+    uri: Annotated[str, Field(min_length=1)] | None = None
+    grid: dict[str, list[StrictStr | StrictInt | StrictFloat | StrictBool]] | None = None
     format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
     columns: ColumnMap = ColumnMap()
+
+    @model_validator(mode="after")
+    def _uri_or_grid(self) -> InputSpec:
+        if (self.uri is None) == (self.grid is None):
+            raise ValueError("input: set exactly one of uri (a prompt table) and grid (a product of value lists)")
+        if self.grid is not None:
+            if self.columns.id is not None:
+                raise ValueError("input.columns.id: a grid's ids are built from its values; remove the mapping")
+            if self.format != "auto":
+                raise ValueError("input.format: a grid is no file; remove the key")
+            # a key may be a canonical field (steps, seed, prompt, ...): read as that field, as a file's column is
+            readable = set(ColumnMap.model_fields) - {"id"}
+            check_grid(self.grid, reserved=frozenset({*RESERVED_COLUMNS, INPUT_ERROR_COLUMN} - readable))
+        return self
+
+    @property
+    def name(self) -> str:
+        """The input as messages name it: its URI, or ``input.grid``."""
+        return self.uri if self.uri is not None else GRID_SOURCE
 
 
 class OutputSpec(_Strict):
@@ -201,6 +242,9 @@ class Stages(_Strict):
     generate: StageSpec = StageSpec(batch_size=8)
     style: StageSpec = StageSpec(batch_size=8)
     score: StageSpec = StageSpec(batch_size=32)
+    # The LLM prompt stage (``llm``): one row per forward pass, so a row's text never depends
+    # on its batch-mates (``models.llm``).
+    llm: StageSpec = StageSpec(batch_size=16, micro_batch_size=1)
 
 
 class AdaINWeights(_Strict):
@@ -261,6 +305,65 @@ class ScoreSpec(_Strict):
     def _score_model_default(cls, value: Any) -> Any:
         """``model: {cache_dir: ...}`` keeps the CLIP default, not ``ModelSpec``'s diffusion one."""
         return {"uri": DEFAULT_SCORE_MODEL, **value} if isinstance(value, dict) else value
+
+
+# The most prompt variations one input row may fan out to (a typo like 1000 is refused, not run).
+MAX_VARIATIONS = 100
+
+
+class LlmSpec(_Strict):
+    """The LLM prompt stage: a causal LM rewrites each row's prompt (``actors.llm``, ``models.llm``).
+
+    ``instruction`` is filled with the row's prompt (``{prompt}``); the model's chat template,
+    when its tokenizer has one, wraps it. ``variations: N`` makes each input row N samples
+    ``<id>/<v>`` (``pipelines.fanout``), each with its own seed and so its own text. An output
+    that is empty, longer than the image model's text window, or not a full match of
+    ``constraint`` is drawn again with the next seed, ``retries`` times, then is an error record.
+    """
+
+    model: ModelSpec = ModelSpec(uri="builtin:shapes-lm")
+    # vllm is the route for large GPU clusters (ray.data.llm); it is not built here (README).
+    backend: Literal["transformers"] = "transformers"
+    instruction: str = "{prompt}"
+    variations: Annotated[int, Field(ge=1, le=MAX_VARIATIONS)] = 1
+    max_new_tokens: Annotated[int, Field(ge=1, le=1024)] = 48
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    do_sample: bool = True
+    constraint: str | None = None
+    retries: Annotated[int, Field(ge=0, le=10)] = 1
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _llm_model_default(cls, value: Any) -> Any:
+        """``model: {cache_dir: ...}`` keeps the LLM default, not ``ModelSpec``'s diffusion one."""
+        return {"uri": "builtin:shapes-lm", **value} if isinstance(value, dict) else value
+
+    @field_validator("instruction")
+    @classmethod
+    def _has_prompt(cls, value: str) -> str:
+        try:
+            filled = value.format(prompt="x")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"instruction must use only the field {{prompt}} (braces doubled): {error}") from None
+        if filled == value.format(prompt="y"):
+            raise ValueError("instruction must contain {prompt}, where the row's prompt goes")
+        return value
+
+    @field_validator("constraint")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"constraint is not a regular expression: {error}") from None
+        return value
+
+    def sampling(self) -> dict[str, Any]:
+        """Return the settings that decide a row's text besides its prompt and seed (``llm_sampling``)."""
+        return self.model_dump(mode="json", include={"instruction", "max_new_tokens", "temperature", "top_p",
+                                                     "do_sample", "constraint", "retries"})
 
 
 class DiversitySpec(_Strict):
@@ -329,6 +432,8 @@ class JobSpec(_Strict):
     stages: Stages = Stages()
     style: StyleSpec | None = None
     score: ScoreSpec | None = ScoreSpec()
+    # The LLM prompt stage (issue 19): rewrites each row's prompt before the encode stage.
+    llm: LlmSpec | None = None
     placement: PlacementSpec = PlacementSpec()
     ray: RaySpec = RaySpec()
     seed: int = 0
@@ -340,17 +445,54 @@ class JobSpec(_Strict):
     budget: BudgetSpec | None = None
     limit: PositiveInt | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    # Build each row's prompt / negative prompt from its columns (``pipelines.prompt_template``):
+    # ``"{product} on a {background} background"``; the template wins over a prompt column.
+    prompt_template: str | None = None
+    negative_prompt_template: str | None = None
+
+    def templates(self) -> tuple[templating.Template, ...]:
+        """Return the job's parsed templates (prompt first), none when it has none."""
+        texts = (("prompt_template", self.prompt_template), ("negative_prompt_template", self.negative_prompt_template))
+        return tuple(templating.parse(text, key) for key, text in texts if text is not None)
+
+    def template_columns(self) -> tuple[str, ...]:
+        """Return the input columns the templates read (read as text, as the canonical fields are)."""
+        return tuple(dict.fromkeys(name for template in self.templates() for name in template.fields))
+
+    @field_validator("prompt_template", "negative_prompt_template")
+    @classmethod
+    def _template_parses(cls, text: str | None, info: ValidationInfo) -> str | None:
+        if text is not None:
+            templating.parse(text, str(info.field_name))
+        return text
+
+    @model_validator(mode="after")
+    def _templates_read_plain_columns(self) -> JobSpec:
+        # A template's column must reach a retry-errors run as read: the prompt columns hold the
+        # filled text there, and a mapped column is read as its canonical field, not kept.
+        own = {"prompt", "negative_prompt", *self.input.columns.overrides().values()}
+        for template in self.templates():
+            taken = [name for name in template.fields if name in own]
+            if taken:
+                raise ValueError(
+                    f"{template.key}: {{{taken[0]}}} names a prompt column or a column mapped in input.columns; "
+                    "a template reads other columns only (rename the column)"
+                )
+        return self
 
     def pools(self) -> dict[str, StageSpec]:
         """The actor pools Ray starts for this job, by stage name (``pipelines.plan`` places them).
 
         With ``placement.fuse_encode_generate`` the encode stage has no pool: it runs in the
         generate pool's actors; with ``score.max_attempts > 1`` so do style and score (the
-        regenerate loop draws, styles and scores each attempt in one actor).
+        regenerate loop draws, styles and scores each attempt in one actor). With ``llm`` the LLM
+        prompt stage has a pool of its own, first.
         """
         pools = {"generate": self.stages.generate}
         if not self.placement.fuse_encode_generate:
             pools = {"encode": self.stages.encode, **pools}
+        if self.llm is not None:
+            pools = {"llm": self.stages.llm, **pools}
         if self.regenerates:
             return pools
         if self.style is not None:
@@ -371,7 +513,8 @@ class JobSpec(_Strict):
         regenerate loop runs generate, style and score in the ``generate`` pool's actors.
         """
         pools = self.pools()
-        hosts: dict[str, str] = {stage: stage if stage in pools else "generate" for stage in ("encode", "generate")}
+        hosts: dict[str, str] = {"llm": "llm"} if self.llm is not None else {}
+        hosts.update({stage: stage if stage in pools else "generate" for stage in ("encode", "generate")})
         for stage in ("style", "score"):
             if getattr(self, stage) is not None:
                 hosts[stage] = stage if stage in pools else "generate"

@@ -9,6 +9,7 @@ from actors.base import Stage
 from actors.encode import EncodeStage
 from actors.fused import FusedStage
 from actors.generate import GenerateStage
+from actors.llm import LlmStage
 from actors.score import ScoreStage
 from actors.style import StyleStage
 from pipelines import faults, schema
@@ -110,7 +111,7 @@ def test_select_groups_are_computed_apart() -> None:
 
 
 def test_every_stage_declares_a_contract_from_the_schema() -> None:
-    stages = [EncodeStage, GenerateStage, StyleStage, ScoreStage, ImageEncodeStage]
+    stages = [LlmStage, EncodeStage, GenerateStage, StyleStage, ScoreStage, ImageEncodeStage]
     assert [cls.contract for cls in stages] == list(schema.STAGES)
     assert all(issubclass(cls, Stage) for cls in stages)
     assert "score_s" in schema.STAGE_SECONDS

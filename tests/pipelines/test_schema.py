@@ -18,7 +18,7 @@ def test_status_values_are_the_strings_written_to_parquet_and_json() -> None:
 
 
 def test_stage_seconds_follow_the_stages_in_order() -> None:
-    assert schema.STAGE_SECONDS == ("encode_s", "generate_s", "style_s", "score_s", "image_encode_s")
+    assert schema.STAGE_SECONDS == ("llm_s", "encode_s", "generate_s", "style_s", "score_s", "image_encode_s")
 
 
 def test_column_sets_are_the_ones_pixelmill_writes() -> None:
@@ -27,6 +27,7 @@ def test_column_sets_are_the_ones_pixelmill_writes() -> None:
         "pipeline", "style_hash",
         "style_backend", "clip_score", "image_embedding", "sha256", "image_format", *schema.STAGE_SECONDS,
         "attempts", "attempt_seeds", "attempt_scores", "chosen_attempt",  # the regenerate loop's record
+        "source_prompt", "variation_index", "llm_model", "llm_model_hash", "llm_sampling", "llm_seed",  # llm stage
     }
     assert schema.OUTPUT_COLUMNS == {"key", "shard", "status", "stage", "error", *stage_columns}
     assert schema.RESERVED_COLUMNS == {
