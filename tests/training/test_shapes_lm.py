@@ -94,3 +94,14 @@ def test_held_out_requests_name_held_out_triples() -> None:
         w.colour and w.kind and w.position and world.is_held_out(w.colour, w.kind, w.position)
         for c in named if c is not None for w in c.shapes
     )
+
+
+def test_the_llm_stage_writer_gets_captions_from_requests() -> None:
+    """Through pixelmill's own ``models.llm.PromptWriter`` (left-padded batch, a generator per row)."""
+    from models.llm import PromptWriter
+
+    writer = PromptWriter(LM_FOLDER)
+    outputs = writer.write(REQUESTS[:20], list(range(20)), top_p=0.95, micro_batch=8)
+    figures = text_figures([(r, [o]) for r, o in zip(REQUESTS[:20], outputs)])
+    assert figures["parse"] >= PARSE_FLOOR, (figures, outputs)
+    assert figures["keep"] >= KEEP_FLOOR, (figures, outputs)
