@@ -133,7 +133,7 @@ def train(args: argparse.Namespace) -> None:
         if step % 200 == 0 or step == args.steps - 1:
             print(f"step {step}/{args.steps} {time.time() - start:.0f}s loss={loss.item():.4f}", flush=True)
     model.generation_config = GenerationConfig(
-        do_sample=True, temperature=1.0, top_p=0.95, top_k=0, max_new_tokens=32,
+        do_sample=True, temperature=0.7, top_p=0.95, top_k=0, max_new_tokens=32,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -161,6 +161,24 @@ def rewrite(tokenizer, model, request: str, *, seed: int, count: int = 1) -> lis
     torch.manual_seed(seed)
     out = model.generate(**ids, num_return_sequences=count)  # sampling settings: model.generation_config
     return [tokenizer.decode(row[ids.input_ids.shape[1] :], skip_special_tokens=True).strip() for row in out]
+
+
+def draw(requests_: list[str], lm_path: str, *, variations: int) -> list[list[str]]:
+    """``variations`` captions per request, drawn the way the LLM stage draws them.
+
+    Through ``models.llm.PromptWriter`` (the stage's code: chat template, a generator per row,
+    micro-batch 1) with the model's own sampling settings (``generation_config.json``, what the
+    stage uses when the spec sets none). Request ``i``'s variation ``v`` has seed ``i * variations + v``.
+
+    Returns:
+        one list of ``variations`` captions per request.
+    """
+    from models.llm import PromptWriter
+
+    writer = PromptWriter(lm_path)
+    prompts = [request for request in requests_ for _ in range(variations)]
+    texts = writer.write(prompts, list(range(len(prompts))), **writer.sampling())
+    return [texts[i * variations:(i + 1) * variations] for i in range(len(requests_))]
 
 
 def held_out_requests(n: int, seed: int) -> list[tuple[str, world.Scene]]:
@@ -207,9 +225,8 @@ def judged_rate(sd_path: str, captions: list[str]) -> float:
 def evaluate(args: argparse.Namespace) -> None:
     """Print the four figures of the model card as JSON."""
     begin = time.time()
-    tokenizer, model = load(args.lm)
     pairs = held_out_requests(args.n, args.seed)
-    outputs = [rewrite(tokenizer, model, r, seed=i, count=VARIATIONS) for i, (r, _scene) in enumerate(pairs)]
+    outputs = draw([r for r, _scene in pairs], args.lm, variations=VARIATIONS)
     report: dict = {"n": args.n, "seed": args.seed, **text_figures([(r, o) for (r, _s), o in zip(pairs, outputs)])}
     report["lm_s"] = round(time.time() - begin, 1)
     report["examples"] = [{"request": r, "outputs": o} for (r, _s), o in list(zip(pairs, outputs))[:5]]
