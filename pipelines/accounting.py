@@ -44,6 +44,7 @@ class RunSummary:
     # ``images_per_prompt`` (a row's own count from ``input.columns.images_per_prompt`` overrides it).
     prompts: int | None = None
     images_per_prompt: int = 1
+    variations: int = 1  # prompt variations per input row (``llm.variations``), each with its images
     rows: int = 0
     skipped: int = 0
     images: int = 0
@@ -142,7 +143,9 @@ class RunSummary:
     def line(self) -> str:
         """Return the one-line summary printed at the end of a run."""
         fanned = "" if self.prompts is None else (
-            f" (samples of {self.prompts} prompts, images_per_prompt {self.images_per_prompt})"
+            f" (samples of {self.prompts} prompts, "
+            + (f"variations {self.variations}, " if self.variations > 1 else "")
+            + f"images_per_prompt {self.images_per_prompt})"
         )
         return (
             f"pixelmill: {self.input_rows} rows in{fanned}, {self.skipped} skipped as done, "

@@ -278,6 +278,7 @@ def run_job(
                              settings=settings, input=input_record, damaged_shards=plan.damaged)
         if makes_samples(spec, names):  # input_rows counts samples: say how many prompts they came from
             summary.prompts, summary.images_per_prompt = run_rows.prompts(), spec.images_per_prompt
+            summary.variations = spec.llm.variations if spec.llm is not None else 1
         return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start, budget=budget)
 
 
