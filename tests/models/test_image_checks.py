@@ -24,54 +24,8 @@ SIZE = {"width": 32, "height": 32, "steps": 1, "guidance": 1.0}
 SEEDS = [3, 4, 5]
 
 
-@pytest.fixture(scope="module")
-def tiny_flux_path(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The image half of a tiny FLUX pipeline (no text encoders: embeddings are random)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-
-    torch.manual_seed(0)
-    transformer = FluxTransformer2DModel(
-        in_channels=16,  # 4 latent channels, packed 2x2
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        axes_dims_rope=(2, 2, 4),
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
-    pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=None,
-        tokenizer=None,
-        text_encoder_2=None,
-        tokenizer_2=None,
-        transformer=transformer,
-    )
-    folder = tmp_path_factory.mktemp("tiny-flux")
-    pipe.save_pretrained(folder)
-    return str(folder)
-
-
 def _embeds(model_path: str) -> dict[str, np.ndarray]:
-    """Embeddings of ``PROMPTS`` for the model (random ones for the text-less FLUX)."""
-    if "tiny-flux" in model_path:
-        rng = np.random.default_rng(0)
-        return {
-            "prompt_embeds": rng.standard_normal((len(PROMPTS), 8, 32), dtype=np.float32),
-            "pooled_prompt_embeds": rng.standard_normal((len(PROMPTS), 32), dtype=np.float32),
-        }
+    """Embeddings of ``PROMPTS`` for the model."""
     return PromptEncoder(model_path).encode(PROMPTS, None, guidance=[1.0] * len(PROMPTS))
 
 
@@ -108,7 +62,7 @@ def test_healthy_rows_have_no_problems_and_the_bytes_of_generate(request, model:
 # SDXL's pipeline upcasts an fp16 VAE by itself (force_upcast); bf16 it decodes as is
 @pytest.mark.parametrize(
     "model, dtype",
-    [("tiny_sd_path", "float16"), ("tiny_sdxl_path", "bfloat16"), ("tiny_flux_path", "bfloat16")],
+    [("tiny_sd_path", "float16"), ("tiny_sdxl_path", "bfloat16"), ("tiny_flux_builtin_path", "bfloat16")],
 )
 def test_nan_in_reduced_precision_is_fixed_by_a_float32_decode(request, model: str, dtype: str) -> None:
     path = request.getfixturevalue(model)
