@@ -89,9 +89,9 @@ class LlmStage(Stage):
         if not text:
             return "the LLM wrote an empty prompt"
         if self.window.limit is not None and (count := self.window.count(text)) > self.window.limit:
-            return f"the LLM wrote {count} tokens, more than the image model's text window of {self.window.limit}"
+            return f"the LLM wrote {count} tokens, more than the text window of the image model ({self.window.limit})"
         if self.constraint is not None and not self.constraint.fullmatch(text):
-            return f"the LLM's text does not match llm.constraint: {text[:200]!r}"
+            return f"the LLM text does not match llm.constraint: {text[:200]!r}"
         return None
 
     def finish(self, batch: Batch, results: dict[int, Drawn]) -> None:

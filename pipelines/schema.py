@@ -318,6 +318,7 @@ _REASON_VALUES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r'"[^"]*"'), '"…"'),
     (re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s:;,)]+"), "URI"),
     (re.compile(r"(?<![\w.])/[^\s:;,)]+"), "PATH"),
+    (re.compile(r"(?<![\w.])\d+x\d+(?![\w.])"), "NxN"),  # a size: 48x48
     (re.compile(r"(?<![A-Za-z_])-?\d+(?:\.\d+)?(?:e[+-]?\d+)?"), "N"),
 )
 

@@ -332,7 +332,7 @@ class LlmSpec(_Strict):
     temperature: Annotated[float, Field(gt=0)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
     do_sample: bool | None = None
-    constraint: str | None = None
+    constraint: Annotated[str, Field(min_length=1)] | None = None
     retries: Annotated[int, Field(ge=0, le=10)] = 1
 
     @field_validator("model", mode="before")
@@ -481,6 +481,26 @@ class JobSpec(_Strict):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _grid_holds_the_prompt(self) -> JobSpec:
+        # A grid is the whole input, so what the templates read and where the prompt comes from
+        # are known at spec load (a file's columns are checked at preflight).
+        grid = self.input.grid
+        if grid is None:
+            return self
+        for template in self.templates():
+            missing = [name for name in template.fields if name not in grid]
+            if missing:
+                raise ValueError(
+                    f"{template.key}: column {missing[0]!r} is not a key of input.grid (keys: {', '.join(grid)})"
+                )
+        if self.prompt_template is None and self.input.columns.prompt not in grid:
+            raise ValueError(
+                f"input.grid has no {self.input.columns.prompt!r} key and there is no prompt_template: set "
+                "prompt_template (e.g. \"a {key} ...\" with the grid's keys) or add a grid key named prompt"
+            )
+        return self
+
     def pools(self) -> dict[str, StageSpec]:
         """The actor pools Ray starts for this job, by stage name (``pipelines.plan`` places them).
 
@@ -557,10 +577,20 @@ def _format_error(error: ValidationError) -> str:
 
 
 def _parse_value(text: str) -> Any:
-    """Parse a ``--set`` value the way YAML would (``8`` -> 8, ``[1, 4]`` -> list)."""
+    """Parse a ``--set`` value the way YAML would (``8`` -> 8, ``[1, 4]`` -> list).
+
+    Text YAML cannot parse (a regular expression such as ``[0-9]+``, a template such as
+    ``{colour} thing``) and a brace template YAML reads as a mapping without values
+    (``{prompt}``) stay the text as typed.
+    """
     if text == "":
         return ""
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, dict) and value and all(item is None for item in value.values()):
+        return text
     # YAML reads 2026-11-28 as a date; nightly jobs pass dates as plain strings.
     return text if isinstance(value, (datetime.date, datetime.datetime)) else value
 

@@ -27,6 +27,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import uuid
@@ -77,7 +78,8 @@ STORAGE_ENV_VARS = (
     "HF_HUB_OFFLINE",
     "HF_ENDPOINT",
 )
-_SECRET_WORDS = ("secret", "token", "password", "key", "credential")
+# A key naming a secret: these words anywhere in it, but not ``tokens`` (``llm.max_new_tokens`` is a count).
+_SECRET_KEY = re.compile(r"secret|token(?!s)|password|key|credential")
 
 # A model folder is complete when it holds a diffusers pipeline index or a transformers config.
 MODEL_MARKERS = ("model_index.json", "config.json")
@@ -381,7 +383,7 @@ def redact(options: dict[str, Any]) -> dict[str, Any]:
     for key, value in options.items():
         if isinstance(value, dict):
             clean[key] = redact(value)
-        elif any(word in key.lower() for word in _SECRET_WORDS):
+        elif _SECRET_KEY.search(key.lower()):
             clean[key] = "***"
         else:
             clean[key] = value

@@ -100,4 +100,4 @@ def test_a_text_longer_than_the_image_models_window_is_an_error(make_stage) -> N
     long = make_stage(max_new_tokens=120, retries=1)
     out = long(_batch(["a red cat"], [4]))
     assert out["status"][0] == "error" and out["stage"][0] == "llm"
-    assert "text window of 77" in out["error"][0] and "(2 draws)" in out["error"][0]
+    assert "text window of the image model (77)" in out["error"][0] and "(2 draws)" in out["error"][0]

@@ -21,6 +21,9 @@ from pipelines.spec import SpecError, load_spec
 
 
 def _spec(grid: Any, **extra: Any):
+    """A grid job; its prompt is the first key's value unless ``extra`` sets a template (or the grid a prompt)."""
+    if isinstance(grid, dict) and grid and "prompt" not in grid:
+        extra.setdefault("prompt_template", "{" + next(iter(grid)) + "}")
     return load_spec(raw={"input": {"grid": grid, **extra.pop("input", {})}, "output": {"uri": "out"}, **extra})
 
 
@@ -99,9 +102,8 @@ def test_the_listing_schemas_and_resume_record_of_a_grid() -> None:
     names = input_schema(listing, columns=spec.input.columns).names
     assert names[:5] == ["id", "product", "n", "mixed", "steps"]
     check_input_columns(names, spec.input.columns, uri=spec.input.name, templates=spec.templates())
-    with pytest.raises(ValueError, match="prompt_template: column 'look' is not in the input input.grid"):
-        check_input_columns(names, spec.input.columns, uri=spec.input.name,
-                            templates=_spec({"product": ["mug"]}, prompt_template="{product} {look}").templates())
+    with pytest.raises(SpecError, match="prompt_template: column 'look' is not a key of input.grid"):
+        _spec({"product": ["mug"]}, prompt_template="{product} {look}")  # known at spec load for a grid
     # template columns are read as text (not pass-through typed); the others keep one type for the grid
     passthrough = passthrough_schema(listing, columns=spec.input.columns, extra_text=spec.template_columns())
     assert passthrough.names == ["mixed"] and passthrough.field("mixed").metadata  # JSON text: 1 and "a"

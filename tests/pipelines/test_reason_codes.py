@@ -17,6 +17,10 @@ from pipelines.sink import ShardDatasink
     ("style", "s3://bucket/styles/x.png: not found", "style: URI: not found"),
     ("style", "/tmp/a/b.png is a directory", "style: PATH is a directory"),
     ("input", "prompt is empty", "input: prompt is empty"),
+    ("generate", "ValueError: width and height must be multiples of 16, got 48x40",
+     "generate: ValueError: width and height must be multiples of N, got NxN"),
+    ("llm", "the LLM text does not match llm.constraint: 'a red circle, white background' (2 draws)",
+     "llm: the LLM text does not match llm.constraint: '…' (N draws)"),
     ("generate", "RuntimeError: boom\nTraceback (most recent call last): ...", "generate: RuntimeError: boom"),
 ])
 def test_reason_codes_take_the_values_out(stage: str, error: str, code: str) -> None:

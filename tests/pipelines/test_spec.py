@@ -128,3 +128,23 @@ def test_the_readmes_spec_reference_is_a_valid_spec() -> None:
     raw = yaml.safe_load(block.group(1))
     load_spec(raw=raw)
     assert set(raw) == set(JobSpec.model_fields) - {"generate", "style"}, "keys missing from the reference"
+
+
+def test_a_grid_must_hold_what_the_templates_read_and_a_prompt() -> None:
+    base = {"output": {"uri": "out"}}
+    with pytest.raises(SpecError, match="prompt_template: column 'shape' is not a key of input.grid"):
+        load_spec(raw={**base, "input": {"grid": {"colour": ["red"]}}, "prompt_template": "a {colour} {shape}"})
+    with pytest.raises(SpecError, match="input.grid has no 'prompt' key and there is no prompt_template"):
+        load_spec(raw={**base, "input": {"grid": {"colour": ["red"]}}})
+    assert load_spec(raw={**base, "input": {"grid": {"prompt": ["a red circle"]}}}).input.grid == {
+        "prompt": ["a red circle"]}
+
+
+def test_set_keeps_text_that_yaml_cannot_read_as_typed() -> None:
+    raw = {"input": {"uri": "in.jsonl"}, "output": {"uri": "out"}}
+    spec = load_spec(raw=raw, sets=["llm.constraint=[a-z ,]+", "llm.instruction={prompt}",
+                                    "prompt_template={colour} thing", "stages.generate.concurrency=[1, 2]"])
+    assert spec.llm is not None and spec.llm.constraint == "[a-z ,]+" and spec.llm.instruction == "{prompt}"
+    assert spec.prompt_template == "{colour} thing" and spec.stages.generate.concurrency == (1, 2)
+    with pytest.raises(SpecError, match="llm.constraint"):
+        load_spec(raw={**raw, "llm": {"constraint": ""}})

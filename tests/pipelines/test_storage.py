@@ -200,3 +200,12 @@ def test_model_download_survives_503_slowdown(s3, moto_endpoint: str, tmp_path: 
     assert failed > 0
     assert _files(local) == _files(model)
     assert Path(weights).read_bytes() == (model / "unet" / "weights.bin").read_bytes()
+
+
+def test_redact_hides_secrets_but_not_token_counts() -> None:
+    from pipelines.storage import redact
+
+    clean = redact({"key": "k", "secret": "s", "session_token": "t", "client_kwargs": {"aws_secret_access_key": "a"},
+                    "llm": {"max_new_tokens": 48}, "keep": "best"})
+    assert clean == {"key": "***", "secret": "***", "session_token": "***",
+                     "client_kwargs": {"aws_secret_access_key": "***"}, "llm": {"max_new_tokens": 48}, "keep": "best"}
