@@ -26,7 +26,7 @@ adjacent in the batch, so the encode stage usually encodes their prompt once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 
@@ -85,52 +85,43 @@ def fan_out(batch: pa.Table, *, enabled: bool, variations: int | None = None) ->
     batch = batch.drop_columns([IMAGES_PER_PROMPT_COLUMN])
     if not enabled:
         return batch
-    ids = batch.column(schema.ID).to_pylist()
-    seeds = batch.column(schema.SEED).to_pylist()
-    statuses = batch.column(schema.STATUS).to_pylist()
-    take: list[int] = []
-    new_ids: list[str] = []
-    new_seeds: list[int] = []
-    indices: list[int] = []
-    for row, (row_id, seed, status, count) in enumerate(zip(ids, seeds, statuses, counts, strict=True)):
-        if status != Status.OK:  # an input-stage error record: one record, its own id
-            take.append(row)
-            new_ids.append(row_id)
-            new_seeds.append(seed)
-            indices.append(0)
-            continue
-        for k in range(count):
-            take.append(row)
-            new_ids.append(child_id(row_id, k))
-            new_seeds.append(child_seed(seed, k))
-            indices.append(k)
-    samples = batch.take(pa.array(take, pa.int64()))
-    for name, values, kind in (
-        (schema.ID, new_ids, pa.string()), (schema.SEED, new_seeds, pa.int64()),
-        (schema.IMAGE_INDEX, indices, pa.int64()),
-    ):
-        samples = samples.set_column(samples.schema.get_field_index(name), name, pa.array(values, kind))
-    return samples
+    samples, indices, _seeds = _expand(batch, counts, child_seed, suffix=True)
+    return samples.set_column(samples.schema.get_field_index(schema.IMAGE_INDEX), schema.IMAGE_INDEX,
+                              pa.array(indices, pa.int64()))
 
 
 def _vary(batch: pa.Table, variations: int) -> pa.Table:
     """Return each ok row as ``variations`` rows ``<id>/<v>`` (ids kept when 1), with the LLM columns added."""
-    ids = batch.column(schema.ID).to_pylist()
-    seeds = batch.column(schema.SEED).to_pylist()
-    statuses = batch.column(schema.STATUS).to_pylist()
+    rows, indices, seeds = _expand(batch, [variations] * batch.num_rows, variation_seed, suffix=variations > 1)
+    return rows.append_column(VARIATION_COLUMN, pa.array(indices, pa.int64())).append_column(
+        LLM_SEED_COLUMN, pa.array(seeds, pa.int64()))
+
+
+def _expand(
+    batch: pa.Table, counts: list[int], seed_of: Callable[[int, int], int], *, suffix: bool
+) -> tuple[pa.Table, list[int], list[int]]:
+    """The one fan-out rule: ok row ``i`` becomes ``counts[i]`` adjacent rows ``n = 0..counts[i]-1``.
+
+    Child ``n`` has id ``<id>/<n>`` (when ``suffix``, else the row's id) and seed ``seed_of(seed, n)``;
+    an input-stage error record stays one record with its own id and seed.
+
+    Returns:
+        the rows (``id`` and ``seed`` replaced), each one's ``n``, and each one's seed.
+    """
     take: list[int] = []
     new_ids: list[str] = []
     new_seeds: list[int] = []
     indices: list[int] = []
-    for row, (row_id, seed, status) in enumerate(zip(ids, seeds, statuses, strict=True)):
-        count = variations if status == Status.OK else 1  # an input-stage error record stays one record
-        for v in range(count):
+    rows = zip(batch.column(schema.ID).to_pylist(), batch.column(schema.SEED).to_pylist(),
+               batch.column(schema.STATUS).to_pylist(), counts, strict=True)
+    for row, (row_id, seed, status, count) in enumerate(rows):
+        ok = status == Status.OK
+        for n in range(count if ok else 1):
             take.append(row)
-            new_ids.append(child_id(row_id, v) if count > 1 else row_id)
-            new_seeds.append(variation_seed(seed, v))
-            indices.append(v)
-    rows = batch.take(pa.array(take, pa.int64()))
-    rows = rows.set_column(rows.schema.get_field_index(schema.ID), schema.ID, pa.array(new_ids, pa.string()))
-    rows = rows.set_column(rows.schema.get_field_index(schema.SEED), schema.SEED, pa.array(new_seeds, pa.int64()))
-    return rows.append_column(VARIATION_COLUMN, pa.array(indices, pa.int64())).append_column(
-        LLM_SEED_COLUMN, pa.array(new_seeds, pa.int64()))
+            new_ids.append(child_id(row_id, n) if ok and suffix else row_id)
+            new_seeds.append(seed_of(seed, n) if ok else seed)
+            indices.append(n)
+    out = batch.take(pa.array(take, pa.int64()))
+    out = out.set_column(out.schema.get_field_index(schema.ID), schema.ID, pa.array(new_ids, pa.string()))
+    out = out.set_column(out.schema.get_field_index(schema.SEED), schema.SEED, pa.array(new_seeds, pa.int64()))
+    return out, indices, new_seeds
