@@ -3,6 +3,7 @@
 Usage (repo root, a venv with CUDA torch + diffusers + transformers; no Ray, no model hub):
     python bench/gpu_sd_turbo.py [--out gpu_bench.json] [--budget-s 420] [--compile-mode default]
     python bench/gpu_sd_turbo.py --smoke      # CPU, tiny sizes, one iteration: checks the script runs
+    python bench/gpu_sd_turbo.py --quick      # GPU, ~2 min: batches 8,16,32, no compile (bench/gpu_all.sh)
 
 The pipeline is built here with SD-Turbo's architecture (SD 2.1 UNet, SD VAE, an
 OpenCLIP-H-sized CLIP text encoder, the project's code-built tokenizer) and random
@@ -387,6 +388,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bench.skip("d", "no batch size of (c) ran")
     elif args.smoke and not args.smoke_compile:
         bench.skip("d", "compile is not run in --smoke (add --smoke-compile to try it on CPU)")
+    elif args.quick:
+        bench.skip("d", "compile is not run in --quick")
     elif bench.left() < args.compile_reserve_s:
         bench.skip("d", f"{bench.left():.0f}s of budget left, "
                         f"compile needs --compile-reserve-s {args.compile_reserve_s:.0f}")
@@ -434,6 +437,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, 64x64, one iteration")
     parser.add_argument("--smoke-compile", action="store_true", help="with --smoke: run (d) too (slow on CPU)")
+    parser.add_argument("--quick", action="store_true",
+                        help="GPU, short: batches 8,16,32, no (d), --budget-s 125 unless given (bench/gpu_all.sh)")
     parser.add_argument("--out", default=None, help="JSON path (default $OUT/gpu_bench.json or bench/results/)")
     parser.add_argument("--size", type=int, default=512, help="image width and height")
     parser.add_argument("--batches", default="1,4,8,16,32", help="batch sizes swept for (b) and (c)")
@@ -441,7 +446,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                         help="(d)'s torch.compile mode; max-autotune modes may not compile within the budget")
     parser.add_argument("--peak-tflops", type=float, default=790.0, help="dense bf16 peak for MFU (H200 here: 790)")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="whole run, start to JSON")
+    parser.add_argument("--budget-s", type=float, default=None, help="whole run, start to JSON (420; --quick 125)")
     parser.add_argument("--grace-s", type=float, default=30.0, help="watchdog margin past the budget")
     parser.add_argument("--compile-reserve-s", type=float, default=200.0, help="budget needed to start (d)")
     parser.add_argument("--tiny-reserve-s", type=float, default=60.0, help="budget (b)'s sweep leaves for (c)")
@@ -451,6 +456,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-s", type=float, default=2.0, help="timed seconds per point, at least")
     args = parser.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
+    if args.budget_s is None:
+        args.budget_s = 125.0 if args.quick else 420.0
+    if args.quick:  # (d) is skipped, so (b) leaves only (c)'s share
+        args.compile_reserve_s, args.tiny_reserve_s = 0.0, 35.0
+        if args.batches == [1, 4, 8, 16, 32]:
+            args.batches = [8, 16, 32]
     if args.smoke:
         args.size, args.warmup, args.iters, args.min_s = 64, 1, 1, 0.0
         args.tiny_reserve_s, args.compile_reserve_s = 0.0, 0.0

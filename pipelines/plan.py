@@ -11,14 +11,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 
-from actors.encode import EncodeStage
-from actors.generate import GenerateStage
 from pipelines.dedupe import DUPLICATE_MARK, apply_marks
 from pipelines.fanout import fan_out, fans_out, variations_of
 from pipelines.images import encode_images
 from pipelines.passthrough import pack
+from pipelines.pools import image_encoding_kwargs, placed_stages, prepare_kwargs
 from pipelines.resilience import stage_remote_args
-from pipelines.rows import attempt_seed, check_input_columns, llm_retry_seed, prepare_rows
+from pipelines.rows import check_input_columns, prepare_rows
 from pipelines.schema import (
     DUPLICATE_STAGE,
     ERROR,
@@ -36,9 +35,6 @@ from pipelines.schema import (
 )
 from pipelines.sources import input_columns, list_input_files, read_prompts
 from pipelines.spec import ColumnMap, JobSpec, StageSpec
-
-# A pool's steps: ``(stage class or function, its kwargs)`` in the order they run on a batch.
-Steps = list[tuple[Callable[..., Any], dict[str, Any]]]
 
 __all__ = ["pool_options", "prepared_rows", "process_rows", "retried_rows", "style_columns", "text_columns"]
 
@@ -96,8 +92,7 @@ def prepared_rows(
     ds = ds.map_batches(
         cast(Any, prepare_rows),  # Ray's UDF type has no room for the keyword arguments fn_kwargs fills
         batch_format="pyarrow",
-        fn_kwargs={"columns": spec.input.columns, "defaults": spec.defaults, "job_seed": spec.seed,
-                   "images_per_prompt": spec.images_per_prompt, "templates": spec.templates()},
+        fn_kwargs=prepare_kwargs(spec),
     )
     # Several images per prompt (pipelines.fanout): samples <id>/<k>, before duplicates and resume.
     return ds.map_batches(cast(Any, fan_out), batch_format="pyarrow",
@@ -155,7 +150,7 @@ def process_rows(spec: JobSpec, ds: ray.data.Dataset, *, ledger: str | None = No
     # Non-text pass-through columns ride around the numpy-based stages as Arrow bytes
     # (pipelines.passthrough); the sink unpacks them, types and values as read.
     ds = ds.map_batches(cast(Any, pack), batch_format="pyarrow", fn_kwargs={"keep": list(style_columns(spec))})
-    placed = _placed_stages(spec)
+    placed = placed_stages(spec)
     for stage_class, kwargs, resources in placed if ledger is None else _budgeted(placed, ledger):
         with warnings.catch_warnings():
             # Ray 2.60 names num_cpus/num_gpus but has no named parameter for max_task_retries
@@ -165,7 +160,7 @@ def process_rows(spec: JobSpec, ds: ray.data.Dataset, *, ledger: str | None = No
     if spec.placement.encode_images == "task":
         ds = ds.map_batches(
             cast(Any, encode_images),  # as in prepared_rows: keyword arguments from fn_kwargs
-            fn_kwargs=_image_encoding_kwargs(spec),
+            fn_kwargs=image_encoding_kwargs(spec),
             batch_size=min(64, spec.output.samples_per_shard),
         )
     return ds.repartition(target_num_rows_per_block=spec.output.samples_per_shard, strict=True)
@@ -186,96 +181,3 @@ def _budgeted(
                         "num_cpus": resources.num_cpus, "gate": index == 0}, resources)
         for index, (pool, kwargs, resources) in enumerate(placed)
     ]
-
-
-def _model_stages(spec: JobSpec) -> list[tuple[str, type, dict[str, Any], StageSpec]]:
-    """The model stages of a job in order: ``(name, actor class, constructor kwargs, resources)``."""
-    options = spec.storage_options
-    stage_args = {"model": spec.model, "storage_options": options}
-    stages: list[tuple[str, type, dict[str, Any], StageSpec]] = []
-    if spec.llm is not None:  # first: the encode stage encodes the LLM's text
-        from actors.llm import LlmStage
-
-        stages.append(("llm", LlmStage, {"llm": spec.llm, "stage": spec.stages.llm, "image_model": spec.model,
-                                         "storage_options": options, "seed_of": llm_retry_seed}, spec.stages.llm))
-    stages += [
-        ("encode", EncodeStage, {**stage_args, "stage": spec.stages.encode}, spec.stages.encode),
-        ("generate", GenerateStage, {**stage_args, "stage": spec.stages.generate, "generate": spec.generate},
-         spec.stages.generate),
-    ]
-    if spec.style is not None:
-        from actors.style import StyleStage
-
-        stages.append(("style", StyleStage, {"style": spec.style, "stage": spec.stages.style,
-                                             "storage_options": options}, spec.stages.style))
-    if spec.score is not None:
-        from actors.score import ScoreStage
-
-        stages.append(("score", ScoreStage, {"score": spec.score, "stage": spec.stages.score,
-                                             "storage_options": options}, spec.stages.score))
-    return stages
-
-
-def _image_encoding_kwargs(spec: JobSpec) -> dict[str, Any]:
-    return {"image_format": spec.output.image_format, "quality": spec.output.image_quality}
-
-
-def _placed_stages(spec: JobSpec) -> list[tuple[Callable[..., Any], dict[str, Any], StageSpec]]:
-    """The actor pools to run, after ``spec.placement``: each ``(class, constructor kwargs, resources)``.
-
-    Without fusion every model stage is its own pool.  ``fuse_encode_generate`` runs the
-    encode stage inside the generate pool (its resources, one ``FusedStage`` actor);
-    ``encode_images: last_stage`` runs PNG/JPEG/WebP encoding inside the last model actor.
-    With ``score.max_attempts > 1`` (``spec.regenerates``) generate, style and score run as one
-    ``RegenerateStage`` in the generate pool (``JobSpec.pools``).
-    """
-    # a pool's steps: stage classes, and encode_images (a function) when it runs in the last one
-    pools: list[tuple[Steps, StageSpec]] = []
-    for name, stage_class, kwargs, resources in _model_stages(spec):
-        if spec.stage_hosts()[name] == "generate" and name != "generate":
-            # In the generate actors a fused stage shares their device: ``device: auto`` follows
-            # the generate stage's GPUs (the fused stage's own num_gpus is 0 then).
-            kwargs = {**kwargs, "stage": kwargs["stage"].model_copy(update={"num_gpus": spec.stages.generate.num_gpus})}
-        if name == "generate" and spec.placement.fuse_encode_generate:
-            pools[-1] = (pools[-1][0] + [(stage_class, kwargs)], resources)
-        elif name in ("style", "score") and spec.regenerates:  # in the loop: the generate pool's actors
-            pools[-1] = (pools[-1][0] + [(stage_class, kwargs)], pools[-1][1])
-        else:
-            pools.append(([(stage_class, kwargs)], resources))
-    last_stage = spec.placement.encode_images == "last_stage"
-    after: Steps = [(encode_images, _image_encoding_kwargs(spec))] if last_stage else []
-    if spec.regenerates:
-        return [*_placed(pools[:-1]), _regenerate_pool(spec, pools, after)]
-    if after:
-        steps, resources = pools[-1]
-        pools[-1] = (steps + after, resources)
-    return _placed(pools)
-
-
-def _placed(pools: list[tuple[Steps, StageSpec]]) -> list[tuple[Callable[..., Any], dict[str, Any], StageSpec]]:
-    """Each pool as ``(class, constructor kwargs, resources)``: its one stage, or a ``FusedStage`` of its steps."""
-    from actors.fused import FusedStage
-
-    return [
-        (steps[0][0], steps[0][1], resources) if len(steps) == 1 else (FusedStage, {"steps": steps}, resources)
-        for steps, resources in pools
-    ]
-
-
-def _regenerate_pool(
-    spec: JobSpec,
-    pools: list[tuple[Steps, StageSpec]],
-    after: Steps,
-) -> tuple[Callable[..., Any], dict[str, Any], StageSpec]:
-    """The regenerate loop's pool (``actors.regenerate``): the generate pool's resources, running the
-    generate pool's steps and every later pool's (style, score) as one attempt, image encoding after.
-
-    ``pools[-1]`` is the generate pool, with style and score already appended to its steps.
-    """
-    from actors.regenerate import RegenerateStage
-
-    steps, resources = pools[-1]
-    first = next(n for n, (step, _) in enumerate(steps) if step is GenerateStage)
-    kwargs = {"before": steps[:first], "attempt": steps[first:], "after": after, "score": spec.score,
-              "seed_of": attempt_seed}
-    return (RegenerateStage, kwargs, resources)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.plan import _placed_stages
+from pipelines.pools import placed_stages as _placed_stages
 from pipelines.runner import run_job
 from pipelines.spec import load_spec
 from tests.pipelines.readback import check_exactly_once, read_output

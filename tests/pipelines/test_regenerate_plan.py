@@ -13,7 +13,7 @@ from actors.regenerate import RegenerateStage
 from actors.score import ScoreStage
 from pipelines.fingerprint import settings_of
 from pipelines.images import encode_images
-from pipelines.plan import _placed_stages
+from pipelines.pools import placed_stages as _placed_stages
 from pipelines.rows import attempt_seed
 from pipelines.spec import JobSpec, load_spec
 
