@@ -44,6 +44,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +132,7 @@ class ShardCheck:
     stats: dict[int, dict[str, Any]]
     damaged: dict[int, str]
     covered: dict[int, str] = field(default_factory=dict)  # shard -> the run whose index vouched for its stats
+    uncommitted: list[str] = field(default_factory=list)  # full paths of files of shards without a stats file
 
     @property
     def whole(self) -> list[int]:
@@ -171,6 +173,18 @@ def file_version(info: dict[str, Any]) -> str | None:
         if info.get(key) is not None:
             return str(info[key])
     return None
+
+
+def uncommitted(names: Iterable[str]) -> list[str]:
+    """Return the names (relative to the root) among ``names`` that are files of shards without a stats file, sorted."""
+    names = list(names)
+    pattern = STATS_FILE.regex()
+    committed = {int(match.group(1)) for name in names if (match := pattern.fullmatch("/" + name))}
+    leftovers = []
+    for shard_file in SHARD_FILES[:-1]:
+        regex = shard_file.regex()
+        leftovers += [name for name in names if (m := regex.fullmatch("/" + name)) and int(m.group(1)) not in committed]
+    return sorted(leftovers)
 
 
 class OutputLayout:
@@ -330,7 +344,8 @@ class OutputLayout:
                 damaged[shard] = damage
         whole = {shard: stats[shard] for shard in shards if shard not in damaged}
         return ShardCheck(stats=whole, damaged=damaged,
-                          covered={shard: run for shard, run in covered.items() if shard in whole})
+                          covered={shard: run for shard, run in covered.items() if shard in whole},
+                          uncommitted=[self.path(name) for name in uncommitted(sizes)])
 
     def _indexed_stats(self, listing: dict[str, Any]) -> dict[int, tuple[str, str, int, str | None]]:
         """Return ``shard -> (run id, stats JSON, stats file size, version)`` from the listed run indexes.
@@ -406,12 +421,11 @@ class OutputLayout:
             f.write(json.dumps(payload, indent=2, default=str).encode())
 
     def uncommitted_files(self) -> list[str]:
-        """Return the files of shards that never committed (a run died between publish and commit)."""
-        committed = set(self.committed_shards())
-        leftovers = []
-        for shard_file in SHARD_FILES[:-1]:
-            leftovers += [path for shard, path in self._numbered(shard_file).items() if shard not in committed]
-        return sorted(leftovers)
+        """Return the files of shards that never committed (a run died between publish and commit), one listing."""
+        self.refresh()
+        if not self.exists():
+            return []
+        return [self.path(name) for name in uncommitted(self.relative(path) for path in self.fs.find(self.root))]
 
     def remove_shard(self, shard: int) -> None:
         """Remove a shard's files: its stats file first, so a crash midway leaves only uncommitted files."""

@@ -104,7 +104,7 @@ def clean_output(layout: OutputLayout) -> ShardCheck:
         logger.warning("pixelmill: shard %s is damaged (%s): removing it, its rows are done again",
                        shard_name(shard), damage)
         layout.remove_shard(shard)
-    for path in layout.uncommitted_files():
+    for path in check.uncommitted:  # from the same listing: removing a damaged shard leaves no new leftover
         logger.info("pixelmill: removing %s (its shard never committed)", path)
         layout.fs.rm(path)
     return check

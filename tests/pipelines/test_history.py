@@ -135,3 +135,32 @@ def test_done_keys_through_the_index_are_the_full_scans(tmp_path: Path, ray_sess
     found = keys(indexed)
     assert found == keys(scanned)
     assert sorted(key[0] for key in found) == sorted(f"s{s}r{i}" for s in (0, 1, 2, 4) for i in range(3))
+
+
+def test_a_run_that_died_before_its_index_resumes_exactly_once(
+    ray_session, write_prompts, tmp_path: Path, model_cache: str
+) -> None:
+    from pipelines.runner import run_job
+    from tests.pipelines.readback import check_exactly_once, read_output
+
+    ids = [f"h{i:02d}" for i in range(10)]
+    path = write_prompts([{"id": i, "prompt": f"a red circle number {i}"} for i in ids], "prompts.jsonl")
+    out = tmp_path / "out"
+
+    def spec(limit: int | None):
+        raw = {"input": {"uri": str(path)}, "output": {"uri": str(out), "samples_per_shard": 2},
+               "model": {"cache_dir": model_cache}, "score": None, "limit": limit,
+               "defaults": {"width": 32, "height": 32, "steps": 1}}
+        return load_spec(raw=raw)
+
+    first = run_job(spec(4))
+    died = run_job(spec(7))
+    for suffix in (".keys.parquet", ".shards.parquet"):  # it died after its shards committed, before its index
+        (out / "_runs" / f"{died.run_id}{suffix}").unlink()
+    assert set(OutputLayout(str(out)).check_shards().covered.values()) == {first.run_id}
+    last = run_job(spec(None))
+    assert (last.skipped, last.rows) == (7, 3)
+    check_exactly_once(read_output(str(out)), ids)
+    covered = OutputLayout(str(out)).check_shards().covered
+    assert {covered[int(s)] for s in first.shards + last.shards} == {first.run_id, last.run_id}
+    assert not set(map(int, died.shards)) & set(covered)
