@@ -16,6 +16,8 @@ The layout of an output root::
                             each other file of the shard with its size in bytes
     _run.json               the latest run's record (summary, equation, spec)
     _runs/<run id>.json     one record per run
+    _runs/<run id>.shards.parquet  the run's index: its committed shards' stats (``pipelines.history``)
+    _runs/<run id>.keys.parquet    the resume keys of the run's rows, with their shard
     _diversity/<run id>.parquet  a run's near-duplicate pairs (``pipelines.diversity``)
     _retry.json             a retry-errors run in progress
     _lease.json             the run that is writing now
@@ -30,13 +32,20 @@ pick it up from here.
 A committed shard is *whole* when every file its stats file lists is there with the
 size listed (``check_shards``, one listing of the root); otherwise it is *damaged* (a
 file deleted or truncated by hand, a bucket lifecycle rule) and counts as not committed.
+
+The run index (``_runs/<run id>.shards.parquet``, written by ``pipelines.history`` when a run
+finishes) is a cache of stats files: ``check_shards`` takes a shard's stats from the newest
+index that lists it only while its stats file is listed with the size and version (ETag,
+modification time) the index recorded; any other committed shard's stats file is read.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
@@ -61,6 +70,9 @@ ERRORS_DIR = "_errors"
 RUNS_DIR = "_runs"
 DIVERSITY_DIR = "_diversity"
 RUN_RECORD = "_run.json"
+INDEX_SUFFIX = ".shards.parquet"
+INDEX_COLUMNS = ("shard", "stats", "stats_size", "stats_version")  # a run index's columns (``pipelines.history``)
+KEYS_SUFFIX = ".keys.parquet"
 RETRY_MANIFEST = "_retry.json"
 LEASE = "_lease.json"
 CLAIMS = "claims"
@@ -119,6 +131,8 @@ class ShardCheck:
 
     stats: dict[int, dict[str, Any]]
     damaged: dict[int, str]
+    covered: dict[int, str] = field(default_factory=dict)  # shard -> the run whose index vouched for its stats
+    uncommitted: list[str] = field(default_factory=list)  # full paths of files of shards without a stats file
 
     @property
     def whole(self) -> list[int]:
@@ -151,6 +165,26 @@ def shard_damage(shard: int, stats: dict[str, Any], sizes: dict[str, int]) -> st
         elif size is not None and sizes[name] != size:
             problems.append(f"{name} has {sizes[name]} bytes, its stats file says {size}")
     return "; ".join(problems) or None
+
+
+def file_version(info: dict[str, Any]) -> str | None:
+    """Return what identifies one write of a listed file beyond its size (S3 ETag, GCS generation, mtime), or None."""
+    for key in ("ETag", "generation", "mtime", "LastModified"):
+        if info.get(key) is not None:
+            return str(info[key])
+    return None
+
+
+def uncommitted(names: Iterable[str]) -> list[str]:
+    """Return the names (relative to the root) among ``names`` that are files of shards without a stats file, sorted."""
+    names = list(names)
+    pattern = STATS_FILE.regex()
+    committed = {int(match.group(1)) for name in names if (match := pattern.fullmatch("/" + name))}
+    leftovers = []
+    for shard_file in SHARD_FILES[:-1]:
+        regex = shard_file.regex()
+        leftovers += [name for name in names if (m := regex.fullmatch("/" + name)) and int(m.group(1)) not in committed]
+    return sorted(leftovers)
 
 
 class OutputLayout:
@@ -198,6 +232,14 @@ class OutputLayout:
     def run_record(self, run_id: str | None = None) -> str:
         """Return ``_runs/<run id>.json``, or ``_run.json`` (the latest run) without a run id."""
         return self.path(RUNS_DIR, f"{run_id}.json") if run_id else self.path(RUN_RECORD)
+
+    def run_index(self, run_id: str) -> str:
+        """Return a run's index of its committed shards' stats (``_runs/<run id>.shards.parquet``)."""
+        return self.path(RUNS_DIR, f"{run_id}{INDEX_SUFFIX}")
+
+    def run_keys(self, run_id: str) -> str:
+        """Return the resume keys of a run's committed rows (``_runs/<run id>.keys.parquet``)."""
+        return self.path(RUNS_DIR, f"{run_id}{KEYS_SUFFIX}")
 
     def diversity_table(self, run_id: str) -> str:
         """Return a run's near-duplicate pairs table (``_diversity/<run id>.parquet``)."""
@@ -263,33 +305,74 @@ class OutputLayout:
     def check_shards(self) -> ShardCheck:
         """Return the committed shards split into whole and damaged ones, from one listing of the root.
 
-        A shard whose stats file cannot be read or parsed is damaged too. The stats files are
-        read in one call (concurrent requests on an object store).
+        Each shard's stats come from the run index that covers it (see the module docstring),
+        else from its stats file; the uncovered stats files are read in one call (concurrent
+        requests on an object store). A shard whose stats file cannot be read or parsed is
+        damaged too.
         """
         self.refresh()
         if not self.exists():
             return ShardCheck(stats={}, damaged={})
-        sizes = {self.relative(path): int(info.get("size") or 0)
-                 for path, info in self.fs.find(self.root, detail=True).items()}
+        listing = {self.relative(path): info for path, info in self.fs.find(self.root, detail=True).items()}
+        sizes = {name: int(info.get("size") or 0) for name, info in listing.items()}
         pattern = STATS_FILE.regex()
         shards = sorted(int(match.group(1)) for name in sizes if (match := pattern.fullmatch("/" + name)))
-        paths = [self.shard_file("stats", shard) for shard in shards]
-        contents = self.fs.cat(paths, on_error="return") if paths else {}  # fsspec refuses an empty list
+        indexed = self._indexed_stats(listing)
         stats: dict[int, dict[str, Any]] = {}
-        damaged: dict[int, str] = {}
+        covered: dict[int, str] = {}
+        unread = []
         for shard in shards:
+            entry, name = indexed.get(shard), STATS_FILE.name(shard)
+            if entry is not None and entry[2] == sizes[name] and entry[3] in (None, file_version(listing[name])):
+                stats[shard], covered[shard] = json.loads(entry[1]), entry[0]
+            else:
+                unread.append(shard)
+        paths = [self.shard_file("stats", shard) for shard in unread]
+        contents = self.fs.cat(paths, on_error="return") if paths else {}  # fsspec refuses an empty list
+        for shard in unread:
             content = contents.get(self.shard_file("stats", shard))
             try:
                 parsed = json.loads(content) if isinstance(content, bytes) else None
             except ValueError:
                 parsed = None
-            if not isinstance(parsed, dict):
+            stats[shard] = parsed if isinstance(parsed, dict) else {}
+        damaged: dict[int, str] = {}
+        for shard in shards:
+            if not stats[shard]:
                 damaged[shard] = f"{STATS_FILE.name(shard)} cannot be read"
-            elif (damage := shard_damage(shard, parsed, sizes)) is not None:
+            elif (damage := shard_damage(shard, stats[shard], sizes)) is not None:
                 damaged[shard] = damage
-            else:
-                stats[shard] = parsed
-        return ShardCheck(stats=stats, damaged=damaged)
+        whole = {shard: stats[shard] for shard in shards if shard not in damaged}
+        return ShardCheck(stats=whole, damaged=damaged,
+                          covered={shard: run for shard, run in covered.items() if shard in whole},
+                          uncommitted=[self.path(name) for name in uncommitted(sizes)])
+
+    def _indexed_stats(self, listing: dict[str, Any]) -> dict[int, tuple[str, str, int, str | None]]:
+        """Return ``shard -> (run id, stats JSON, stats file size, version)`` from the listed run indexes.
+
+        One read per run (in one call); a later run's entry (by run id, which starts with its
+        start time) replaces an earlier one's. A run counts only with both its index and keys
+        files listed; an index that cannot be read is skipped (its shards' stats files are read).
+        """
+        import pyarrow.parquet as pq
+
+        runs = sorted(name[len(RUNS_DIR) + 1 : -len(INDEX_SUFFIX)] for name in listing
+                      if name.startswith(RUNS_DIR + "/") and name.endswith(INDEX_SUFFIX) and name.count("/") == 1)
+        runs = [run for run in runs if f"{RUNS_DIR}/{run}{KEYS_SUFFIX}" in listing]
+        paths = [self.run_index(run) for run in runs]
+        contents = self.fs.cat(paths, on_error="return") if paths else {}
+        indexed: dict[int, tuple[str, str, int, str | None]] = {}
+        for run, path in zip(runs, paths):
+            content = contents.get(path)
+            try:
+                table = pq.read_table(io.BytesIO(content)) if isinstance(content, bytes) else None
+            except (OSError, ValueError, pa.ArrowException):
+                table = None
+            if table is None:
+                continue
+            for shard, text, size, version in zip(*(table.column(name).to_pylist() for name in INDEX_COLUMNS)):
+                indexed[int(shard)] = (run, text, int(size), version)
+        return indexed
 
     def files(self, kind: str) -> list[str]:
         """Return the full paths of every existing per-shard file of ``kind``, in shard order."""
@@ -312,8 +395,8 @@ class OutputLayout:
         return self.read_json(self.shard_file("stats", shard))
 
     def all_stats(self) -> list[dict[str, Any]]:
-        """Return the stats of every committed shard, in shard order."""
-        return [self.read_json(path) for path in self.files("stats")]
+        """Return the stats of every whole committed shard, in shard order (``check_shards``: the run indexes)."""
+        return list(self.check_shards().stats.values())
 
     def last_run(self) -> dict[str, Any] | None:
         """Return ``_run.json`` (the latest run's record), or None when there is none."""
@@ -338,12 +421,11 @@ class OutputLayout:
             f.write(json.dumps(payload, indent=2, default=str).encode())
 
     def uncommitted_files(self) -> list[str]:
-        """Return the files of shards that never committed (a run died between publish and commit)."""
-        committed = set(self.committed_shards())
-        leftovers = []
-        for shard_file in SHARD_FILES[:-1]:
-            leftovers += [path for shard, path in self._numbered(shard_file).items() if shard not in committed]
-        return sorted(leftovers)
+        """Return the files of shards that never committed (a run died between publish and commit), one listing."""
+        self.refresh()
+        if not self.exists():
+            return []
+        return [self.path(name) for name in uncommitted(self.relative(path) for path in self.fs.find(self.root))]
 
     def remove_shard(self, shard: int) -> None:
         """Remove a shard's files: its stats file first, so a crash midway leaves only uncommitted files."""
@@ -354,7 +436,7 @@ class OutputLayout:
     def is_owned(self, path: str) -> bool:
         """Return whether ``path`` (a full path under the root) is a file pixelmill writes there.
 
-        Owned: every per-shard file (``SHARD_FILES``), the run records, the near-duplicate
+        Owned: every per-shard file (``SHARD_FILES``), the run records and indexes, the near-duplicate
         tables (``_diversity/*.parquet``), the retry manifest, the lease, the report and
         anything under ``_tmp/``. Anything else (a user's notes,
         an input file placed in the output) is not pixelmill's to delete.
@@ -364,7 +446,7 @@ class OutputLayout:
             return True
         if relative.startswith(TMP_DIR + "/"):
             return True
-        for folder, suffix in ((RUNS_DIR, ".json"), (DIVERSITY_DIR, ".parquet")):
+        for folder, suffix in ((RUNS_DIR, ".json"), (RUNS_DIR, ".parquet"), (DIVERSITY_DIR, ".parquet")):
             if relative.startswith(folder + "/") and relative.endswith(suffix) and relative.count("/") == 1:
                 return True
         return any(shard_file.regex().fullmatch("/" + relative) for shard_file in SHARD_FILES)

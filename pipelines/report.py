@@ -185,6 +185,7 @@ def render_report(
         error_total=data.error_total,
         damaged=[(shard_name(shard), damage) for shard, damage in data.damaged.items()],
         diversity=data.diversity,
+        scanned_shards=data.scanned_shards,
     )
 
 

@@ -1,10 +1,13 @@
 """Gathering a report's facts from an output: stats, run record, a sample, timings, scores, errors.
 
 Reads only what a finished run leaves, through ``pipelines.layout``: the whole committed
-shards' stats files (a damaged shard, ``OutputLayout.check_shards``, is only named),
-their Parquet (one file and one batch at a time, needed columns only), the sampled
-images' tar members (headers walked, other members skipped) and the first
-``max_errors`` error records. ``pipelines.report`` renders what this returns.
+shards' stats (from the run indexes, ``pipelines.history``, and the stats files no index
+covers; a damaged shard, ``OutputLayout.check_shards``, is only named), the Parquet of at
+most ``SCAN_SHARDS`` shards (the sampled images' shards first, then a seeded choice; one
+file and one batch at a time, needed columns only), the sampled images' tar members
+(headers walked, other members skipped) and the first ``max_errors`` error records. So a
+report of an output with 100,000 shards reads a few hundred files, not every shard.
+``pipelines.report`` renders what this returns.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ MAX_ERRORS = 50
 _NOT_IMAGE_EXTENSIONS = ("json", "txt")
 _BATCH_ROWS = 8192
 _TAR_BLOCK_SIZE = 1 << 20
+SCAN_SHARDS = 256  # the most shards whose Parquet the timings and score histogram are read from
 logger = logging.getLogger(__name__)
 
 
@@ -99,6 +103,7 @@ class ReportData:
     history: list[dict[str, Any]] = field(default_factory=list)  # every run's record (``_runs/``), oldest first
     # The latest run's diversity figures (``_run.json``, ``pipelines.diversity``); None when it has none.
     diversity: dict[str, Any] | None = None
+    scanned_shards: int = 0  # the shards the timings and scores were read from (all when at most SCAN_SHARDS)
 
 
 def gather(layout: OutputLayout, *, sample_size: int, seed: int, max_errors: int = MAX_ERRORS) -> ReportData:
@@ -115,9 +120,11 @@ def gather(layout: OutputLayout, *, sample_size: int, seed: int, max_errors: int
     run = layout.last_run()
     if run is None and not stats and not check.damaged:
         raise FileNotFoundError(f"{layout.uri} holds no _run.json and no committed shard")
-    scan = _scan_parquet(layout, stats, _plan_sample(stats, sample_size, seed))
+    plan = _plan_sample(stats, sample_size, seed)
+    scanned = _scanned_shards(list(stats), plan, seed)
+    scan = _scan_parquet(layout, scanned, plan)
     _read_thumbnails(layout, scan.samples)
-    errors, error_total = _read_errors(layout, list(stats), max_errors)
+    errors, error_total = _read_errors(layout, stats, max_errors)
     return ReportData(
         history=layout.run_records(),
         run=run,
@@ -137,7 +144,18 @@ def gather(layout: OutputLayout, *, sample_size: int, seed: int, max_errors: int
         error_total=error_total,
         damaged=check.damaged,
         diversity=(run or {}).get("diversity"),
+        scanned_shards=len(scanned),
     )
+
+
+def _scanned_shards(shards: list[int], plan: dict[int, list[int]], seed: int) -> list[int]:
+    """Return the shards whose Parquet the report reads, ascending: all of them up to ``SCAN_SHARDS``,
+    else the sampled images' shards and a choice seeded by ``seed`` from the others, ``SCAN_SHARDS`` in all."""
+    if len(shards) <= SCAN_SHARDS:
+        return shards
+    others = [shard for shard in shards if shard not in plan]
+    extra = random.Random(seed).sample(others, max(0, min(len(others), SCAN_SHARDS - len(plan))))
+    return sorted([*plan, *extra])
 
 
 def _plan_sample(stats: dict[int, dict[str, Any]], sample_size: int, seed: int) -> dict[int, list[int]]:
@@ -164,7 +182,7 @@ def _finite(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
-def _scan_parquet(layout: OutputLayout, shards: dict[int, Any], plan: dict[int, list[int]]) -> _Scan:
+def _scan_parquet(layout: OutputLayout, shards: list[int], plan: dict[int, list[int]]) -> _Scan:
     """One pass over the shards' Parquet files, one file and one batch at a time, needed columns only."""
     scan = _Scan(timings={column: StageTiming(column) for column in STAGE_SECONDS})
     for shard in shards:
@@ -275,18 +293,23 @@ def _read_thumbnails(layout: OutputLayout, samples: dict[str, Sample]) -> None:
                     break
 
 
-def _read_errors(layout: OutputLayout, shards: list[int], limit: int) -> tuple[list[dict[str, Any]], int]:
-    """Return the first ``limit`` error records (shard order) of ``shards`` and their number of records."""
-    wanted = {layout.shard_file("errors", shard) for shard in shards}
-    fs, files = layout.fs, [path for path in layout.files("errors") if path in wanted]
+def _read_errors(
+    layout: OutputLayout, stats: dict[int, dict[str, Any]], limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Return the first ``limit`` error records (shard order) of the shards of ``stats`` and their number.
+
+    The number is the stats' ``failures`` (each shard's ``_errors/`` file holds that many records);
+    only the files needed for the first ``limit`` records are opened.
+    """
+    total = sum(int(s.get("failures", 0)) for s in stats.values())
+    wanted = {layout.shard_file("errors", shard) for shard, s in stats.items() if s.get("failures")}
+    fs, files = layout.fs, [path for path in layout.files("errors") if path in wanted] if wanted and limit else []
     records: list[dict[str, Any]] = []
-    total = 0
     for path in files:
+        if len(records) >= limit:
+            break
         with fs.open(path, "rb") as f:
             parquet = pq.ParquetFile(f)
-            total += parquet.metadata.num_rows
-            if len(records) >= limit:
-                continue
             names = set(parquet.schema_arrow.names)
             columns = [c for c in (schema.KEY, schema.ID, schema.STAGE, schema.ERROR) if c in names]
             if not columns:

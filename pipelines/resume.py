@@ -5,7 +5,8 @@ start a run removes what dead runs left (``_tmp/`` and files of shards that neve
 committed) and every damaged shard (a file its stats file lists is missing or of another
 size: it counts as not committed, so its rows are done again), applies the output mode,
 and reads the resume keys of the committed rows (``pipelines.dedupe``: the id, and where
-a duplicate record stood) with Ray Data, so :class:`RunRows` can anti-join them away
+a duplicate record stood) with Ray Data, from the run indexes' keys files (``pipelines.history``)
+and the Parquets of the shards no index covers, so :class:`RunRows` can anti-join them away
 before any model runs.
 
 ``skipped`` is the number of this run's input rows (after ``limit``) found already done:
@@ -19,15 +20,17 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+import pyarrow as pa
+
 from pipelines.dedupe import KEY_COLUMNS, RESUME_KEY, RESUME_ON, mark_duplicates, with_resume_key
-from pipelines.layout import LEASE, OutputLayout, shard_name
-from pipelines.schema import ID, IMAGE_INDEX, SOURCE_COLUMNS, STAGE, VARIATION_COLUMN
+from pipelines.layout import LEASE, OutputLayout, ShardCheck, shard_name
+from pipelines.schema import ID, IMAGE_INDEX, SHARD, SOURCE_COLUMNS, STAGE, VARIATION_COLUMN
 
 if TYPE_CHECKING:
     import ray.data
 
 __all__ = [
-    "MODES", "Mode", "OutputPlan", "RunRows", "check_mode", "clean_output", "done_after", "done_keys",
+    "MODES", "Mode", "OutputPlan", "RunRows", "check_mode", "clean_output", "damage_by_name", "done_after", "done_keys",
     "foreign_files", "prepare_output",
 ]
 
@@ -41,8 +44,14 @@ class OutputPlan:
     """What a run finds at its output: where numbering continues and the Parquets of what is done."""
 
     shard_offset: int
-    done_parquet: list[str]
+    done_parquet: list[str]  # the Parquets of done shards no run index covers
     damaged: dict[str, str] = field(default_factory=dict)  # shard name -> what was wrong (removed, redone)
+    done_keys: dict[str, list[int]] = field(default_factory=dict)  # a run's keys file -> the done shards it covers
+
+    @property
+    def done_shards(self) -> int:
+        """The number of committed shards whose rows this run skips."""
+        return len(self.done_parquet) + sum(len(shards) for shards in self.done_keys.values())
 
 
 def foreign_files(layout: OutputLayout) -> list[str]:
@@ -82,12 +91,12 @@ def check_mode(layout: OutputLayout, mode: Mode, *, force: bool = False) -> None
         )
 
 
-def clean_output(layout: OutputLayout) -> tuple[list[int], dict[str, str]]:
+def clean_output(layout: OutputLayout) -> ShardCheck:
     """Remove what dead runs left and every damaged shard.
 
     Returns:
-        the whole committed shards (ascending), and what was wrong with each damaged shard
-        removed (by shard name).
+        the output's check (``OutputLayout.check_shards``): the whole committed shards and
+        their stats, what was wrong with each damaged shard removed, the run index of each.
     """
     layout.remove_tmp()
     check = layout.check_shards()
@@ -95,10 +104,15 @@ def clean_output(layout: OutputLayout) -> tuple[list[int], dict[str, str]]:
         logger.warning("pixelmill: shard %s is damaged (%s): removing it, its rows are done again",
                        shard_name(shard), damage)
         layout.remove_shard(shard)
-    for path in layout.uncommitted_files():
+    for path in check.uncommitted:  # from the same listing: removing a damaged shard leaves no new leftover
         logger.info("pixelmill: removing %s (its shard never committed)", path)
         layout.fs.rm(path)
-    return check.whole, {shard_name(shard): damage for shard, damage in check.damaged.items()}
+    return check
+
+
+def damage_by_name(check: ShardCheck) -> dict[str, str]:
+    """Return what was wrong with each damaged shard of ``check``, by shard name (``_run.json``'s form)."""
+    return {shard_name(shard): damage for shard, damage in check.damaged.items()}
 
 
 def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
@@ -128,35 +142,73 @@ def prepare_output(layout: OutputLayout, mode: Mode) -> OutputPlan:
             f"a retry-errors run at {layout.uri} did not finish: run `pixelmill retry-errors {layout.uri}` "
             "to finish it first (or --mode overwrite)"
         )
-    committed, damaged = clean_output(layout)
+    check = clean_output(layout)
+    committed, damaged = check.whole, damage_by_name(check)
     offset = max(committed) + 1 if committed else 0
-    if mode == "append" or not committed:
+    if mode == "append" or not committed:  # append skips nothing: no keys are read
         return OutputPlan(shard_offset=offset, done_parquet=[], damaged=damaged)
-    plan = done_after(layout, committed, offset)
+    plan = done_after(layout, committed, offset, covered=check.covered)
     plan.damaged = damaged
     return plan
 
 
-def done_after(layout: OutputLayout, shards: list[int], offset: int) -> OutputPlan:
-    """Return a plan that skips the rows of ``shards`` and numbers new shards from ``offset``."""
-    return OutputPlan(shard_offset=offset, done_parquet=[layout.shard_file("parquet", shard) for shard in shards])
+def done_after(layout: OutputLayout, shards: list[int], offset: int, *,
+               covered: dict[int, str] | None = None) -> OutputPlan:
+    """Return a plan that skips the rows of ``shards`` and numbers new shards from ``offset``.
+
+    Args:
+        covered: the run index that vouches for each shard (``ShardCheck.covered``): those
+            shards' keys are read from that run's keys file, the others' from their Parquet.
+    """
+    covered = covered or {}
+    plan = OutputPlan(shard_offset=offset, done_parquet=[])
+    for shard in shards:
+        if shard in covered:
+            plan.done_keys.setdefault(layout.run_keys(covered[shard]), []).append(shard)
+        else:
+            plan.done_parquet.append(layout.shard_file("parquet", shard))
+    return plan
 
 
-def done_keys(layout: OutputLayout, paths: list[str]) -> ray.data.Dataset | None:
-    """Return the resume keys of the rows committed in ``paths``, read by Ray, never gathered on the driver.
+def done_keys(layout: OutputLayout, plan: OutputPlan) -> ray.data.Dataset | None:
+    """Return the resume keys of the rows of ``plan``'s done shards, read by Ray, never gathered on the driver.
+
+    A keys file may hold shards its run's index no longer vouches for (rewritten, removed,
+    or numbered again): only the rows of the shards ``plan.done_keys`` names are kept.
 
     Returns:
-        a dataset of :data:`pipelines.dedupe.RESUME_ON` columns, or None when ``paths`` is empty.
+        a dataset of :data:`pipelines.dedupe.RESUME_ON` columns, or None when nothing is done.
     """
     import ray.data
     from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    if not paths:
+    filesystem = PyFileSystem(FSSpecHandler(layout.fs))
+    parts = []
+    if plan.done_parquet:
+        committed = ray.data.read_parquet(plan.done_parquet, columns=[ID, STAGE, *SOURCE_COLUMNS],
+                                          filesystem=filesystem)
+        parts.append(committed.map_batches(lambda batch: with_resume_key(batch).select(list(RESUME_ON)),
+                                           batch_format="pyarrow"))
+    if plan.done_keys:
+        keep = {path.rsplit(layout.fs.sep, 1)[-1]: shards for path, shards in plan.done_keys.items()}
+        indexed = ray.data.read_parquet(list(plan.done_keys), columns=[*RESUME_ON, SHARD], include_paths=True,
+                                        filesystem=filesystem)
+        parts.append(indexed.map_batches(lambda batch: _kept_keys(batch, keep), batch_format="pyarrow"))
+    if not parts:
         return None
-    committed = ray.data.read_parquet(
-        paths, columns=[ID, STAGE, *SOURCE_COLUMNS], filesystem=PyFileSystem(FSSpecHandler(layout.fs))
-    )
-    return committed.map_batches(lambda batch: with_resume_key(batch).select(list(RESUME_ON)), batch_format="pyarrow")
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def _kept_keys(batch: pa.Table, keep: dict[str, list[int]]) -> pa.Table:
+    """Return the resume keys of ``batch`` (rows of keys files) whose shard its file's entry in ``keep`` names."""
+    import pyarrow.compute as pc
+
+    mask = pa.array([False] * batch.num_rows, pa.bool_())
+    for path in pc.unique(batch["path"]).to_pylist():
+        in_file = pc.equal(batch["path"], path)
+        kept = pc.is_in(batch[SHARD], value_set=pa.array(keep.get(path.rsplit("/", 1)[-1], []), pa.int64()))
+        mask = pc.or_(mask, pc.and_(in_file, kept))
+    return batch.filter(mask).select(list(RESUME_ON))
 
 
 @dataclass
@@ -167,16 +219,18 @@ class RunRows:
         rows: this run's canonical input rows (after ``limit``).
         firsts: ``pipelines.dedupe.first_occurrences`` of ``rows`` (None: no id repeats).
         done: :func:`done_keys` of the committed rows a resume skips (None: nothing to skip).
+        done_shards: how many committed shards ``done`` holds the keys of.
     """
 
     rows: ray.data.Dataset
     firsts: ray.data.Dataset | None
     done: ray.data.Dataset | None
+    done_shards: int = 0
 
     @property
     def partitions(self) -> int:
         """Hash partitions of the anti-join: one per ~16 committed shards keeps each partition's key set small."""
-        return max(1, min(64, len(self.done.input_files()) // 16 + 1)) if self.done is not None else 1
+        return max(1, min(64, self.done_shards // 16 + 1)) if self.done is not None else 1
 
     def todo(self, columns: tuple[str, ...] | None = None) -> ray.data.Dataset:
         """Return the rows to process (duplicates marked, done rows dropped), lazily; ``columns`` narrows them."""
@@ -195,7 +249,6 @@ class RunRows:
         Each input row has exactly one row with ``image_index`` 0 and variation 0 (its first
         image, or its one error record).
         """
-        import pyarrow as pa
         import pyarrow.compute as pc
 
         def first(batch: pa.Table) -> pa.Table:

@@ -21,7 +21,7 @@ from pipelines import fingerprint, schema
 from pipelines.accounting import RunSummary
 from pipelines.layout import OutputLayout, shard_name
 from pipelines.preflight import check_models, check_output_reachable
-from pipelines.resume import OutputPlan, RunRows, clean_output, done_after, done_keys
+from pipelines.resume import OutputPlan, RunRows, clean_output, damage_by_name, done_after, done_keys
 from pipelines.runner import (
     PreflightError,
     committed_schema,
@@ -42,8 +42,8 @@ class NothingToRetry(PreflightError):
 
 
 def error_shards(layout: OutputLayout) -> dict[int, int]:
-    """Return ``{shard: error records}`` for the committed shards whose stats count failures."""
-    counts = {shard: int(layout.read_stats(shard).get("failures", 0)) for shard in layout.committed_shards()}
+    """Return ``{shard: error records}`` for the whole committed shards whose stats count failures."""
+    counts = {shard: int(stats.get("failures", 0)) for shard, stats in layout.check_shards().stats.items()}
     return {shard: count for shard, count in counts.items() if count}
 
 
@@ -85,11 +85,13 @@ def retry_errors(spec: JobSpec) -> RunSummary:
             raise _nothing_to_retry(layout)
     started, clock_start, run_id = start_run(spec)
     with preflight(), take_lease(spec, layout, run_id) as lease:
-        committed, damaged = clean_output(layout)
+        check = clean_output(layout)
+        committed, damaged = check.whole, damage_by_name(check)
     with lease:  # held until the run's record is written, released on success or failure
         offset = max(committed) + 1 if committed else 0
         if manifest is not None:
-            plan = done_after(layout, [s for s in committed if s >= manifest["first_shard"]], offset)
+            plan = done_after(layout, [s for s in committed if s >= manifest["first_shard"]], offset,
+                              covered=check.covered)
         else:
             sources_now = {shard_name(shard): count for shard, count in error_shards(layout).items()}
             manifest = {"run_id": run_id, "first_shard": offset, "sources": sources_now}
@@ -99,12 +101,12 @@ def retry_errors(spec: JobSpec) -> RunSummary:
         sink = ShardDatasink(spec.output, run_id=run_id, shard_offset=offset, storage_options=spec.storage_options,
                              declared=committed_schema(layout))
         pending = [layout.shard_file("parquet", s) for s in sorted(sources)
-                   if s in committed and layout.read_stats(s)["failures"]]
+                   if s in check.stats and check.stats[s]["failures"]]
         input_rows = skipped = 0
         if pending:
             records = ray.data.read_parquet(pending, filesystem=PyFileSystem(FSSpecHandler(layout.fs)))
             # Error records are one per row already: no duplicate marking (a duplicate record stays one).
-            run_rows = RunRows(retried_rows(spec, records), None, done_keys(layout, plan.done_parquet))
+            run_rows = RunRows(retried_rows(spec, records), None, done_keys(layout, plan), done_shards=plan.done_shards)
             input_rows, skipped = run_rows.counts()  # before the work: the progress display's total
             if input_rows > skipped:
                 execute(spec, layout, process_rows(spec, run_rows.todo()), sink, total=input_rows - skipped)
@@ -113,7 +115,8 @@ def retry_errors(spec: JobSpec) -> RunSummary:
         # The settings it made images with (a later resume checks them); no input record: it read no input files.
         summary = RunSummary(run_id=run_id, output=spec.output.uri, mode="retry-errors", skipped=skipped,
                              input_rows=input_rows, settings=fingerprint.settings_of(spec), damaged_shards=damaged)
-        return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start)
+        rewritten = tuple(sorted(set(sources) & set(layout.committed_shards())))  # superseded, still committed
+        return finish_run(spec, layout, summary, sink, started=started, clock_start=clock_start, rewritten=rewritten)
 
 
 def supersede(layout: OutputLayout, shards: list[int], *, run_id: str) -> None:

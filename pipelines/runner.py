@@ -121,16 +121,21 @@ def execute(
 
 def finish_run(
     spec: JobSpec, layout: OutputLayout, summary: RunSummary, sink: Any, *, started: dt.datetime, clock_start: float,
-    budget: RunBudget | None = None,
+    budget: RunBudget | None = None, rewritten: tuple[int, ...] = (),
 ) -> RunSummary:
-    """Count the committed shards into ``summary``, write the run's records and the report; return it.
+    """Index the run's shards, count the output into ``summary``, write the run's records and the report; return it.
+
+    The index (``pipelines.history``) comes first, so the output's totals read it too.
 
     Args:
         budget: the run's budget ledger (``actors.budget``), when the spec has a budget.
+        rewritten: committed shards this run rewrote in place (``pipelines.retry.supersede``):
+            indexed with its new shards, so the next start-up need not read them one by one.
     """
     summary.errors_table = layout.display(ERRORS_DIR)
     summary.add_shards(sink.shard_stats)
     add_cost(spec, summary, deferred=sink.deferred, budget=budget)
+    _write_index(layout, summary.run_id, sorted({*rewritten, *(s["shard"] for s in sink.shard_stats)}))
     summary.dataset = output_totals(layout.all_stats())
     summary.finish(started=started, clock_start=clock_start)
     summary.warnings += score_warnings(spec, summary)
@@ -193,6 +198,19 @@ def _measure_diversity(spec: JobSpec, layout: OutputLayout, run_id: str, shards:
     except Exception as error:  # noqa: BLE001
         logger.warning("pixelmill: could not measure diversity: %s: %s", type(error).__name__, error)
         return None
+
+
+def _write_index(layout: OutputLayout, run_id: str, shards: list[int]) -> None:
+    """Write the run's index (``pipelines.history``); one that fails is logged, never a failed run.
+
+    Without it the next start-up reads these shards' stats and Parquets one by one: slower, as correct.
+    """
+    from pipelines.history import write_index
+
+    try:
+        write_index(layout, run_id, shards)
+    except Exception as error:  # noqa: BLE001
+        logger.warning("pixelmill: could not write the run index: %s: %s", type(error).__name__, error)
 
 
 def _write_card(layout: OutputLayout, spec: JobSpec, *, images: int) -> None:
@@ -261,7 +279,7 @@ def run_job(
     with preflight(), take_lease(spec, layout, run_id) as lease:
         plan = prepare_output(layout, mode)
         rows = prepared_rows(spec, listing=listing, declared=declared)
-        run_rows = RunRows(rows, first_occurrences(rows), done_keys(layout, plan.done_parquet))
+        run_rows = RunRows(rows, first_occurrences(rows), done_keys(layout, plan), done_shards=plan.done_shards)
     # held until the run's record is written, released on success or failure; the ledger only with a budget
     with lease, open_ledger(spec, run_id) as budget:
         with preflight():

@@ -139,7 +139,9 @@ def test_output_modes(ray_session, write_prompts, tmp_path: Path, model_cache: s
     assert (again.rows, again.skipped, again.shards) == (0, 3, [])
     assert {p: p.stat().st_mtime_ns for p in out_dir.iterdir() if p.name not in records} == before
     # one record per run, the latest also as _run.json
-    assert sorted(p.name for p in (out_dir / "_runs").iterdir()) == sorted(f"{r.run_id}.json" for r in (first, again))
+    index = [f"{first.run_id}.keys.parquet", f"{first.run_id}.shards.parquet"]  # only a run that committed shards
+    assert sorted(p.name for p in (out_dir / "_runs").iterdir()) == sorted(
+        [f"{r.run_id}.json" for r in (first, again)] + index)
     assert json.loads((out_dir / "_run.json").read_text())["run_id"] == again.run_id
     appended = run_job(spec, mode="append")
     assert appended.shards == ["00002", "00003"]
