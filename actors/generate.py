@@ -106,7 +106,7 @@ class GenerateStage(Stage):
         if self.search is None:
             (generated, problems), micro_batch = draw(self.micro_batch), self.micro_batch
         else:
-            (generated, problems), micro_batch = self.search.run(shape, draw)
+            (generated, problems), micro_batch = self.search.run(shape, draw, len(rows))
         return [(generated[n], problems.get(n), micro_batch) for n in range(len(rows))]
 
     def finish(self, batch: Batch, results: dict[int, tuple[np.ndarray, tuple[str, str] | None, int]]) -> None:
@@ -132,7 +132,8 @@ class GenerateStage(Stage):
 
 
 def _search(ceiling: int) -> Any:
-    """A ``MicroBatchSearch`` over ``generate_checked`` results, with pixelmill's out-of-memory rule."""
+    """Return a ``MicroBatchSearch`` up to ``ceiling`` over ``generate_checked`` results, with pixelmill's
+    out-of-memory rule and the ``generate:micro_batch`` fault point."""
     from models.autobatch import MicroBatchSearch
 
     return MicroBatchSearch(

@@ -4,9 +4,11 @@ A forward pass's memory grows with its rows, and how many fit depends on the dev
 model, the image size, the steps and the guidance, so a fixed ``micro_batch_size`` is either
 too small (an idle GPU) or an out-of-memory crash. :class:`MicroBatchSearch` finds it per
 *shape* (the caller's key, e.g. ``(width, height, steps, guidance)``) on the first batch of
-that shape: it tries the ceiling (the batch the actor is handed), halves on an
-out-of-memory error (freeing the device cache first), and remembers the first size that
-fits. An out-of-memory error later at a remembered size halves it again (and records it).
+that shape: it tries the ceiling (the batch the actor is handed; a smaller first batch starts
+at the smallest of ceiling, ceiling/2, ... that holds its rows, and a later larger batch
+searches on from there), halves on an out-of-memory error (freeing the device cache
+first), and remembers the first size that fits. An out-of-memory error later at a
+remembered size halves it again (and records it).
 
 Bytes do not change with the size picked. A row's bytes depend on its micro-batch
 (``models.batching``: kernels pick their blocking from the batch's shape; measured on CPU
@@ -68,6 +70,8 @@ class MicroBatchSearch(Generic[Result]):
     Attributes:
         fits: the remembered micro-batch of each shape.
         backoffs: every size given up, in order.
+        growable: shapes whose fit was the start of a search below the ceiling (nothing was
+            given up), so a larger batch of them searches again.
     """
 
     ceiling: int
@@ -77,17 +81,19 @@ class MicroBatchSearch(Generic[Result]):
     free_cache: Callable[[], None] = free_device_cache
     fits: dict[Hashable, int] = field(default_factory=dict)
     backoffs: list[Backoff] = field(default_factory=list)
+    growable: set[Hashable] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         if self.ceiling < 1:
             raise ValueError(f"the micro-batch ceiling must be positive, got {self.ceiling}")
 
-    def run(self, shape: Hashable, compute: Callable[[int], Result]) -> tuple[Result, int]:
+    def run(self, shape: Hashable, compute: Callable[[int], Result], rows: int) -> tuple[Result, int]:
         """Compute one batch of ``shape`` at its micro-batch, searching it first when unknown.
 
         Args:
             shape: the key the fit is remembered under.
             compute: computes the whole batch at the micro-batch it is given.
+            rows: the rows in the batch.
 
         Returns:
             ``(result, micro-batch it was computed at)``.
@@ -97,8 +103,11 @@ class MicroBatchSearch(Generic[Result]):
                 memory at micro-batch 1 (nothing smaller to try).
         """
         size = self.fits.get(shape)
-        if size is None:
-            return self._search(shape, compute, self.ceiling)
+        if size is None or (shape in self.growable and rows > size):
+            start = self.ceiling
+            while start // 2 >= rows:
+                start //= 2
+            return self._search(shape, compute, start, may_grow=start < self.ceiling)
         try:
             return self._attempt(compute, size), size
         except Exception as error:
@@ -106,10 +115,13 @@ class MicroBatchSearch(Generic[Result]):
                 raise
             self._give_up(shape, size, OUT_OF_MEMORY)
             del self.fits[shape]
-            return self._search(shape, compute, size // 2)
+            return self._search(shape, compute, size // 2, may_grow=False)
 
-    def _search(self, shape: Hashable, compute: Callable[[int], Result], start: int) -> tuple[Result, int]:
-        """Try ``start``, then halves, until one fits and gives micro-batch 1's bytes; remember it."""
+    def _search(
+        self, shape: Hashable, compute: Callable[[int], Result], start: int, *, may_grow: bool
+    ) -> tuple[Result, int]:
+        """Try ``start``, then halves, until one fits and gives micro-batch 1's bytes; remember it
+        (as growable when ``may_grow`` and ``start`` itself was kept)."""
         size, single = start, None  # single: the batch at micro-batch 1, once computed
         while True:
             try:
@@ -127,6 +139,10 @@ class MicroBatchSearch(Generic[Result]):
                     size //= 2
                     continue
             self.fits[shape] = size
+            if may_grow and size == start:
+                self.growable.add(shape)
+            else:
+                self.growable.discard(shape)
             return result, size
 
     def _attempt(self, compute: Callable[[int], Result], size: int) -> Result:

@@ -50,37 +50,49 @@ def _search(limit: int, ceiling: int = 32) -> tuple[MicroBatchSearch, Threshold,
 @pytest.mark.parametrize("limit, settles", [(5, 4), (32, 32), (1, 1)])
 def test_settles_on_the_largest_size_that_fits_and_remembers_it(limit: int, settles: int) -> None:
     search, threshold, freed = _search(limit)
-    result, size = search.run("32x32", _rowwise)
+    result, size = search.run("32x32", _rowwise, 32)
     assert size == settles and search.fits == {"32x32": settles}
     assert np.array_equal(result, _rowwise(1))
     oom = [s for s in (32, 16, 8, 4, 2) if s > limit]
     assert search.backoffs == [Backoff("32x32", s, OUT_OF_MEMORY) for s in oom] and len(freed) == len(oom)
     threshold.sizes.clear()
-    assert search.run("32x32", _rowwise)[1] == settles
+    assert search.run("32x32", _rowwise, 32)[1] == settles
     assert threshold.sizes == [settles]  # remembered: one pass, no search
-    assert search.run("64x64", _rowwise)[1] == settles and "64x64" in search.fits  # a new shape searches again
+    assert search.run("64x64", _rowwise, 32)[1] == settles and "64x64" in search.fits  # a new shape searches again
 
 
 def test_a_later_out_of_memory_error_halves_the_remembered_size() -> None:
     search, threshold, _ = _search(8)
-    assert search.run("s", _rowwise)[1] == 8
+    assert search.run("s", _rowwise, 32)[1] == 8
     threshold.limit = 3  # the device got fuller (another process, fragmentation)
-    result, size = search.run("s", _rowwise)
+    result, size = search.run("s", _rowwise, 32)
     assert size == 2 and search.fits == {"s": 2} and np.array_equal(result, _rowwise(1))
     assert search.backoffs[-2:] == [Backoff("s", 8, OUT_OF_MEMORY), Backoff("s", 4, OUT_OF_MEMORY)]
+
+
+def test_a_small_first_batch_starts_low_and_a_larger_one_searches_on() -> None:
+    search, threshold, _ = _search(5)
+    assert search.run("s", _rowwise, 3)[1] == 4 and threshold.sizes == [4, 1]  # 4 holds 3 rows; 1: the byte check
+    assert search.growable == {"s"}
+    threshold.sizes.clear()
+    assert search.run("s", _rowwise, 4)[1] == 4 and threshold.sizes == [4]  # no larger than the fit: no search
+    assert search.run("s", _rowwise, 20)[1] == 4 and threshold.sizes[1:4] == [32, 16, 8]
+    assert not search.growable  # sizes above the fit were given up: it stays
+    small, _, _ = _search(1)
+    assert small.run("s", _rowwise, 3)[1] == 1 and not small.growable
 
 
 def test_errors_other_than_out_of_memory_and_oom_at_one_row_are_raised() -> None:
     search, _, _ = _search(0)
     with pytest.raises(RuntimeError, match="out of memory"):
-        search.run("s", _rowwise)
+        search.run("s", _rowwise, 32)
     assert "s" not in search.fits
 
     def broken(size: int) -> np.ndarray:
         raise ValueError("a bad row")
 
     with pytest.raises(ValueError, match="a bad row"):
-        _search(32)[0].run("s", broken)
+        _search(32)[0].run("s", broken, 32)
     with pytest.raises(ValueError, match="positive"):
         _search(4, ceiling=0)
 
@@ -90,7 +102,7 @@ def test_a_size_whose_bytes_differ_from_one_row_is_given_up() -> None:
         return _rowwise(1) + (size > 2)
 
     search, _, _ = _search(32, ceiling=8)
-    result, size = search.run("s", by_size)
+    result, size = search.run("s", by_size, 8)
     assert size == 2 and np.array_equal(result, by_size(1))
     assert search.backoffs == [Backoff("s", 8, BYTES_DIFFER), Backoff("s", 4, BYTES_DIFFER)]
 
@@ -120,7 +132,7 @@ def test_auto_gives_the_bytes_of_micro_batch_one_on_a_real_model(model) -> None:
     fixed = {size: _digests(draw(size)[0]) for size in (1, 2, 4, 8)}
     search, threshold, _ = _search(4, ceiling=8)
     search.images = lambda result: result[0]
-    (images, problems), size = search.run((32, 32, 1, guidance), draw)
+    (images, problems), size = search.run((32, 32, 1, guidance), draw, 8)
     assert _digests(images) == fixed[1] and problems == {}
     assert size <= 4 and search.fits == {(32, 32, 1, guidance): size}
     for backoff in search.backoffs:
@@ -129,5 +141,5 @@ def test_auto_gives_the_bytes_of_micro_batch_one_on_a_real_model(model) -> None:
             assert fixed[backoff.size] != fixed[1]
     assert size == 1 or fixed[size] == fixed[1]
     threshold.sizes.clear()
-    again, _ = search.run((32, 32, 1, guidance), draw)
+    again, _ = search.run((32, 32, 1, guidance), draw, 8)
     assert _digests(again[0]) == fixed[1] and threshold.sizes == [size]
