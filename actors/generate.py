@@ -11,6 +11,8 @@ import numpy as np
 from actors.base import Batch, Stage, healthy_rows
 from actors.loading import local_model_path, stage_device
 from pipelines import schema
+from pipelines.faults import inject
+from pipelines.resilience import is_out_of_memory
 from pipelines.schema import EMBED_PREFIX, IMAGE_COLUMN, Status  # IMAGE_COLUMN: re-exported for older imports
 from pipelines.spec import GenerateSpec, ModelSpec, StageSpec
 
@@ -27,6 +29,11 @@ class GenerateStage(Stage):
     generator), once per actor.  Rows are grouped by size, steps and guidance so each
     group is one batched call; every row draws its latents (or noise) from its own
     seed, so a row's image does not depend on the batch it lands in.
+
+    With ``stage.auto_micro_batch`` (``micro_batch_size: auto``) each group's micro-batch is
+    found by a ``models.autobatch.MicroBatchSearch`` up to ``stage.micro_batch_size``, once per
+    ``(width, height, steps, guidance)`` and actor; the fault point ``generate:micro_batch``
+    runs before every size it tries. Every row records its micro-batch (``micro_batch``).
 
     Args:
         model: which model to load, and its fast paths (``model.performance``; a
@@ -66,6 +73,7 @@ class GenerateStage(Stage):
         self.one_pass = GENERATE_BACKENDS[backend].one_pass
         self.model_uri = model.uri
         self.micro_batch = stage.micro_batch_size
+        self.search = _search(stage.micro_batch_size) if stage.auto_micro_batch else None
 
     @staticmethod
     def _settings(batch: Batch, i: int) -> tuple[int, int, int, float]:
@@ -83,27 +91,33 @@ class GenerateStage(Stage):
             groups[self._settings(batch, i)].append(i)
         return list(groups.values())
 
-    def compute(self, batch: Batch, rows: list[int]) -> list[tuple[np.ndarray, tuple[str, str] | None]]:
-        width, height, steps, guidance = self._settings(batch, rows[0])
+    def compute(self, batch: Batch, rows: list[int]) -> list[tuple[np.ndarray, tuple[str, str] | None, int]]:
+        shape = self._settings(batch, rows[0])
+        width, height, steps, guidance = shape
         embeds = {name[len(EMBED_PREFIX):]: batch[name][rows] for name in batch if name.startswith(EMBED_PREFIX)}
-        generated, problems = self.generator.generate_checked(
-            embeds,
-            seeds=[int(batch[schema.SEED][i]) for i in rows],
-            width=width,
-            height=height,
-            steps=steps,
-            guidance=guidance,
-            micro_batch=self.micro_batch,
-        )
-        return [(generated[n], problems.get(n)) for n in range(len(rows))]
+        seeds = [int(batch[schema.SEED][i]) for i in rows]
 
-    def finish(self, batch: Batch, results: dict[int, tuple[np.ndarray, tuple[str, str] | None]]) -> None:
+        def draw(micro_batch: int) -> tuple[np.ndarray, dict[int, tuple[str, str]]]:
+            return self.generator.generate_checked(
+                embeds, seeds=seeds, width=width, height=height, steps=steps, guidance=guidance,
+                micro_batch=micro_batch,
+            )
+
+        if self.search is None:
+            (generated, problems), micro_batch = draw(self.micro_batch), self.micro_batch
+        else:
+            (generated, problems), micro_batch = self.search.run(shape, draw, len(rows))
+        return [(generated[n], problems.get(n), micro_batch) for n in range(len(rows))]
+
+    def finish(self, batch: Batch, results: dict[int, tuple[np.ndarray, tuple[str, str] | None, int]]) -> None:
         size = len(batch[schema.PROMPT])
         # Rows the checks caught: non-finite or blank images (errors), safety-checker hits (filtered).
         for status in (Status.ERROR, Status.FILTERED):
-            caught = {i: problem[1] for i, (_, problem) in results.items() if problem and problem[0] == status}
+            caught = {i: problem[1] for i, (_, problem, _) in results.items() if problem and problem[0] == status}
             self.mark(batch, caught, status)
-        images = {i: image for i, (image, problem) in results.items() if problem is None}
+        images = {i: image for i, (image, problem, _) in results.items() if problem is None}
+        # 0: no image was drawn for the row (it failed before, or its group raised)
+        batch[schema.MICRO_BATCH] = np.array([results[i][2] if i in results else 0 for i in range(size)], np.int64)
         for name in [name for name in batch if name.startswith(EMBED_PREFIX)]:
             del batch[name]
         batch[IMAGE_COLUMN] = _image_column(images, batch)
@@ -115,6 +129,19 @@ class GenerateStage(Stage):
         batch[schema.MODEL_HASH] = np.full(size, info["model_hash"], dtype=object)
         batch[schema.SCHEDULER] = np.full(size, info["scheduler"], dtype=object)
         batch[schema.PIPELINE] = np.full(size, info["pipeline"], dtype=object)
+
+
+def _search(ceiling: int) -> Any:
+    """Return a ``MicroBatchSearch`` up to ``ceiling`` over ``generate_checked`` results, with pixelmill's
+    out-of-memory rule and the ``generate:micro_batch`` fault point."""
+    from models.autobatch import MicroBatchSearch
+
+    return MicroBatchSearch(
+        ceiling=ceiling,
+        is_out_of_memory=is_out_of_memory,
+        images=lambda result: result[0],
+        before_pass=lambda rows: inject("generate:micro_batch", rows=rows),
+    )
 
 
 def _image_column(images: dict[int, np.ndarray], batch: Batch) -> np.ndarray:

@@ -80,6 +80,10 @@ class RunSummary:
     # Cost and budget (``pipelines.cost``): busy seconds by stage, summed over the run's shards; the
     # figures from them; with a budget, its limits and spend; whether the spent budget deferred rows.
     busy_s: dict[str, float] = field(default_factory=dict)
+    # Generate's micro-batch per shape (``schema.shape_label``): the size that drew most of the shape's
+    # rows (``micro_batch_size: auto`` picks it per actor; see ``micro_batch_rows`` for every size used).
+    micro_batch: dict[str, int] = field(default_factory=dict)
+    micro_batch_rows: dict[str, dict[str, int]] = field(default_factory=dict)
     cost: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] | None = None
     budget_spent: bool = False
@@ -93,6 +97,11 @@ class RunSummary:
             self.filtered += stats.get("filtered", 0)
             for stage, seconds in (stats.get("busy_s") or {}).items():
                 self.busy_s[stage] = self.busy_s.get(stage, 0.0) + seconds
+            for label, sizes in (stats.get("micro_batch") or {}).items():
+                rows = self.micro_batch_rows.setdefault(label, {})
+                for size, count in sizes.items():
+                    rows[size] = rows.get(size, 0) + count
+                self.micro_batch[label] = int(min(rows, key=lambda size: (-rows[size], int(size))))
             if stats.get("scored"):
                 total = (self.clip_score_mean or 0.0) * self.scored + stats["clip_score_mean"] * stats["scored"]
                 self.scored += stats["scored"]

@@ -9,11 +9,14 @@ workers.  Code calls :func:`inject` at named points; a rule fires when its
 Rule keys:
     at: the point: ``stage:<encode|generate|style>`` (each batch a stage
         computes), ``sink:before_publish``, ``sink:after_publish`` (tar and
-        Parquet visible, stats not yet), ``sink:after_commit``.
+        Parquet visible, stats not yet), ``sink:after_commit``,
+        ``generate:micro_batch`` (before each forward-pass size ``micro_batch_size:
+        auto`` tries; its ``rows`` is that micro-batch).
     do: ``exit`` (SIGKILL this process), ``kill_driver`` (SIGKILL the process
         whose pid is in ``PIXELMILL_DRIVER_PID``, then this one, so nothing
         after the point runs), ``raise`` (RuntimeError),
         ``cuda_error`` (the RuntimeError of an illegal CUDA memory access),
+        ``oom`` (the RuntimeError of a CUDA out-of-memory error),
         ``hang`` (sleep for an hour).
     nth: fire on the n-th matching call (default: every call), counted in
         this process, or across processes when ``count_dir`` is given.
@@ -21,6 +24,7 @@ Rule keys:
         ordinal (an atomic file creation), so ``nth`` counts across processes.
     shard: fire only for this shard number (sink points).
     prompt: fire only when a prompt of the batch contains this text.
+    rows_above: fire only when the call's ``rows`` is larger than this.
     once: a file path; the rule fires only if it can create this file, so it
         fires once across processes and restarts.
 """
@@ -52,14 +56,20 @@ def _rules() -> tuple[dict[str, Any], ...]:
     return tuple(json.loads(text)) if text else ()
 
 
-def inject(point: str, *, shard: int | None = None, prompts: list[str] | None = None) -> None:
-    """Apply the rules that match this call (no-op without ``PIXELMILL_FAULTS``)."""
+def inject(point: str, *, shard: int | None = None, prompts: list[str] | None = None, rows: int = 0) -> None:
+    """Apply the rules that match this call (no-op without ``PIXELMILL_FAULTS``).
+
+    Raises:
+        InjectedFault, RuntimeError: what a matching ``raise``, ``cuda_error`` or ``oom`` rule throws.
+    """
     for number, rule in enumerate(_rules()):
         if rule["at"] != point:
             continue
         if "shard" in rule and rule["shard"] != shard:
             continue
         if "prompt" in rule and not any(rule["prompt"] in p for p in prompts or []):
+            continue
+        if "rows_above" in rule and rows <= rule["rows_above"]:
             continue
         _calls[number] += 1
         ordinal = _claim_ordinal(rule["count_dir"]) if "count_dir" in rule else _calls[number]
@@ -96,6 +106,8 @@ def _fire(action: str, point: str) -> None:
         raise InjectedFault(f"injected fault at {point}")
     elif action == "cuda_error":
         raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+    elif action == "oom":
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
     elif action == "hang":
         time.sleep(3600)
     else:

@@ -32,6 +32,7 @@ __all__ = [
     "STATUS", "STAGE", "ERROR", "RAW_INPUT", "PARENT_ID", "IMAGE_INDEX", "IMAGES_PER_PROMPT",
     "SOURCE", "SOURCE_ROW", "SHARD",
     "PROMPT_TOKENS", "PROMPT_TRUNCATED", "NEGATIVE_PROMPT_TRUNCATED", "MODEL", "MODEL_HASH", "SCHEDULER", "PIPELINE",
+    "MICRO_BATCH", "shape_label",
     "STYLE", "STYLE_HASH", "STYLE_BACKEND", "STYLE_STRENGTH", "STYLE_PRESERVE_COLOR",
     "CLIP_SCORE", "IMAGE_EMBEDDING", "IMAGE", "SHA256", "IMAGE_FORMAT",
     "ATTEMPTS", "ATTEMPT_SEEDS", "ATTEMPT_SCORES", "CHOSEN_ATTEMPT", "LIST_ITEM_TYPES",
@@ -108,6 +109,8 @@ MODEL = "model"
 MODEL_HASH = "model_hash"
 SCHEDULER = "scheduler"
 PIPELINE = "pipeline"
+# Rows per forward pass the row's image was drawn in (``micro_batch_size``, or what ``auto`` picked).
+MICRO_BATCH = "micro_batch"
 STYLE = "style"
 STYLE_HASH = "style_hash"
 STYLE_BACKEND = "style_backend"
@@ -169,7 +172,7 @@ INPUT_STAGE = "input"  # the ``stage`` of rows ``pipelines.rows`` rejects (no ac
 DUPLICATE_STAGE = "duplicate"
 LLM = StageColumns("llm", adds=(SOURCE_PROMPT, VARIATION_INDEX, LLM_MODEL, LLM_MODEL_HASH, LLM_SAMPLING, LLM_SEED))
 ENCODE = StageColumns("encode", adds=(PROMPT_TOKENS, PROMPT_TRUNCATED, NEGATIVE_PROMPT_TRUNCATED))
-GENERATE = StageColumns("generate", adds=(MODEL, MODEL_HASH, SCHEDULER, PIPELINE))
+GENERATE = StageColumns("generate", adds=(MODEL, MODEL_HASH, SCHEDULER, PIPELINE, MICRO_BATCH))
 STYLE_STAGE = StageColumns(
     "style", adds=(STYLE_HASH, STYLE_BACKEND), echoes=(STYLE, STYLE_STRENGTH, STYLE_PRESERVE_COLOR)
 )
@@ -206,7 +209,13 @@ RESERVED_COLUMNS = frozenset({*CANONICAL_COLUMNS, *SOURCE_COLUMNS, *OUTPUT_COLUM
 # Parquet columns left out of the tar sample's JSON (and the dataset card's features): the
 # image bytes, the timings (so a rerun's samples are byte-identical), ``raw_input`` ("" on ok rows)
 # and the image embedding (hundreds of floats per sample; the Parquet holds it).
-NOT_IN_SAMPLE_JSON = frozenset({*TAR_ONLY_COLUMNS, *STAGE_SECONDS, RAW_INPUT, IMAGE_EMBEDDING})
+# ``micro_batch`` too: how the image was computed, not what it is (the sample JSON predates it).
+NOT_IN_SAMPLE_JSON = frozenset({*TAR_ONLY_COLUMNS, *STAGE_SECONDS, RAW_INPUT, IMAGE_EMBEDDING, MICRO_BATCH})
+
+
+def shape_label(width: int, height: int, steps: int, guidance: float) -> str:
+    """Return the name of a generate shape in records: ``"512x512/1 steps/guidance 0.0"``."""
+    return f"{width}x{height}/{steps} steps/guidance {float(guidance)}"
 
 
 # --- how each Arrow type travels into the sample JSON -------------------------------------------

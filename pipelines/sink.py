@@ -90,6 +90,18 @@ def _now() -> str:
 _NOT_IN_SAMPLE_JSON = schema.NOT_IN_SAMPLE_JSON
 
 
+def _micro_batches(table: pa.Table) -> dict[str, dict[str, int]]:
+    """Rows drawn at each micro-batch, by generate shape (``schema.shape_label``); {} without the column."""
+    if schema.MICRO_BATCH not in table.column_names:
+        return {}
+    columns = [table.column(name).to_pylist() for name in (schema.WIDTH, schema.HEIGHT, schema.STEPS, schema.GUIDANCE)]
+    counts: dict[str, Counter[str]] = {}
+    for size, *shape in zip(table.column(schema.MICRO_BATCH).to_pylist(), *columns):
+        if size:
+            counts.setdefault(schema.shape_label(*shape), Counter())[str(size)] += 1
+    return {label: dict(sizes) for label, sizes in counts.items()}
+
+
 class ShardContent:
     """What the writers of one shard see: the rows (images included), their metadata, the stats.
 
@@ -324,6 +336,7 @@ class ShardDatasink(Datasink[dict]):
             # busy seconds of each stage's actors on these rows (``pipelines.cost``)
             "busy_s": {stage.name: round(pc.sum(table.column(stage.seconds)).as_py() or 0.0, 6)
                        for stage in schema.STAGES if stage.seconds in table.column_names},
+            "micro_batch": _micro_batches(table),
             "start_time": started,
             "end_time": _now(),
             "duration_s": round(seconds, 3),

@@ -200,13 +200,27 @@ class GenerationDefaults(_Strict):
         return value
 
 
+AUTO = "auto"
+# ``batch_size: auto``: Ray hands the actor batches of this many rows and the micro-batch is
+# searched (Ray Data needs a number of rows per batch before any actor runs).
+AUTO_BATCH_SIZE = 32
+
+
 class StageSpec(_Strict):
-    """Resources of one stage's actor pool."""
+    """Resources of one stage's actor pool.
+
+    ``micro_batch_size: auto`` (generate only) is read as ``auto_micro_batch: true`` with
+    ``micro_batch_size`` set to ``batch_size``, the largest micro-batch the search tries
+    (``models.autobatch``); ``batch_size: auto`` is ``batch_size: AUTO_BATCH_SIZE`` with
+    ``micro_batch_size: auto``.
+    """
 
     batch_size: PositiveInt = 8
     # Rows per forward pass.  Images are bit-identical for one micro_batch_size
     # whatever batch_size, concurrency or row order (models/batching.py).
     micro_batch_size: PositiveInt = 4
+    # Search the micro-batch (``micro_batch_size`` is then its upper bound); set by ``auto``.
+    auto_micro_batch: bool = False
     concurrency: PositiveInt | tuple[PositiveInt, PositiveInt] = 1
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
     # Actors hold their CPUs for the whole run; read, image-encoding and write
@@ -214,6 +228,22 @@ class StageSpec(_Strict):
     num_cpus: Annotated[float, Field(gt=0)] = 0.5
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auto_sizes(cls, data: Any) -> Any:
+        """Read ``batch_size: auto`` and ``micro_batch_size: auto`` (see the class docstring)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("batch_size") == AUTO:
+            if data.get("micro_batch_size", AUTO) != AUTO:
+                raise ValueError("batch_size: auto searches the micro-batch; leave micro_batch_size out or set it auto")
+            data["batch_size"], data["micro_batch_size"] = AUTO_BATCH_SIZE, AUTO
+        if data.get("micro_batch_size") == AUTO:
+            data["micro_batch_size"] = data.get("batch_size", cls.model_fields["batch_size"].default)
+            data["auto_micro_batch"] = True
+        return data
 
     @field_validator("concurrency")
     @classmethod
@@ -245,6 +275,16 @@ class Stages(_Strict):
     # The LLM prompt stage (``llm``): one row per forward pass, so a row's text never depends
     # on its batch-mates (``models.llm``).
     llm: StageSpec = StageSpec(batch_size=16, micro_batch_size=1)
+
+    @model_validator(mode="after")
+    def _auto_only_for_generate(self) -> Stages:
+        for name in ("encode", "style", "score", "llm"):
+            if getattr(self, name).auto_micro_batch:
+                raise ValueError(
+                    f"stages.{name}.micro_batch_size: auto is only for stages.generate (the one stage that "
+                    f"searches its micro-batch); give stages.{name} a number"
+                )
+        return self
 
 
 class AdaINWeights(_Strict):

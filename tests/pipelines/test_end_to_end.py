@@ -116,16 +116,26 @@ def test_images_do_not_depend_on_batching(ray_session, write_prompts, tmp_path: 
     rows = [{"prompt": f"a red circle number {i}", "width": 32 + 8 * (i % 2)} for i in range(6)]
     path = write_prompts(rows, "prompts.csv")
     first = _spec(str(path), str(tmp_path / "a"), model_cache, **{
-        "stages.encode.batch_size": 1, "stages.generate.batch_size": 1, "output.samples_per_shard": 2})
+        "stages.encode.batch_size": 1, "stages.generate.batch_size": 1, "stages.generate.micro_batch_size": 1,
+        "output.samples_per_shard": 2})
+    # batch_size auto: Ray hands 32 rows, the micro-batch is searched and gives micro-batch 1's bytes
     second = _spec(str(path), str(tmp_path / "b"), model_cache, **{
-        "stages.encode.batch_size": 6, "stages.generate.batch_size": 4,
+        "stages.encode.batch_size": 6, "stages.generate.batch_size": "auto",
         "stages.generate.concurrency": 2, "ray.preserve_order": False, "output.samples_per_shard": 5})
     run_job(first)
     run_job(second)
-    digests = [{row["id"]: row["sha256"] for row in read_output(str(tmp_path / name))["rows"]} for name in "ab"]
+    outputs = [read_output(str(tmp_path / name)) for name in "ab"]
+    digests = [{row["id"]: row["sha256"] for row in out["rows"]} for out in outputs]
     assert len(digests[0]) == 6 and all(digests[0].values())
     assert digests[0] == digests[1]
     assert len(set(digests[0].values())) == 6
+    # _run.json records the micro-batch of each shape: 1 as set, and what auto picked (1-32)
+    shapes = {"32x64/2 steps/guidance 1.0", "40x64/2 steps/guidance 1.0"}
+    assert outputs[0]["run"]["micro_batch"] == dict.fromkeys(shapes, 1)
+    picked = outputs[1]["run"]["micro_batch"]
+    assert set(picked) == shapes and all(1 <= size <= 32 for size in picked.values())
+    assert {label: sum(sizes.values()) for label, sizes in outputs[1]["run"]["micro_batch_rows"].items()} == (
+        dict.fromkeys(shapes, 3))
 
 
 def test_output_modes(ray_session, write_prompts, tmp_path: Path, model_cache: str) -> None:

@@ -24,7 +24,7 @@ def test_stage_seconds_follow_the_stages_in_order() -> None:
 def test_column_sets_are_the_ones_pixelmill_writes() -> None:
     stage_columns = {
         "prompt_tokens", "prompt_truncated", "negative_prompt_truncated", "model", "model_hash", "scheduler",
-        "pipeline", "style_hash",
+        "pipeline", "micro_batch", "style_hash",
         "style_backend", "clip_score", "image_embedding", "sha256", "image_format", *schema.STAGE_SECONDS,
         "attempts", "attempt_seeds", "attempt_scores", "chosen_attempt",  # the regenerate loop's record
         "source_prompt", "variation_index", "llm_model", "llm_model_hash", "llm_sampling", "llm_seed",  # llm stage
@@ -37,7 +37,10 @@ def test_column_sets_are_the_ones_pixelmill_writes() -> None:
     # Per-row style settings may come from the input, and the image bytes never reach the Parquet.
     assert not {"style", "style_strength", "style_preserve_color", "image"} & schema.RESERVED_COLUMNS
     assert schema.TAR_ONLY_COLUMNS == {"image"}
-    assert schema.NOT_IN_SAMPLE_JSON == {"image", "raw_input", "image_embedding", *schema.STAGE_SECONDS}
+    assert schema.NOT_IN_SAMPLE_JSON == {
+        "image", "raw_input", "image_embedding", "micro_batch", *schema.STAGE_SECONDS
+    }
+    assert schema.shape_label(512, 768, 4, 7) == "512x768/4 steps/guidance 7.0"
 
 
 def test_internal_columns_share_the_prefix() -> None:

@@ -33,6 +33,22 @@ def test_example_spec_is_valid() -> None:
     assert spec.input.uri.endswith("prompts.jsonl")
 
 
+def test_auto_batch_sizes_of_generate() -> None:
+    """``batch_size: auto`` = Ray hands AUTO_BATCH_SIZE rows, micro-batch searched up to them;
+    ``micro_batch_size: auto`` searches up to the batch_size given (also through ``--set``)."""
+    from pipelines.spec import AUTO_BATCH_SIZE
+
+    auto = load_spec(raw=_raw(stages={"generate": {"batch_size": "auto"}})).stages.generate
+    assert (auto.batch_size, auto.micro_batch_size, auto.auto_micro_batch) == (AUTO_BATCH_SIZE, AUTO_BATCH_SIZE, True)
+    generate = load_spec(raw=_raw(), sets=["stages.generate.micro_batch_size=auto",
+                                           "stages.generate.batch_size=16"]).stages.generate
+    assert (generate.batch_size, generate.micro_batch_size, generate.auto_micro_batch) == (16, 16, True)
+    assert not load_spec(raw=_raw()).stages.generate.auto_micro_batch
+    # a dumped spec (``_run.json``'s ``spec``) loads back to the same setting
+    dumped = load_spec(raw=_raw(stages={"generate": {"batch_size": "auto"}})).model_dump(mode="json")
+    assert JobSpec.model_validate(dumped).stages.generate == auto
+
+
 @pytest.mark.parametrize(
     ("raw", "key", "reason"),
     [
@@ -48,6 +64,12 @@ def test_example_spec_is_valid() -> None:
         ({"output": {"uri": "o"}}, "input", "required key is missing"),
         (_raw(input={"uri": ""}), "input.uri", "at least 1 character"),
         (_raw(input={"uri": "a", "columns": {"promt": "text"}}), "input.columns.promt", "unknown key"),
+        # micro_batch_size: auto is generate's alone; batch_size: auto searches, so no fixed micro-batch with it
+        (_raw(stages={"score": {"micro_batch_size": "auto"}}), "stages", "stages.score.micro_batch_size: auto"),
+        (_raw(stages={"generate": {"batch_size": "auto", "micro_batch_size": 2}}), "stages.generate",
+         "leave micro_batch_size out"),
+        (_raw(stages={"generate": {"micro_batch_size": "several"}}), "stages.generate.micro_batch_size",
+         "valid integer"),
     ],
 )
 def test_bad_spec_names_the_key(raw: dict, key: str, reason: str) -> None:
