@@ -146,7 +146,8 @@ def execute_counting(
     The counting passes are Ray Data executions of their own with no model stage; run first, they
     kept the pools' actors from starting (and loading their models) until both had read the input
     (``bench.pools`` measures the difference).  Only for a run with nothing to skip: a resume must
-    know first whether anything is left to do, so that it starts no pool for nothing.
+    know first whether anything is left to do, so that it starts no pool for nothing (so does an
+    input of 0-byte files).
 
     Raises:
         Exception: what the execution raised, else what the count raised.
@@ -311,7 +312,8 @@ def run_job(
             declared=declared,
         )
         # Counted by Ray (no model stage in their plans): the equation's input rows and skipped rows.
-        if run_rows.done is None and COUNT_WHILE_RUNNING:  # nothing to skip: count while the pools start
+        # Nothing to skip (and input files not all empty): count while the pools start.
+        if run_rows.done is None and input_bytes != 0 and COUNT_WHILE_RUNNING:
             input_rows, skipped = execute_counting(spec, layout, dataset, sink, run_rows.counts)
         else:
             input_rows, skipped = run_rows.counts()

@@ -227,9 +227,9 @@ class StageSpec(_Strict):
 
     @model_validator(mode="after")
     def _initial_in_range(self) -> StageSpec:
-        low, high = self.concurrency if isinstance(self.concurrency, tuple) else (self.concurrency,) * 2
-        if self.initial_concurrency is not None and not low <= self.initial_concurrency <= high:
-            raise ValueError(f"initial_concurrency {self.initial_concurrency} is outside concurrency [{low}, {high}]")
+        low, high, initial = self.pool_sizes()
+        if not low <= initial <= high:
+            raise ValueError(f"initial_concurrency {initial} is outside concurrency [{low}, {high}]")
         return self
 
     def pool_sizes(self) -> tuple[int, int, int]:

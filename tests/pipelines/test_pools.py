@@ -75,3 +75,12 @@ def test_progress_shows_an_unknown_total_until_the_counts_answer(tmp_path, caplo
         assert progress.total is None
     lines = [record.getMessage() for record in caplog.records if record.name == "pipelines.progress"]
     assert lines[0].startswith("pixelmill: 0/? rows") and "0/10 rows" in lines[1]
+
+
+def test_the_duplicate_id_pass_is_sized_by_the_input_bytes() -> None:
+    from pipelines.dedupe import BYTES_PER_PARTITION, MAX_PARTITIONS, id_partitions
+
+    assert id_partitions(None) is None  # a grid: Ray Data's default
+    assert id_partitions(0) == id_partitions(96 * 40) == id_partitions(BYTES_PER_PARTITION) == 1
+    assert id_partitions(BYTES_PER_PARTITION + 1) == 2
+    assert id_partitions(10**15) == MAX_PARTITIONS
