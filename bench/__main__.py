@@ -3,7 +3,7 @@
 Each benchmark runs in its own Python process (its own moto server and Ray runtime: a
 Ray runtime started for one benchmark would keep the first moto endpoint in its workers'
 environment), prints its own table and writes ``bench/results/<name>.json``;
-``bench/results/summary.json`` collects the ratios.  About 21 minutes on 2 cores.
+``bench/results/summary.json`` collects the ratios.  About 26 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 
 from bench.common import RESULTS_DIR
 
-BENCHMARKS = ("sink", "efficiency", "naive", "backends", "placement", "scaling", "regenerate")
+BENCHMARKS = ("sink", "efficiency", "naive", "backends", "placement", "scaling", "regenerate", "pools")
 
 
 def main(names: list[str]) -> None:

@@ -86,10 +86,32 @@ def _repeated(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.greater(batch[_COUNT], 1)).select([ID, _FIRST])
 
 
-def first_occurrences(rows: ray.data.Dataset) -> ray.data.Dataset | None:
+# Input bytes per hash partition of the duplicate-id pass.  Ray Data's default is 200 partitions
+# whatever the input: on 2 cores its aggregators' start made the pass of a 96-row input take 13-19 s
+# of a run's start-up against 2-3 s with one partition (``bench.pools``' timeline).
+BYTES_PER_PARTITION = 256 * 2**20
+MAX_PARTITIONS = 64
+
+
+def id_partitions(input_bytes: int | None) -> int | None:
+    """Return the hash partitions of the duplicate-id pass for an input of ``input_bytes`` (None: Ray's default).
+
+    One per :data:`BYTES_PER_PARTITION` of input files, 1 to :data:`MAX_PARTITIONS`; an input of
+    unknown size (a grid) keeps Ray Data's default.
+    """
+    if input_bytes is None:
+        return None
+    return max(1, min(MAX_PARTITIONS, -(-input_bytes // BYTES_PER_PARTITION)))
+
+
+def first_occurrences(rows: ray.data.Dataset, *, input_bytes: int | None = None) -> ray.data.Dataset | None:
     """Return the ids that occur more than once in ``rows`` with the order key of their first occurrence.
 
     Materialized in Ray's object store (one row per repeated id), never on the driver.
+
+    Args:
+        input_bytes: the size of the input files the rows come from, which sizes the pass
+            (:func:`id_partitions`); None for Ray Data's default.
 
     Returns:
         a dataset of ``(id, first)``, or None when no id repeats.
@@ -97,7 +119,8 @@ def first_occurrences(rows: ray.data.Dataset) -> ray.data.Dataset | None:
     from ray.data.aggregate import Count, Min
 
     narrow = rows.select_columns([ID, *SOURCE_COLUMNS]).map_batches(_with_order, batch_format="pyarrow")
-    counts = narrow.groupby(ID).aggregate(Count(alias_name=_COUNT), Min(_ORDER, alias_name=_FIRST))
+    grouped = narrow.groupby(ID, num_partitions=id_partitions(input_bytes))
+    counts = grouped.aggregate(Count(alias_name=_COUNT), Min(_ORDER, alias_name=_FIRST))
     firsts = counts.map_batches(_repeated, batch_format="pyarrow").materialize()
     return firsts if firsts.count() else None
 

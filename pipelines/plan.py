@@ -40,11 +40,17 @@ __all__ = ["pool_options", "prepared_rows", "process_rows", "retried_rows", "sty
 
 
 def pool_options(stage: StageSpec) -> dict[str, Any]:
-    """Return the ``map_batches`` arguments that size a stage's actor pool."""
+    """Return the ``map_batches`` arguments that size a stage's actor pool.
+
+    A fixed pool is ``ActorPoolStrategy(size=N)``: Ray Data starts all N actors when the execution
+    starts.  An autoscaling pool starts ``StageSpec.pool_sizes``' initial actors (default its max,
+    full from the start) rather than Ray Data's default, its min.
+    """
+    low, high, initial = stage.pool_sizes()
     if isinstance(stage.concurrency, tuple):
-        compute = ray.data.ActorPoolStrategy(min_size=stage.concurrency[0], max_size=stage.concurrency[1])
+        compute = ray.data.ActorPoolStrategy(min_size=low, max_size=high, initial_size=initial)
     else:
-        compute = ray.data.ActorPoolStrategy(size=stage.concurrency)
+        compute = ray.data.ActorPoolStrategy(size=high)
     return {
         "batch_size": stage.batch_size,
         "compute": compute,

@@ -1,10 +1,10 @@
 """The run's one progress display: rows done of total, images/s, errors so far, ETA.
 
-The driver knows the total before work starts (the runner counts the input rows first) and
-learns what is done from the committed shards' stats files as they land
-(``OutputLayout.read_stats``), so the display counts exactly what the output holds. In a
-terminal it is a ``tqdm`` bar on stderr; otherwise (a scheduler's log) it is one line per
-interval through ``logging``::
+The driver learns the total from Ray's counting passes, which run while the pools start
+(``pipelines.runner.execute_counting``; ``?`` until they answer), and what is done from the
+committed shards' stats files as they land (``OutputLayout.read_stats``), so the display counts
+exactly what the output holds. In a terminal it is a ``tqdm`` bar on stderr; otherwise (a
+scheduler's log) it is one line per interval through ``logging``::
 
     pixelmill: 120/1000 rows, 3.2 images/s, 2 errors, ETA 4m30s
 
@@ -76,19 +76,23 @@ def format_eta(seconds: float | None) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def progress_line(counts: Counts, *, total: int, elapsed_s: float) -> str:
+def progress_line(counts: Counts, *, total: int | None, elapsed_s: float) -> str:
     """Return the one-line progress report: ``pixelmill: 120/1000 rows, 3.2 images/s, 2 errors, ETA 4m30s``.
 
     The rate is images per second of this run; the ETA assumes the remaining rows go at this
-    run's rows-per-second so far (unknown, ``?``, before the first shard commits).
+    run's rows-per-second so far (unknown, ``?``, before the first shard commits or while the
+    total is not counted yet: ``total`` None, shown as ``?``).
     """
     rate = counts.images / elapsed_s if elapsed_s > 0 else 0.0
     rows_per_s = counts.rows / elapsed_s if elapsed_s > 0 else 0.0
-    remaining = max(0, total - counts.rows)
-    eta = remaining / rows_per_s if rows_per_s > 0 else (0.0 if remaining == 0 else None)
+    remaining = None if total is None else max(0, total - counts.rows)
+    eta = None
+    if remaining is not None:
+        eta = remaining / rows_per_s if rows_per_s > 0 else (0.0 if remaining == 0 else None)
     errors = "1 error" if counts.errors == 1 else f"{counts.errors} errors"
     shown = f"{rate:.1f}" if rate >= 1 or rate == 0 else f"{rate:.2g}"  # 0.02 images/s on a CPU, not 0.0
-    return f"pixelmill: {counts.rows}/{total} rows, {shown} images/s, {errors}, ETA {format_eta(eta)}"
+    of = "?" if total is None else total
+    return f"pixelmill: {counts.rows}/{of} rows, {shown} images/s, {errors}, ETA {format_eta(eta)}"
 
 
 def shard_counts(stats: dict[str, Any]) -> Counts:
@@ -103,13 +107,14 @@ class RunProgress:
     Args:
         committed: returns the committed shard numbers (``layout.committed_shards``).
         read_stats: returns one committed shard's stats (``layout.read_stats``).
-        total: the rows this run has to do (input rows minus those already done).
+        total: the rows this run has to do (input rows minus those already done); None until
+            counted (:meth:`set_total`).
         stream: where a terminal bar goes (default stderr); a non-terminal stream gets log lines.
         log_interval_s: seconds between log lines.
     """
 
     def __init__(
-        self, committed: Callable[[], list[int]], read_stats: Callable[[int], dict[str, Any]], *, total: int,
+        self, committed: Callable[[], list[int]], read_stats: Callable[[int], dict[str, Any]], *, total: int | None,
         stream: TextIO | None = None, log_interval_s: float = LOG_INTERVAL_S,
     ) -> None:
         self.committed, self.read_stats, self.total = committed, read_stats, total
@@ -143,6 +148,13 @@ class RunProgress:
             self._bar.close()
         else:
             logger.info("%s", self.line())
+
+    def set_total(self, total: int) -> None:
+        """Set the rows this run has to do, once counted."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
 
     def line(self) -> str:
         """Return the current progress line (:func:`progress_line`)."""

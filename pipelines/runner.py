@@ -14,7 +14,8 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,10 @@ __all__ = ["MODES", "PreflightError", "RunStalled", "RunSummary", "check_job", "
 # Ray's default written out (a retried write rewrites the same shard names, see pipelines/sink.py) also
 # keeps these args unlike the repartition's, which stops Ray Data fusing the two.
 WRITE_TASK_OPTIONS = {"num_cpus": 1, "max_retries": 3}
+# Ray Data starts a pool's actors (each loads its model) when the main execution starts, so the
+# counting passes run beside it rather than before it (``execute_counting``). ``bench.pools``
+# sets it False to measure the old order, counts first.
+COUNT_WHILE_RUNNING = True
 logger = logging.getLogger(__name__)
 
 
@@ -101,14 +106,21 @@ def start_run(spec: JobSpec) -> tuple[dt.datetime, float, str]:
 
 
 def execute(
-    spec: JobSpec, layout: OutputLayout, dataset: ray.data.Dataset, sink: Any, *, total: int | None = None
+    spec: JobSpec, layout: OutputLayout, dataset: ray.data.Dataset, sink: Any, *,
+    total: int | Future[tuple[int, int]] | None = None,
 ) -> None:
     """Write ``dataset`` through ``sink`` under the watchdog, which watches the committed-shard count.
 
-    With ``total`` (the rows this run has to do), ``pipelines.progress`` shows rows done, images/s,
-    errors and ETA while the shards commit.
+    With ``total`` (the rows this run has to do, or the future ``(input_rows, skipped)`` of
+    :func:`execute_counting`), ``pipelines.progress`` shows rows done, images/s, errors and ETA
+    while the shards commit.
     """
-    progress = RunProgress(layout.committed_shards, layout.read_stats, total=total) if total is not None else None
+    progress = None
+    if isinstance(total, Future):  # the counting passes run beside this one: the total comes later
+        progress = shown = RunProgress(layout.committed_shards, layout.read_stats, total=None)
+        total.add_done_callback(lambda counted: _set_total(shown, counted))
+    elif total is not None:
+        progress = RunProgress(layout.committed_shards, layout.read_stats, total=total)
     with (
         Watchdog(lambda: len(layout.committed_shards()), timeout_s=spec.ray.stall_timeout_s),
         progress or nullcontext(),
@@ -117,6 +129,33 @@ def execute(
         # task would hand every block it made to one write() call, i.e. one oversized shard.
         dataset.write_datasink(sink, ray_remote_args=WRITE_TASK_OPTIONS)
     layout.remove_tmp()
+
+
+def _set_total(progress: RunProgress, counted: Future[tuple[int, int]]) -> None:
+    """Give the progress display the rows to do once the counting passes answer (a failed count: none)."""
+    if counted.exception() is None:
+        input_rows, skipped = counted.result()
+        progress.set_total(input_rows - skipped)
+
+
+def execute_counting(
+    spec: JobSpec, layout: OutputLayout, dataset: ray.data.Dataset, sink: Any, count: Callable[[], tuple[int, int]]
+) -> tuple[int, int]:
+    """Execute ``dataset`` (:func:`execute`) while ``count`` (``RunRows.counts``) runs beside it; return its counts.
+
+    The counting passes are Ray Data executions of their own with no model stage; run first, they
+    kept the pools' actors from starting (and loading their models) until both had read the input
+    (``bench.pools`` measures the difference).  Only for a run with nothing to skip: a resume must
+    know first whether anything is left to do, so that it starts no pool for nothing (so does an
+    input of 0-byte files).
+
+    Raises:
+        Exception: what the execution raised, else what the count raised.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pixelmill-count") as pool:
+        counted = pool.submit(count)
+        execute(spec, layout, dataset, sink, total=counted)
+        return counted.result()
 
 
 def finish_run(
@@ -279,7 +318,9 @@ def run_job(
     with preflight(), take_lease(spec, layout, run_id) as lease:
         plan = prepare_output(layout, mode)
         rows = prepared_rows(spec, listing=listing, declared=declared)
-        run_rows = RunRows(rows, first_occurrences(rows), done_keys(layout, plan), done_shards=plan.done_shards)
+        input_bytes = sum(size for _, size, _ in input_record["files"]) if input_record["files"] else None
+        firsts = first_occurrences(rows, input_bytes=input_bytes)
+        run_rows = RunRows(rows, firsts, done_keys(layout, plan), done_shards=plan.done_shards)
     # held until the run's record is written, released on success or failure; the ledger only with a budget
     with lease, open_ledger(spec, run_id) as budget:
         with preflight():
@@ -288,10 +329,14 @@ def run_job(
             spec.output, run_id=run_id, shard_offset=plan.shard_offset, storage_options=spec.storage_options,
             declared=declared,
         )
-        # Counted by Ray before the work (no model stage in their plans): the progress display's total.
-        input_rows, skipped = run_rows.counts()
-        if input_rows > skipped:  # a resume with nothing to do starts no actor pool and loads no model
-            execute(spec, layout, dataset, sink, total=input_rows - skipped)
+        # Counted by Ray (no model stage in their plans): the equation's input rows and skipped rows.
+        # Nothing to skip (and input files not all empty): count while the pools start.
+        if run_rows.done is None and input_bytes != 0 and COUNT_WHILE_RUNNING:
+            input_rows, skipped = execute_counting(spec, layout, dataset, sink, run_rows.counts)
+        else:
+            input_rows, skipped = run_rows.counts()
+            if input_rows > skipped:  # a resume with nothing to do starts no actor pool and loads no model
+                execute(spec, layout, dataset, sink, total=input_rows - skipped)
         summary = RunSummary(run_id=run_id, output=spec.output.uri, mode=mode, skipped=skipped, input_rows=input_rows,
                              settings=settings, input=input_record, damaged_shards=plan.damaged)
         if makes_samples(spec, names):  # input_rows counts samples: say how many prompts they came from

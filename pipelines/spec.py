@@ -222,6 +222,9 @@ class StageSpec(_Strict):
     # Search the micro-batch (``micro_batch_size`` is then its upper bound); set by ``auto``.
     auto_micro_batch: bool = False
     concurrency: PositiveInt | tuple[PositiveInt, PositiveInt] = 1
+    # The actors an autoscaling pool ([min, max]) starts with; default max, so the pool is full
+    # from the start (Ray Data's own default, min, grows one actor at a time while input queues).
+    initial_concurrency: PositiveInt | None = None
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
     # Actors hold their CPUs for the whole run; read, image-encoding and write
     # tasks need the rest, so CPU-only pools default to half a CPU each.
@@ -251,6 +254,19 @@ class StageSpec(_Strict):
         if isinstance(value, tuple) and value[0] > value[1]:
             raise ValueError(f"min {value[0]} is larger than max {value[1]}")
         return value
+
+    @model_validator(mode="after")
+    def _initial_in_range(self) -> StageSpec:
+        low, high, initial = self.pool_sizes()
+        if not low <= initial <= high:
+            raise ValueError(f"initial_concurrency {initial} is outside concurrency [{low}, {high}]")
+        return self
+
+    def pool_sizes(self) -> tuple[int, int, int]:
+        """Return the pool's ``(min, max, initial)`` actors: a fixed pool starts all of its actors,
+        an autoscaling one ``initial_concurrency`` (default: max)."""
+        low, high = self.concurrency if isinstance(self.concurrency, tuple) else (self.concurrency,) * 2
+        return low, high, self.initial_concurrency or high
 
     def resolved_device(self) -> str:
         """Return ``cuda`` when the stage has GPUs (or asks for them), else ``cpu``."""
@@ -591,7 +607,7 @@ class JobSpec(_Strict):
     def _fused_encode_has_no_pool(self) -> JobSpec:
         if not self.placement.fuse_encode_generate:
             return self
-        pool_keys = ("concurrency", "num_gpus", "num_cpus")
+        pool_keys = ("concurrency", "initial_concurrency", "num_gpus", "num_cpus")
         default = StageSpec()
         changed = [key for key in pool_keys if getattr(self.stages.encode, key) != getattr(default, key)]
         if changed:
