@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.layout import shard_name
+from pipelines.utilization import merge
 
 __all__ = ["EQUATION_TERMS", "RunSummary", "output_totals"]
 
@@ -83,6 +84,8 @@ class RunSummary:
     cost: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] | None = None
     budget_spent: bool = False
+    # Each model pool's actors: rows, busy and wait seconds, busy fraction (``pipelines.utilization.merge``).
+    utilization: dict[str, Any] = field(default_factory=dict)
 
     def add_shards(self, shard_stats: list[dict[str, Any]]) -> None:
         """Add the counts of the shards this run committed (their stats, any order)."""
@@ -93,6 +96,7 @@ class RunSummary:
             self.filtered += stats.get("filtered", 0)
             for stage, seconds in (stats.get("busy_s") or {}).items():
                 self.busy_s[stage] = self.busy_s.get(stage, 0.0) + seconds
+            merge(self.utilization, stats.get("utilization"))
             if stats.get("scored"):
                 total = (self.clip_score_mean or 0.0) * self.scored + stats["clip_score_mean"] * stats["scored"]
                 self.scored += stats["scored"]
