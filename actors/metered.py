@@ -21,7 +21,7 @@ from actors.base import Batch
 from pipelines import schema
 from pipelines.utilization import columns
 
-__all__ = ["MeteredPool", "pool_name"]
+__all__ = ["MeteredPool", "metered", "pool_name"]
 
 
 class MeteredPool:
@@ -64,6 +64,22 @@ class MeteredPool:
         batch[self.columns.wait_s] = np.full(size, wait * share)
         batch[self.columns.first_batch_wait_s] = np.full(size, first * share)
         return batch
+
+
+_NAMED: dict[Callable[..., Any], type[MeteredPool]] = {}
+
+
+def metered(pool: Callable[..., Any]) -> type[MeteredPool]:
+    """Return :class:`MeteredPool` under ``pool``'s class name (one class per pool class).
+
+    Ray names a pool's operator and its worker processes after the callable's class
+    (``MapBatches(FusedStage)``, which ``bench.common.worker_kind`` counts CPU seconds by); the
+    wrapper keeps those names. Not importable under that name, so cloudpickle sends it by value.
+    """
+    if pool not in _NAMED:
+        name = getattr(pool, "__name__", MeteredPool.__name__)
+        _NAMED[pool] = type(name, (MeteredPool,), {"__qualname__": name, "__doc__": MeteredPool.__doc__})
+    return _NAMED[pool]
 
 
 def pool_name(pool: Any) -> str:

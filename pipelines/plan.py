@@ -193,9 +193,9 @@ def _metered(
 ) -> list[tuple[Callable[..., Any], dict[str, Any], StageSpec]]:
     """Run each pool's callable inside ``actors.metered.MeteredPool``, outermost: its actors' busy and wait
     seconds reach ``_run.json``'s ``utilization`` (``pipelines.utilization``)."""
-    from actors.metered import MeteredPool
+    from actors.metered import metered
 
-    return [(MeteredPool, {"pool": pool, "pool_kwargs": kwargs}, resources) for pool, kwargs, resources in pools]
+    return [(metered(pool), {"pool": pool, "pool_kwargs": kwargs}, resources) for pool, kwargs, resources in pools]
 
 
 def _model_stages(spec: JobSpec) -> list[tuple[str, type, dict[str, Any], StageSpec]]:

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from actors.base import Stage
 from actors.fused import FusedStage
-from actors.metered import MeteredPool, pool_name
+from actors.metered import MeteredPool, metered, pool_name
 from pipelines import schema
 from pipelines.images import encode_images
 from pipelines.schema import StageColumns
@@ -103,3 +103,15 @@ def test_fused_pool_is_timed_once_under_its_stages_names() -> None:
     assert pool.name == "slow" and out[columns("slow").busy_s].sum() == 3.0
     assert [name for name in out if name.startswith(schema.UTILIZATION_PREFIX)] == list(columns("slow"))
     assert shard_figures(pa.table({"prompt": ["a"]})) == {}  # a block that met no pool
+
+
+def test_metered_class_keeps_the_pool_class_name() -> None:
+    """Ray names the operator and its worker processes after the class: ``MapBatches(FusedStage)`` stays."""
+    from ray import cloudpickle  # what Ray sends the class with
+
+    named = metered(FusedStage)
+    assert named.__name__ == "FusedStage" and issubclass(named, MeteredPool) and metered(FusedStage) is named
+    clock = Clock()
+    pool = cloudpickle.loads(cloudpickle.dumps(named))(
+        pool=FusedStage, pool_kwargs={"steps": [(Slow, {"clock": clock, "seconds_per_row": 1.0})]}, clock=clock)
+    assert pool(_batch(2))[columns("slow").busy_s].sum() == 2.0
