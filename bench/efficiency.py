@@ -137,9 +137,11 @@ def generate_pool_profile(summary, *, wall: float, bare_rate: float, stage_times
     - overhead: the pool's busy seconds per row beyond its model stages' (``overhead_s_per_row``:
       fused text encoding is ``encode_s_per_row``, image encoding when it rides in this pool).
     """
-    name, pool = next(((n, p) for n, p in summary.utilization.items() if "generate" in n.split("+")), (None, None))
-    if pool is None:
+    found = [(n, p) for n, p in summary.utilization.items() if "generate" in n.split("+")]
+    if not found:
         return {}
+    name, pool = found[0]
+    stages = name.split("+")
     rows = max(pool["rows"], 1)
     generate = stage_times.get("generate_s", float("nan"))
     return {
@@ -152,9 +154,8 @@ def generate_pool_profile(summary, *, wall: float, bare_rate: float, stage_times
         "pool_busy_s_per_row": round(pool["busy_s"] / rows, 5),
         "generate_s_per_row": round(generate, 5), "bare_s_per_row": round(1 / bare_rate, 5),
         "contention": round(generate * bare_rate, 3),
-        "encode_s_per_row": round(stage_times.get("encode_s", 0.0), 5) if "encode" in name.split("+") else 0.0,
-        "overhead_s_per_row": round(pool["busy_s"] / rows - sum(
-            stage_times.get(f"{stage}_s", 0.0) for stage in name.split("+")), 5),
+        "encode_s_per_row": round(stage_times.get("encode_s", 0.0), 5) if "encode" in stages else 0.0,
+        "overhead_s_per_row": round(pool["busy_s"] / rows - sum(stage_times.get(f"{s}_s", 0.0) for s in stages), 5),
     }
 
 
