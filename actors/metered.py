@@ -30,7 +30,8 @@ class MeteredPool:
     Per call: ``busy_s`` is the call's seconds; ``wait_s`` the seconds since the previous call
     ended (Ray Data's hand-over, batch formatting, an empty input queue); ``first_batch_wait_s``,
     on the first call only, the seconds from the end of ``__init__`` (the model loaded) to it, kept
-    apart because it measures start-up, not the steady state. Each figure is split evenly over the
+    apart because it measures start-up, not the steady state; ``init_s``, on the first call only,
+    the constructor's seconds (the model load). Each figure is split evenly over the
     call's rows (``pipelines.utilization.columns(pool)``), so their sums give the actor's totals.
 
     Args:
@@ -42,18 +43,21 @@ class MeteredPool:
     def __init__(
         self, *, pool: Callable[..., Any], pool_kwargs: dict[str, Any], clock: Callable[[], float] = time.perf_counter
     ) -> None:
+        self.clock = clock
+        built = clock()
         self.inner = pool(**pool_kwargs)
         self.name = pool_name(self.inner)
         self.columns = columns(self.name)
         # host, process and instance: an actor restarted by Ray counts as a new actor
         self.actor = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.clock = clock
         self.ready = clock()
+        self.init_s = self.ready - built
         self.last_end: float | None = None
 
     def __call__(self, batch: Batch) -> Batch:
         start = self.clock()
-        first = start - self.ready if self.last_end is None else 0.0
+        is_first = self.last_end is None
+        first, init = (start - self.ready, self.init_s) if is_first else (0.0, 0.0)
         wait = 0.0 if self.last_end is None else start - self.last_end
         batch = self.inner(batch)
         self.last_end = self.clock()
@@ -63,6 +67,7 @@ class MeteredPool:
         batch[self.columns.busy_s] = np.full(size, (self.last_end - start) * share)
         batch[self.columns.wait_s] = np.full(size, wait * share)
         batch[self.columns.first_batch_wait_s] = np.full(size, first * share)
+        batch[self.columns.init_s] = np.full(size, init * share)
         return batch
 
 

@@ -150,7 +150,7 @@ def generate_pool_profile(summary, *, wall: float, bare_rate: float, stage_times
         "steady_s": round((pool["busy_s"] + pool["wait_s"]) / pool["actors"], 3),
         "busy_fraction_with_start": pool["busy_fraction_with_start"],
         "busy_of_wall": round(pool["busy_s"] / (pool["actors"] * wall), 4),
-        "first_batch_wait_s": pool["first_batch_wait_s"],
+        "first_batch_wait_s": pool["first_batch_wait_s"], "init_s": pool["init_s"],
         "pool_busy_s_per_row": round(pool["busy_s"] / rows, 5),
         "generate_s_per_row": round(generate, 5), "bare_s_per_row": round(1 / bare_rate, 5),
         "contention": round(generate * bare_rate, 3),

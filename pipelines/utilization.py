@@ -2,9 +2,9 @@
 
 Each model pool's actor (``actors.metered.MeteredPool``, around the pool's callable) times every
 call and writes its figures on the batch's rows as internal columns (:func:`columns`): its actor
-id and each row's share of the batch's busy seconds, of the wait before the batch, and of the
-start-up wait (the first batch's rows only). The sink sums them per actor into the shard's stats
-(:func:`shard_figures`) and drops the columns; ``RunSummary.add_shards`` folds the shards into
+id and each row's share of the batch's busy seconds, of the wait before the batch, and (the first
+batch's rows only) of the start-up wait and the constructor's seconds. The sink sums them per actor
+into the shard's stats (:func:`shard_figures`) and drops the columns; ``RunSummary.add_shards`` folds the shards into
 ``_run.json``'s ``utilization`` (:func:`merge`).
 
 Why rows, not a named actor like the budget ledger: the figures travel with the rows through
@@ -25,8 +25,9 @@ from pipelines.schema import UTILIZATION_PREFIX
 
 __all__ = ["FIGURES", "UtilizationColumns", "columns", "merge", "shard_figures", "without_columns"]
 
-# Seconds one actor spent, summed over its batches (each batch's wait is the gap before it).
-FIGURES: tuple[str, ...] = ("busy_s", "wait_s", "first_batch_wait_s")
+# Seconds one actor spent, summed over its batches (each batch's wait is the gap before it); ``init_s``:
+# its constructor (the model load), carried by its first batch's rows like ``first_batch_wait_s``.
+FIGURES: tuple[str, ...] = ("busy_s", "wait_s", "first_batch_wait_s", "init_s")
 _ACTOR = "actor"
 _SEP = ":"
 
@@ -38,6 +39,7 @@ class UtilizationColumns(NamedTuple):
     busy_s: str
     wait_s: str
     first_batch_wait_s: str
+    init_s: str
 
 
 def columns(pool: str) -> UtilizationColumns:
@@ -97,7 +99,7 @@ def merge(record: dict[str, Any], shard: dict[str, dict[str, dict[str, float]]] 
 
 
 def _fractions(figures: dict[str, float]) -> dict[str, float | None]:
-    busy, wait, first = (figures[name] for name in FIGURES)
+    busy, wait, first = (figures[name] for name in FIGURES[:3])
     return {"busy_fraction": round(busy / (busy + wait), 4) if busy + wait > 0 else None,
             "busy_fraction_with_start": round(busy / (busy + wait + first), 4) if busy + wait + first > 0 else None}
 

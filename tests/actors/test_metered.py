@@ -32,8 +32,9 @@ class Slow(Stage):
 
     contract = StageColumns("slow", adds=("done",))
 
-    def __init__(self, clock: Clock, seconds_per_row: float) -> None:
+    def __init__(self, clock: Clock, seconds_per_row: float, load_s: float = 0.0) -> None:
         self.clock, self.seconds_per_row = clock, seconds_per_row
+        clock.now += load_s  # the model load
 
     def compute(self, batch, rows):
         self.clock.now += self.seconds_per_row * len(rows)
@@ -55,7 +56,7 @@ def _metered(clock: Clock) -> MeteredPool:
 
 def test_busy_wait_and_first_batch_wait_per_call() -> None:
     clock = Clock()
-    pool = _metered(clock)
+    pool = MeteredPool(pool=Slow, pool_kwargs={"clock": clock, "seconds_per_row": 0.5, "load_s": 5.0}, clock=clock)
     names = columns("slow")
     clock.now += 7.0  # start-up: loaded, no input yet
     first = pool(_batch(4))  # busy 2 s
@@ -65,6 +66,7 @@ def test_busy_wait_and_first_batch_wait_per_call() -> None:
     assert first[names.busy_s].sum() == 2.0 and second[names.busy_s].sum() == 1.0
     assert first[names.first_batch_wait_s].sum() == 7.0 and second[names.first_batch_wait_s].sum() == 0.0
     assert first[names.wait_s].sum() == 0.0 and second[names.wait_s].sum() == 3.0
+    assert first[names.init_s].sum() == 5.0 and second[names.init_s].sum() == 0.0  # the load, once
     assert set(first[names.actor]) == set(second[names.actor]) == {pool.actor}
 
 
@@ -84,7 +86,7 @@ def test_shard_sums_and_run_record() -> None:
     slow = record["slow"]
     assert slow["actors"] == 2 and slow["rows"] == 10
     assert slow["per_actor"][one.actor] == {
-        "rows": 6, "busy_s": 3.0, "wait_s": 4.0, "first_batch_wait_s": 1.0,
+        "rows": 6, "busy_s": 3.0, "wait_s": 4.0, "first_batch_wait_s": 1.0, "init_s": 0.0,
         "busy_fraction": round(3 / 7, 4), "busy_fraction_with_start": round(3 / 8, 4)}
     assert slow["per_actor"][two.actor]["busy_fraction"] == 1.0  # one batch: no wait between batches
     assert (slow["busy_s"], slow["wait_s"], slow["first_batch_wait_s"]) == (5.0, 4.0, 4.0)
