@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines.layout import shard_name
+from pipelines.utilization import merge
 
 __all__ = ["EQUATION_TERMS", "RunSummary", "output_totals"]
 
@@ -87,6 +88,8 @@ class RunSummary:
     cost: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] | None = None
     budget_spent: bool = False
+    # Each model pool's actors: rows, busy and wait seconds, busy fraction (``pipelines.utilization.merge``).
+    utilization: dict[str, Any] = field(default_factory=dict)
 
     def add_shards(self, shard_stats: list[dict[str, Any]]) -> None:
         """Add the counts of the shards this run committed (their stats, any order)."""
@@ -102,6 +105,7 @@ class RunSummary:
                 for size, count in sizes.items():
                     rows[size] = rows.get(size, 0) + count
                 self.micro_batch[label] = int(min(rows, key=lambda size: (-rows[size], int(size))))
+            merge(self.utilization, stats.get("utilization"))
             if stats.get("scored"):
                 total = (self.clip_score_mean or 0.0) * self.scored + stats["clip_score_mean"] * stats["scored"]
                 self.scored += stats["scored"]

@@ -157,7 +157,7 @@ def process_rows(spec: JobSpec, ds: ray.data.Dataset, *, ledger: str | None = No
     # (pipelines.passthrough); the sink unpacks them, types and values as read.
     ds = ds.map_batches(cast(Any, pack), batch_format="pyarrow", fn_kwargs={"keep": list(style_columns(spec))})
     placed = placed_stages(spec)
-    for stage_class, kwargs, resources in placed if ledger is None else _budgeted(placed, ledger):
+    for stage_class, kwargs, resources in _metered(placed if ledger is None else _budgeted(placed, ledger)):
         with warnings.catch_warnings():
             # Ray 2.60 names num_cpus/num_gpus but has no named parameter for max_task_retries
             # (resilience.stage_remote_args); its deprecation notice is ours to act on, not the user's.
@@ -187,3 +187,14 @@ def _budgeted(
                         "num_cpus": resources.num_cpus, "gate": index == 0}, resources)
         for index, (pool, kwargs, resources) in enumerate(placed)
     ]
+
+
+def _metered(
+    pools: list[tuple[Callable[..., Any], dict[str, Any], StageSpec]]
+) -> list[tuple[Callable[..., Any], dict[str, Any], StageSpec]]:
+    """Run each pool's callable inside ``actors.metered.MeteredPool``, outermost: its actors' busy and wait
+    seconds reach ``_run.json``'s ``utilization`` (``pipelines.utilization``)."""
+    from actors.metered import metered
+
+    return [(metered(pool), {"pool": pool, "pool_kwargs": kwargs}, resources) for pool, kwargs, resources in pools]
+

@@ -26,7 +26,7 @@ __all__ = [
     "Status", "StageColumns",
     # internal columns
     "INTERNAL_PREFIX", "EMBED_PREFIX", "IMAGE_COLUMN", "INPUT_ERROR_COLUMN", "LINE_COLUMN", "is_internal",
-    "IMAGES_PER_PROMPT_COLUMN", "VARIATION_COLUMN", "LLM_SEED_COLUMN",
+    "UTILIZATION_PREFIX", "IMAGES_PER_PROMPT_COLUMN", "VARIATION_COLUMN", "LLM_SEED_COLUMN",
     # column names
     "KEY", "ID", "PROMPT", "NEGATIVE_PROMPT", "SEED", "WIDTH", "HEIGHT", "STEPS", "GUIDANCE",
     "STATUS", "STAGE", "ERROR", "RAW_INPUT", "PARENT_ID", "IMAGE_INDEX", "IMAGES_PER_PROMPT",
@@ -73,6 +73,8 @@ IMAGES_PER_PROMPT_COLUMN = INTERNAL_PREFIX + "images_per_prompt"
 # with ``llm``) to the LLM stage, which writes them as ``variation_index`` and ``llm_seed``.
 VARIATION_COLUMN = INTERNAL_PREFIX + "variation_index"
 LLM_SEED_COLUMN = INTERNAL_PREFIX + "llm_seed"
+# A model pool's timing per row (``pipelines.utilization``): model actors -> the sink, which sums and drops them.
+UTILIZATION_PREFIX = INTERNAL_PREFIX + "util:"
 
 
 def is_internal(column: str) -> bool:

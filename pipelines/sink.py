@@ -41,6 +41,7 @@ from pipelines.passthrough import unpack
 from pipelines.schema import json_value
 from pipelines.spec import OutputSpec
 from pipelines.storage import WriteConflict, create_new, read_tagged, write_once
+from pipelines.utilization import shard_figures, without_columns
 
 __all__ = ["SHARD_WRITERS", "ShardDatasink", "ShardTaken", "json_value"]
 
@@ -221,8 +222,10 @@ class ShardDatasink(Datasink[dict]):
         """Write and commit the shard for this task; return its stats."""
         started, start = _now(), time.perf_counter()
         tables = [_list_types(t) for t in (BlockAccessor.for_block(block).to_arrow() for block in blocks) if t.num_rows]
-        table, deferred = _without_deferred(pa.concat_tables(tables, promote_options="permissive")) if tables \
-            else (None, 0)
+        whole = pa.concat_tables(tables, promote_options="permissive") if tables else None
+        # the pools' timing (deferred rows were timed too), summed before the columns are dropped
+        pools = shard_figures(whole) if whole is not None else {}
+        table, deferred = _without_deferred(without_columns(whole)) if whole is not None else (None, 0)
         if table is None:  # nothing left to write (a resumed run with everything done, or only deferred rows)
             return {"shard": None, "count": 0, "deferred": deferred}
         shard = self.shard_offset + ctx.task_idx
@@ -242,6 +245,7 @@ class ShardDatasink(Datasink[dict]):
                 content.stats = self._stats(
                     content.table, shard=shard, run_id=self.run_id, started=started, seconds=time.perf_counter() - start
                 )
+                content.stats["utilization"] = pools  # each pool's actors' seconds on these rows
                 content.stats["deferred"] = deferred  # rows of this block left for a later run (budget spent)
                 content.stats["files"] = dict(sizes)  # what a later run checks the shard against (layout.check_shards)
             if not needed(content):

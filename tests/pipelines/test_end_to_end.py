@@ -82,7 +82,16 @@ def test_local_folder_end_to_end(ray_session, write_prompts, tmp_path: Path, mod
     path = write_prompts(ROWS, "prompts.jsonl")
     summary = run_job(_spec(str(path), str(tmp_path / "out"), model_cache))
     assert (summary.rows, summary.images, summary.errors) == (7, 5, 2)
-    _check_output(read_output(str(tmp_path / "out")), input_rows=ROWS)
+    out = read_output(str(tmp_path / "out"))
+    _check_output(out, input_rows=ROWS)
+    # Each model pool's actors (pipelines.utilization): every row went through each pool once.
+    pools = out["run"]["utilization"]
+    assert set(pools) == {"encode+generate", "score"}
+    for pool in pools.values():
+        assert pool["rows"] == summary.images + summary.errors == sum(a["rows"] for a in pool["per_actor"].values())
+        assert 0 < pool["busy_fraction"] <= 1 and pool["busy_s"] > 0 and pool["actors"] == len(pool["per_actor"])
+    assert not any(name.startswith("_pm_") for row in out["rows"] for name in row)  # summed, then dropped
+    assert 'id="utilization"' in (tmp_path / "out" / "report.html").read_text()
 
 
 def test_s3_end_to_end(ray_session, s3, write_prompts, model_cache: str, monkeypatch) -> None:
