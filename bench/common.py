@@ -154,8 +154,8 @@ def init_ray(num_cpus: int | None = None) -> None:
         from pipelines.storage import storage_env_vars
 
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-        ray.init(
-            num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
+        ray.init(  # address "local": a new runtime, never a cluster another process left running
+            address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
             runtime_env={"env_vars": storage_env_vars()}, log_to_driver=False,
         )
 
