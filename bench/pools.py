@@ -219,8 +219,14 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _ratio(theirs: float | None, ours: float | None) -> dict[str, Any]:
-    """A ratio entry for ``report``: theirs / ours (> 1: pixelmill earlier); 0 when either never happened."""
-    value = theirs / ours if theirs is not None and ours else 0.0
+    """A ratio entry for ``report``: theirs / ours (> 1: pixelmill earlier).
+
+    None (never happened in that run): ``inf`` when only theirs never happened, 0 when ours did not.
+    """
+    if ours is None or ours <= 0:
+        value = 0.0
+    else:
+        value = float("inf") if theirs is None else theirs / ours
     return {"value": value, "target": "> 1", "met": value > 1}
 
 
