@@ -38,7 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.common import BUCKET, _free_port, report
+from pipelines.dedupe import RESUME_KEY
 from pipelines.layout import INDEX_COLUMNS, OutputLayout
+from pipelines.schema import ID
 
 SHARDS_PER_RUN = 1000
 ROWS_PER_SHARD = 4
@@ -77,15 +79,18 @@ def _run_files(run: int, shards: range, versions: dict[str, str | None]) -> dict
         pa.array([len(s) for s in stats.values()], pa.int64()),
         pa.array([versions.get(f"{shard:05d}_stats.json") for shard in shards], pa.string())])))
     ids = [f"s{shard}r{i}" for shard in shards for i in range(ROWS_PER_SHARD)]
-    keys = pa.table({"id": ids, "__pm_dup_at": [""] * len(ids),
+    keys = pa.table({ID: ids, RESUME_KEY: [""] * len(ids),
                      "shard": pa.array([s for s in shards for _ in range(ROWS_PER_SHARD)], pa.int64())})
     out = {}
     for name, table in ((f"_runs/{run_id}.shards.parquet", index), (f"_runs/{run_id}.keys.parquet", keys)):
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         out[name] = buffer.getvalue()
-    out[f"_runs/{run_id}.json"] = json.dumps({"run_id": run_id, "started": f"2026-01-01T00:00:{run % 60:02d}",
-                                              "mode": "resume"}).encode()
+    rows = len(shards) * ROWS_PER_SHARD
+    out[f"_runs/{run_id}.json"] = json.dumps({
+        "run_id": run_id, "started": f"2026-01-01T00:00:{run % 60:02d}", "mode": "resume", "input_rows": rows,
+        "skipped": 0, "images": rows, "errors": 0, "filtered": 0, "balanced": True,
+        "shards": [f"{s:05d}" for s in shards]}).encode()
     return out
 
 
