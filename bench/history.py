@@ -8,9 +8,10 @@ on local disk and in an in-process moto S3 server (filled through moto's backend
 300,000 PUTs would take minutes), and measures what pixelmill does before its first model
 batch, through s3fs over HTTP:
 
-- ``resume``: the committed schema (preflight), the committed-shard listing and run records
-  (``made_from``), ``prepare_output`` (clean, damage check, the plan) and reading the resume
-  keys the plan names (on the driver with pyarrow here; a run reads the same files with Ray).
+- ``resume``: one listing and check of the shards before the lease (the committed schema, and
+  ``made_from``'s run records), ``prepare_output`` under the lease (clean, damage check, the
+  plan) and reading the resume keys the plan names (on the driver with pyarrow here; a run
+  reads the same files with Ray).
 - ``append``: the committed schema and ``prepare_output`` (no keys).
 - ``report``: ``pixelmill report`` (``build_report``: counts, contact sheet, ``report.html``).
 
@@ -150,8 +151,8 @@ def resume_startup(layout: OutputLayout) -> int:
     from pipelines.resume import prepare_output
     from pipelines.runner import committed_schema
 
-    committed_schema(layout)
-    layout.committed_shards()
+    check = layout.check_shards()  # run_job's one listing before the lease
+    committed_schema(layout, check)
     layout.run_records()
     plan = prepare_output(layout, "resume")
     keys = sum(pq.read_table(path, filesystem=layout.fs, columns=["id"]).num_rows

@@ -103,13 +103,13 @@ def phase_clock() -> Iterator[list[tuple[str, float, float]]]:
 @contextlib.contextmanager
 def marked_generate() -> Iterator[None]:
     """Make the plan build :class:`MarkedGenerate` actors instead of ``GenerateStage`` ones."""
-    from pipelines import plan
+    from pipelines import pools  # owns the pools' steps (placed_stages)
 
-    plan.GenerateStage = MarkedGenerate  # type: ignore[misc]
+    pools.GenerateStage = MarkedGenerate  # type: ignore[misc]
     try:
         yield
     finally:
-        plan.GenerateStage = GenerateStage  # type: ignore[misc]
+        pools.GenerateStage = GenerateStage  # type: ignore[misc]
 
 
 def one_variant(spec: Any, *, marks: str, count_while_running: bool, actors: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines import faults
 from pipelines.accounting import RunSummary, output_totals
-from pipelines.layout import ERRORS_DIR, OutputLayout
+from pipelines.layout import ERRORS_DIR, OutputLayout, ShardCheck
 from pipelines.lease import Lease
 from pipelines.preflight import check_models, check_output_reachable, check_reachable
 from pipelines.progress import RunProgress, configure_ray_progress
@@ -312,8 +312,12 @@ def run_job(
             check_input_columns(names, spec.input.columns, uri=spec.input.name, templates=spec.templates())
         check_output_reachable(spec)
         check_mode(layout, mode, force=force)
-        declared = run_schema(spec, layout, listing, mode)
-        settings, input_record = made_from(spec, layout, listing, mode, allow_spec_change=allow_spec_change)
+        # One listing of the output for the checks before the lease (``prepare_output`` lists it again
+        # under the lease: another run may commit shards until then).
+        check = None if mode == "overwrite" else layout.check_shards()
+        declared = run_schema(spec, layout, listing, mode, check)
+        settings, input_record = made_from(spec, layout, listing, mode, allow_spec_change=allow_spec_change,
+                                           committed=None if check is None else bool(check.stats or check.damaged))
     started, clock_start, run_id = start_run(spec)
     with preflight(), take_lease(spec, layout, run_id) as lease:
         plan = prepare_output(layout, mode)
@@ -405,9 +409,13 @@ def check_job(spec: JobSpec) -> None:
 
 
 def made_from(
-    spec: JobSpec, layout: OutputLayout, listing: tuple, mode: Mode, *, allow_spec_change: bool = False
+    spec: JobSpec, layout: OutputLayout, listing: tuple, mode: Mode, *, allow_spec_change: bool = False,
+    committed: bool | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return this run's settings and input records (``pipelines.fingerprint``); check a resume with them.
+
+    Args:
+        committed: whether the output has committed shards, when already listed (None: list them).
 
     Raises:
         ResumeRefused: a resume would mix two specs or renumber positional rows.
@@ -420,27 +428,34 @@ def made_from(
     positional = id_column not in names
     settings = fingerprint.settings_of(spec, names)
     input_record = fingerprint.input_of(listing, positional_ids=positional)
-    if mode == "resume" and layout.committed_shards():
+    if mode == "resume" and (layout.committed_shards() if committed is None else committed):
         fingerprint.check_resume(layout, input_uri=spec.input.name, settings=settings, input_record=input_record,
                                  allow_spec_change=allow_spec_change)
     return settings, input_record
 
 
-def committed_schema(layout: OutputLayout) -> pa.Schema | None:
+def committed_schema(layout: OutputLayout, check: ShardCheck | None = None) -> pa.Schema | None:
     """Return the pass-through schema of the output's whole committed shards (its latest one's), or None.
 
     A damaged shard (``OutputLayout.check_shards``) is left out: the run removes it and redoes its rows.
+
+    Args:
+        check: the output's shards as already listed (``OutputLayout.check_shards``); None lists them.
     """
     from pipelines import column_types
 
-    committed = layout.check_shards().whole
+    committed = (check or layout.check_shards()).whole
     if not committed:
         return None
     return column_types.decide([layout.shard_schema(committed[-1])], ())
 
 
-def run_schema(spec: JobSpec, layout: OutputLayout, listing: tuple, mode: Mode) -> pa.Schema:
+def run_schema(
+    spec: JobSpec, layout: OutputLayout, listing: tuple, mode: Mode, check: ShardCheck | None = None
+) -> pa.Schema:
     """Return the pass-through schema this run writes with (``pipelines.column_types``, rules 1-3).
+
+    ``check``: the output's shards as already listed (None lists them).
 
     Raises:
         ValueError: the input has a column the output's committed shards lack.
@@ -450,7 +465,7 @@ def run_schema(spec: JobSpec, layout: OutputLayout, listing: tuple, mode: Mode) 
     from pipelines.sources import passthrough_schema
 
     scanned = passthrough_schema(listing, columns=spec.input.columns, extra_text=text_columns(spec))
-    return column_types.for_run(scanned, None if mode == "overwrite" else committed_schema(layout))
+    return column_types.for_run(scanned, None if mode == "overwrite" else committed_schema(layout, check))
 
 
 def root_cause(error: BaseException) -> BaseException:
