@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, default=768)
     parser.add_argument("--batch", type=int, default=16, help="generate batch size (rows per call)")
     parser.add_argument("--no-score", action="store_true", help="drop the score stage (a profile: one CPU user fewer)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a spec setting for the pipeline runs, as `pixelmill run --set` (repeatable)")
     args = parser.parse_args(argv)
     small = max(args.batch, args.rows // 4)
     with moto_s3():
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = world_prompts(args.rows, seed=11)
         spec = job_spec(
             f"s3://{BUCKET}/unused", f"s3://{BUCKET}/unused", f"stages.generate.batch_size={args.batch}",
-            "output.samples_per_shard=64", **({"score": None} if args.no_score else {}),
+            "output.samples_per_shard=64", *args.set, **({"score": None} if args.no_score else {}),
         )
         run_pipeline(spec, rows[:32], "efficiency/warm-up")  # Ray's worker processes and their imports
         small_wall, _ = run_pipeline(spec, rows[:small], "efficiency/small")
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = report("efficiency", table, ratios, extra={
         "memory": memory.as_mib(), "cpu_s_by_kind": memory.cpu_by_kind(), "stage_s_per_row": stage_times,
         "generate_pool": profile, "utilization": summary.utilization,
-        "threads": threads,
+        "threads": threads, "sets": args.set,
         "rows": args.rows, "small_rows": small, "generate_batch": args.batch, "score": not args.no_score,
         "start_up_s": wall - args.rows / steady,
     })

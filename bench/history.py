@@ -231,7 +231,7 @@ def s3_case(n: int, endpoint: str) -> list[dict[str, Any]]:
     return measure("moto", f"s3://{BUCKET}/{prefix.rstrip('/')}", n, {"client_kwargs": {"endpoint_url": endpoint}})
 
 
-def main(sizes: list[int]) -> None:
+def main(sizes: list[int], backends: tuple[str, ...] = ("local", "moto")) -> None:
     import logging
 
     from moto.server import ThreadedMotoServer
@@ -249,8 +249,11 @@ def main(sizes: list[int]) -> None:
     rows: list[dict[str, Any]] = []
     try:
         for n in sizes:
-            rows += local_case(n)
-            rows += s3_case(n, f"http://127.0.0.1:{port}")
+            for backend in backends:
+                measured = local_case(n) if backend == "local" else s3_case(n, f"http://127.0.0.1:{port}")
+                for row in measured:  # as they come: the 100k case takes minutes
+                    print(json.dumps(row), flush=True)
+                rows += measured
     finally:
         server.stop()
     ratios = {}
@@ -263,4 +266,7 @@ def main(sizes: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main([int(arg) for arg in sys.argv[1:]] or [1000, 10000])
+    # python -m bench.history [N ...] [local|moto ...]: sizes, and which storage (default both)
+    args = sys.argv[1:]
+    chosen = tuple(arg for arg in args if arg in ("local", "moto"))
+    main([int(arg) for arg in args if arg.isdigit()] or [1000, 10000], chosen or ("local", "moto"))
