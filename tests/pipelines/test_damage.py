@@ -14,15 +14,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pyarrow as pa
-
 from pipelines.cli import main
-from pipelines.layout import OutputLayout, shard_name
+from pipelines.layout import shard_name
 from pipelines.report import build_report, report_main
 from pipelines.runner import run_job
-from pipelines.sink import ShardDatasink
-from pipelines.spec import OutputSpec, load_spec
+from pipelines.spec import load_spec
 from tests.pipelines.readback import check_exactly_once, read_output
+from tests.pipelines.shards import commit_shards
 
 IDS = [f"d{i:02d}" for i in range(12)]
 
@@ -30,28 +28,8 @@ IDS = [f"d{i:02d}" for i in range(12)]
 # -- the layout's check, without Ray ---------------------------------------------------------------
 
 
-def _rows(ids: list[str], *, errors: int = 0) -> pa.Table:
-    status = ["error"] * errors + ["ok"] * (len(ids) - errors)
-    return pa.table({
-        "id": ids,
-        "prompt": [f"prompt {i}" for i in ids],
-        "status": status,
-        "stage": ["generate" if s == "error" else "" for s in status],
-        "error": ["boom: it broke" if s == "error" else "" for s in status],
-        "image": [b"\x89PNG fake " + i.encode() if s == "ok" else b"" for i, s in zip(ids, status)],
-    })
-
-
-def _write_shards(uri: str, shards: int, *, errors: int = 0) -> OutputLayout:
-    """Commit ``shards`` shards of 3 rows each with the real sink; return the output's layout."""
-    sink = ShardDatasink(OutputSpec(uri=uri, samples_per_shard=3), run_id="run1")
-    for shard in range(shards):
-        sink.write([_rows([f"s{shard}r{i}" for i in range(3)], errors=errors)], SimpleNamespace(task_idx=shard))
-    return OutputLayout(uri)
-
-
 def test_the_stats_file_lists_each_file_of_its_shard_with_its_size(tmp_path: Path) -> None:
-    layout = _write_shards(str(tmp_path / "out"), 1, errors=1)
+    layout = commit_shards(str(tmp_path / "out"), range(1), errors=1)
     listed = layout.read_stats(0)["files"]
     assert listed == {
         name: (tmp_path / "out" / name).stat().st_size
@@ -64,7 +42,7 @@ def test_the_stats_file_lists_each_file_of_its_shard_with_its_size(tmp_path: Pat
 
 def test_check_shards_finds_each_kind_of_damage(tmp_path: Path) -> None:
     root = tmp_path / "out"
-    layout = _write_shards(str(root), 5, errors=1)
+    layout = commit_shards(str(root), range(5), errors=1)
     (root / "00001.tar").unlink()
     tar = (root / "00002.tar").read_bytes()
     (root / "00002.tar").write_bytes(tar[:512])  # same name, fewer bytes
@@ -83,7 +61,7 @@ def test_check_shards_finds_each_kind_of_damage(tmp_path: Path) -> None:
 
 def test_stats_without_a_file_list_count_as_whole_when_tar_and_parquet_are_there(tmp_path: Path) -> None:
     root = tmp_path / "out"
-    layout = _write_shards(str(root), 3)
+    layout = commit_shards(str(root), range(3))
     for shard in range(3):  # as written before the file list existed
         stats = layout.read_stats(shard)
         del stats["files"]
@@ -97,7 +75,7 @@ def test_stats_without_a_file_list_count_as_whole_when_tar_and_parquet_are_there
 
 def test_remove_shard_removes_only_that_shards_files(tmp_path: Path) -> None:
     root = tmp_path / "out"
-    layout = _write_shards(str(root), 2, errors=1)
+    layout = commit_shards(str(root), range(2), errors=1)
     (root / "notes.txt").write_text("mine")
     (root / "00000.tar").unlink()
     layout.remove_shard(0)
@@ -107,7 +85,7 @@ def test_remove_shard_removes_only_that_shards_files(tmp_path: Path) -> None:
 
 
 def test_check_shards_on_s3(s3) -> None:
-    layout = _write_shards("s3://pixelmill/out", 3)
+    layout = commit_shards("s3://pixelmill/out", range(3))
     assert layout.read_stats(2)["files"]["00002.tar"] == s3.size("pixelmill/out/00002.tar")
     s3.rm("pixelmill/out/00001.parquet")
     s3.pipe("pixelmill/out/00002.tar", b"short")
@@ -120,7 +98,7 @@ def test_check_shards_on_s3(s3) -> None:
 
 def test_the_report_of_a_damaged_output_says_so(tmp_path: Path, capsys) -> None:
     root = tmp_path / "out"
-    _write_shards(str(root), 3)
+    commit_shards(str(root), range(3))
     assert report_main(str(root)) == 0
     html = (root / "report.html").read_text()
     assert 'id="damaged"' not in html and "DAMAGED" not in html

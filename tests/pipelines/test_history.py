@@ -10,37 +10,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
-
-import pyarrow as pa
 
 from pipelines.history import write_index
 from pipelines.layout import OutputLayout
 from pipelines.resume import done_after, done_keys
-from pipelines.sink import ShardDatasink
-from pipelines.spec import OutputSpec, load_spec
-
-
-def _rows(ids: list[str], *, errors: int = 0) -> pa.Table:
-    status = ["error"] * errors + ["ok"] * (len(ids) - errors)
-    return pa.table({
-        "id": ids,
-        "prompt": [f"prompt {i}" for i in ids],
-        "status": status,
-        "stage": ["generate" if s == "error" else "" for s in status],
-        "error": ["boom" if s == "error" else "" for s in status],
-        "source": ["in.jsonl"] * len(ids),
-        "source_row": list(range(len(ids))),
-        "image": [b"\x89PNG fake " + i.encode() if s == "ok" else b"" for i, s in zip(ids, status)],
-    })
-
-
-def _commit(uri: str, run_id: str, shards: range, *, errors: int = 0) -> OutputLayout:
-    """Commit ``shards`` (3 rows each) with the real sink as run ``run_id``; return the layout."""
-    sink = ShardDatasink(OutputSpec(uri=uri, samples_per_shard=3), run_id=run_id)
-    for shard in shards:
-        sink.write([_rows([f"s{shard}r{i}" for i in range(3)], errors=errors)], SimpleNamespace(task_idx=shard))
-    return OutputLayout(uri)
+from pipelines.spec import load_spec
+from tests.pipelines.shards import commit_shards
 
 
 def _full_scan(layout: OutputLayout) -> dict[int, dict]:
@@ -49,9 +24,9 @@ def _full_scan(layout: OutputLayout) -> dict[int, dict]:
 
 def test_the_index_gives_the_stats_of_the_full_scan_and_uncovered_shards_are_read(tmp_path: Path) -> None:
     uri = str(tmp_path / "out")
-    layout = _commit(uri, "20260101T000000-aaaa", range(4), errors=1)
+    layout = commit_shards(uri, run_id="20260101T000000-aaaa", shards=range(4), errors=1)
     write_index(layout, "20260101T000000-aaaa", [0, 1, 2, 3])
-    _commit(uri, "20260102T000000-bbbb", range(4, 6))  # a run that died before its index
+    commit_shards(uri, run_id="20260102T000000-bbbb", shards=range(4, 6))  # a run that died before its index
     assert sorted(p.name for p in (tmp_path / "out" / "_runs").iterdir()) == [
         "20260101T000000-aaaa.keys.parquet", "20260101T000000-aaaa.shards.parquet"]
     check = layout.check_shards()
@@ -63,7 +38,7 @@ def test_the_index_gives_the_stats_of_the_full_scan_and_uncovered_shards_are_rea
 
 def test_a_rewritten_shard_is_read_again_and_not_deleted(tmp_path: Path) -> None:
     uri = str(tmp_path / "out")
-    layout = _commit(uri, "20260101T000000-aaaa", range(3))
+    layout = commit_shards(uri, run_id="20260101T000000-aaaa", shards=range(3))
     write_index(layout, "20260101T000000-aaaa", [0, 1, 2])
     stats_1 = tmp_path / "out" / "00001_stats.json"
     rewritten = json.loads(stats_1.read_text()) | {"count": 2, "superseded": 1}  # another size
@@ -80,7 +55,7 @@ def test_a_rewritten_shard_is_read_again_and_not_deleted(tmp_path: Path) -> None
 
 def test_a_damaged_shard_is_found_through_the_index(tmp_path: Path) -> None:
     uri = str(tmp_path / "out")
-    layout = _commit(uri, "20260101T000000-aaaa", range(3))
+    layout = commit_shards(uri, run_id="20260101T000000-aaaa", shards=range(3))
     write_index(layout, "20260101T000000-aaaa", [0, 1, 2])
     (tmp_path / "out" / "00001.tar").write_bytes(b"short")
     (tmp_path / "out" / "00002.parquet").unlink()
@@ -92,10 +67,10 @@ def test_a_damaged_shard_is_found_through_the_index(tmp_path: Path) -> None:
 
 def test_a_later_index_wins_for_a_shard_number_used_again(tmp_path: Path) -> None:
     uri = str(tmp_path / "out")
-    layout = _commit(uri, "20260101T000000-aaaa", range(2))
+    layout = commit_shards(uri, run_id="20260101T000000-aaaa", shards=range(2))
     write_index(layout, "20260101T000000-aaaa", [0, 1])
     layout.remove_shard(1)  # damaged and removed; the next run numbers its shard 1 again
-    _commit(uri, "20260102T000000-bbbb", range(1, 2), errors=2)
+    commit_shards(uri, run_id="20260102T000000-bbbb", shards=range(1, 2), errors=2)
     assert layout.check_shards().covered == {0: "20260101T000000-aaaa"}  # the old entry no longer applies
     write_index(layout, "20260102T000000-bbbb", [1])
     check = layout.check_shards()
@@ -105,7 +80,7 @@ def test_a_later_index_wins_for_a_shard_number_used_again(tmp_path: Path) -> Non
 
 def test_the_index_on_s3(s3) -> None:
     uri = "s3://pixelmill/out"
-    layout = _commit(uri, "20260101T000000-aaaa", range(3), errors=1)
+    layout = commit_shards(uri, run_id="20260101T000000-aaaa", shards=range(3), errors=1)
     write_index(layout, "20260101T000000-aaaa", [0, 1, 2])
     same_size = s3.cat("pixelmill/out/00002_stats.json").replace(b'"count": 3', b'"count": 4')
     s3.pipe("pixelmill/out/00002_stats.json", same_size)  # the same size, another ETag
@@ -118,9 +93,9 @@ def test_the_index_on_s3(s3) -> None:
 
 def test_done_keys_through_the_index_are_the_full_scans(tmp_path: Path, ray_session) -> None:
     uri = str(tmp_path / "out")
-    layout = _commit(uri, "20260101T000000-aaaa", range(4))
+    layout = commit_shards(uri, run_id="20260101T000000-aaaa", shards=range(4))
     write_index(layout, "20260101T000000-aaaa", [0, 1, 2, 3])
-    _commit(uri, "20260102T000000-bbbb", range(4, 5))  # no index: read from its Parquet
+    commit_shards(uri, run_id="20260102T000000-bbbb", shards=range(4, 5))  # no index: read from its Parquet
     layout.remove_shard(3)  # in the keys file, no longer committed
     check = layout.check_shards()
     indexed = done_after(layout, check.whole, 5, covered=check.covered)
