@@ -21,7 +21,8 @@ def test_teacher_cache_round_trip_is_faithful(tmp_path, model_cache_dir: str) ->
     captions = [str(text) for text in data["captions"]]
     assert all(world.split(world.parse_caption(text)) == "train" for text in captions)  # type: ignore[arg-type]
     # The teacher at 1 step draws training captions well (64 captions of seed 0: colour+position 1.0)
-    assert rate(captions, list(data["images"]), judge_shape=False)["colour_position"] >= 0.8
+    colour_position = rate(captions, list(data["images"]), judge_shape=False)["colour_position"]
+    assert colour_position is not None and colour_position >= 0.8
 
 
 def test_a_file_without_images_is_refused(tmp_path) -> None:
