@@ -48,7 +48,7 @@ from models.batching import in_fixed_chunks
 from models.families import read_model_index
 from models.fastpaths import to_host_uint8
 from models.shared import DTYPES, no_fast_paths, row_problems
-from models.texttower import EMBED_KEY  # the one embedding the encode stage hands to a GAN
+from models.texttower import EMBED_KEY, SEQUENCE_KEY  # what the encode stage hands to a GAN
 
 __all__ = [
     "GAN_CLASS_NAME",
@@ -57,6 +57,7 @@ __all__ = [
     "GeneratorConfig",
     "TextWhitening",
     "ConditionalBatchNorm",
+    "CrossAttention",
     "Generator",
     "GANImageGenerator",
     "load_generator",
@@ -78,12 +79,27 @@ class GeneratorConfig:
             image side is ``4 * 2 ** (len(channels) - 1)``).
         truncation: the noise is scaled by this when drawing (the truncation trick of
             BigGAN, Brock et al. 2019): below 1 trades variety for fidelity; training uses 1.
+        sequence_dim: width of the text encoder's token states it also reads (``prompt_embeds``,
+            ``[B, L, sequence_dim]``); 0: the pooled embedding only (``shapes-gan``).
+        attention_at: feature-map sides (4, 8, ...) after which a :class:`CrossAttention`
+            block reads the token states; needs ``sequence_dim`` > 0.
+        heads: attention heads of each of those blocks.
     """
 
     text_dim: int = 64
     noise_dim: int = 32
     channels: tuple[int, ...] = (256, 128, 64, 32, 16)
     truncation: float = 1.0
+    sequence_dim: int = 0
+    attention_at: tuple[int, ...] = ()
+    heads: int = 2
+
+    def __post_init__(self) -> None:
+        sides = {4 * 2**i for i in range(len(self.channels))}
+        if self.attention_at and (self.sequence_dim <= 0 or not set(self.attention_at) <= sides):
+            raise ValueError(
+                f"attention_at {self.attention_at} needs sequence_dim > 0 and sides among {sorted(sides)}"
+            )
 
     @property
     def image_size(self) -> int:
@@ -141,12 +157,53 @@ class _UpBlock(nn.Module):
         return F.relu(self.norm(self.conv(x), condition))
 
 
+class CrossAttention(nn.Module):
+    """Every pixel of a feature map attends over the prompt's token states, added back as a residual.
+
+    The text conditioning of the Stable Diffusion UNet (Rombach et al. 2022), at one
+    resolution: queries from the feature map plus a learned embedding of each pixel's place
+    (so "left" or "top" can pick the pixels it names), keys and values from the tokens. It
+    works on each row alone (no batch statistics), so batch invariance holds. The output
+    projection starts at zero: a new block starts as the identity.
+
+    Args:
+        channels: feature channels ``C`` of the ``[B, C, side, side]`` map.
+        sequence_dim: width of the token states ``[B, L, sequence_dim]``.
+        side: the map's side.
+        heads: attention heads; the attention width is ``sequence_dim``.
+    """
+
+    def __init__(self, channels: int, sequence_dim: int, side: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.place = nn.Parameter(torch.randn(1, channels, side, side) * 0.1)
+        self.query = nn.Conv2d(channels, sequence_dim, 1)
+        self.key = nn.Linear(sequence_dim, sequence_dim)
+        self.value = nn.Linear(sequence_dim, sequence_dim)
+        self.out = nn.Conv2d(sequence_dim, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:  # [B, N, D] -> [B, heads, N, D / heads]
+            return t.view(batch, t.shape[1], self.heads, -1).transpose(1, 2)
+
+        query = split(self.query(x + self.place).flatten(2).transpose(1, 2))
+        attended = F.scaled_dot_product_attention(query, split(self.key(sequence)), split(self.value(sequence)))
+        attended = attended.transpose(1, 2).reshape(batch, height * width, -1).transpose(1, 2)
+        return x + self.out(attended.reshape(batch, -1, height, width))
+
+
 class Generator(nn.Module):
-    """(noise, text embedding) -> image in [-1, 1], ``[B, 3, S, S]`` with ``S = config.image_size``.
+    """(noise, text embedding[, token states]) -> image in [-1, 1], ``[B, 3, S, S]``, ``S = config.image_size``.
 
     A linear layer maps ``[noise, text]`` to a 4x4 feature map (where things go), then each
     up block doubles the side; every normalisation takes its gain and bias from the same
-    condition (colours and kinds), and a 3x3 convolution + tanh makes RGB.
+    condition (colours and kinds), and a 3x3 convolution + tanh makes RGB. With
+    ``config.sequence_dim`` > 0 a :class:`CrossAttention` block after each side in
+    ``config.attention_at`` reads the text encoder's token states (``prompt_embeds``).
     """
 
     def __init__(self, config: GeneratorConfig) -> None:
@@ -160,14 +217,32 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(
             _UpBlock(a, b, condition_dim) for a, b in zip(config.channels[:-1], config.channels[1:])
         )
+        self.attention = nn.ModuleDict({
+            str(4 * 2**i): CrossAttention(width, config.sequence_dim, 4 * 2**i, config.heads)
+            for i, width in enumerate(config.channels) if 4 * 2**i in config.attention_at
+        })
         self.to_rgb = nn.Conv2d(config.channels[-1], 3, 3, padding=1)
 
-    def forward(self, noise: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, noise: torch.Tensor, text_embeds: torch.Tensor, prompt_embeds: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Images ``[B, 3, S, S]`` in [-1, 1] from noise ``[B, noise_dim]``, the pooled embedding
+        ``[B, text_dim]`` and, for a generator with attention, token states ``[B, L, sequence_dim]``.
+
+        Raises:
+            ValueError: the generator reads token states and ``prompt_embeds`` is None.
+        """
+        if self.attention and prompt_embeds is None:
+            raise ValueError("this generator reads the token states: pass prompt_embeds")
         condition = torch.cat([noise, self.text(text_embeds)], dim=1)
         x = self.stem(condition).view(len(noise), self.config.channels[0], 4, 4)
         x = F.relu(self.stem_norm(x, condition))
-        for block in self.blocks:
-            x = block(x, condition)
+        for block in [None, *self.blocks]:
+            if block is not None:
+                x = block(x, condition)
+            attention = self.attention[str(x.shape[-1])] if str(x.shape[-1]) in self.attention else None
+            if attention is not None:
+                x = attention(x, prompt_embeds)
         return torch.tanh(self.to_rgb(x))
 
 
@@ -183,10 +258,31 @@ def load_generator(
     with open(os.path.join(folder, GENERATOR_FOLDER, "config.json"), encoding="utf-8") as handle:
         raw = json.load(handle)
     raw.pop("_class_name", None)
-    config = GeneratorConfig(**{**raw, "channels": tuple(raw["channels"])})
+    config = GeneratorConfig(
+        **{**raw, "channels": tuple(raw["channels"]), "attention_at": tuple(raw.get("attention_at", ()))}
+    )
     generator = Generator(config)
     generator.load_state_dict(load_file(os.path.join(folder, GENERATOR_FOLDER, "model.safetensors")))
     return generator.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _checked_embeds(
+    embeds: dict[str, np.ndarray], key: str, rows: int, shape: tuple[int | None, ...]
+) -> torch.Tensor:
+    """``embeds[key]`` as a tensor, checked to hold ``rows`` rows of ``shape`` (None: any length).
+
+    Raises:
+        ValueError: the key is missing (the prompts were encoded by another model's text
+            encoder), or the rows or shape do not match.
+    """
+    if key not in embeds:
+        raise ValueError(f"embeds has no {key!r}; encode the prompts with this model's text encoder")
+    value = np.asarray(embeds[key])
+    if len(value) != rows:
+        raise ValueError(f"{key} has {len(value)} rows but there are {rows} seeds")
+    if value.ndim != len(shape) + 1 or any(w is not None and w != v for w, v in zip(shape, value.shape[1:])):
+        raise ValueError(f"{key} has shape {value.shape[1:]} per row; this generator takes {shape}")
+    return torch.from_numpy(np.ascontiguousarray(value))
 
 
 def row_noise(seeds: list[int] | np.ndarray, noise_dim: int) -> torch.Tensor:
@@ -258,23 +354,22 @@ class GANImageGenerator:
         # 1. Check inputs
         if width <= 0 or height <= 0 or width % 8 or height % 8:
             raise ValueError(f"width and height must be positive multiples of 8, got {width}x{height}")
-        if EMBED_KEY not in embeds:
-            raise ValueError(f"embeds has no {EMBED_KEY!r}; encode the prompts with this GAN's text encoder")
-        text = embeds[EMBED_KEY]
-        if len(text) != len(seeds):
-            raise ValueError(f"text_embeds has {len(text)} rows but there are {len(seeds)} seeds")
-        if text.shape[1] != self.generator.config.text_dim:
-            wanted = self.generator.config.text_dim
-            raise ValueError(f"text_embeds are {text.shape[1]} wide; this generator takes {wanted}")
+        config = self.generator.config
+        text = _checked_embeds(embeds, EMBED_KEY, len(seeds), (config.text_dim,))
+        sequence = (
+            _checked_embeds(embeds, SEQUENCE_KEY, len(seeds), (None, config.sequence_dim))
+            if config.sequence_dim else None
+        )
         if len(seeds) == 0:
             return np.zeros((0, height, width, 3), dtype=np.uint8), {}
-        text_tensor = torch.from_numpy(np.ascontiguousarray(text))
 
         def compute(rows: np.ndarray) -> dict[str, np.ndarray]:
             # 2. Per-row noise (truncated), one generator pass for the fixed-size chunk
-            config = self.generator.config
             noise = row_noise([seeds[i] for i in rows], config.noise_dim) * config.truncation
-            images = self.generator(noise.to(self.device, self.dtype), text_tensor[rows].to(self.device, self.dtype))
+            images = self.generator(
+                noise.to(self.device, self.dtype), text[rows].to(self.device, self.dtype),
+                None if sequence is None else sequence[rows].to(self.device, self.dtype),
+            )
             images = (images.float() + 1) / 2
             # 3. Other sizes: resample the native image (the scene is laid out in canvas fractions)
             if (height, width) != (self.native_size, self.native_size):

@@ -10,6 +10,12 @@ embedding is the pooled, projected one: ``{"text_embeds": [B, D]}``, negative pr
 not encoded (no classifier-free guidance). The GAN of ``models.gan`` is such a folder;
 so is any new backend's folder written the same way.
 
+A folder whose ``model_index.json`` says ``"text_output": "sequence"`` (see :data:`TEXT_OUTPUTS`)
+hands over the token sequence as well: ``{"prompt_embeds": [B, 77, D], "text_embeds": [B, D]}``,
+the encoder's last hidden states and its pooled (end-of-text) state, encoded without an
+attention mask as diffusers' Stable Diffusion ``encode_prompt`` does. ``builtin:shapes-turbo``,
+distilled from ``builtin:shapes-sd``, reads its teacher's sequence this way (``training.distil``).
+
 Example:
     >>> tower, _report = load_text_tower(path, device="cpu", dtype="float32")
     >>> tower.encode(["a small red circle on the left, blue background"])["text_embeds"].shape
@@ -26,9 +32,13 @@ import torch
 from models.families import read_model_index
 from models.shared import no_fast_paths, torch_dtype
 
-__all__ = ["EMBED_KEY", "TextTower", "is_text_tower", "load_text_tower", "encode_tower"]
+__all__ = ["EMBED_KEY", "SEQUENCE_KEY", "TEXT_OUTPUTS", "TextTower", "is_text_tower", "load_text_tower", "encode_tower"]
 
-EMBED_KEY = "text_embeds"  # the one embedding a text tower hands to its image half
+EMBED_KEY = "text_embeds"  # the pooled embedding every text tower hands to its image half
+SEQUENCE_KEY = "prompt_embeds"  # the token sequence a "sequence" tower hands over too (SD's name for it)
+# model_index.json "text_output": "pooled" (the default): {EMBED_KEY} projected, padding masked;
+# "sequence": {SEQUENCE_KEY, EMBED_KEY}, last hidden states + pooled state, no attention mask (SD's encode_prompt)
+TEXT_OUTPUTS = ("pooled", "sequence")
 
 
 def is_text_tower(index: dict[str, Any]) -> bool:
@@ -48,6 +58,10 @@ class TextTower:
         device: torch device.
         dtype: weights dtype.
         text_encoder_class: the transformers class named in ``model_index.json``.
+        text_output: one of :data:`TEXT_OUTPUTS` (the module doc says what each hands over).
+
+    Raises:
+        ValueError: ``text_output`` is not one of :data:`TEXT_OUTPUTS`.
 
     Attributes:
         tokenizer: the folder's tokenizer (``PromptEncoder`` counts tokens with it).
@@ -56,11 +70,14 @@ class TextTower:
 
     def __init__(
         self, model_path: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-        text_encoder_class: str = "CLIPTextModelWithProjection",
+        text_encoder_class: str = "CLIPTextModelWithProjection", text_output: str = "pooled",
     ) -> None:
         import transformers
         from transformers import AutoTokenizer
 
+        if text_output not in TEXT_OUTPUTS:
+            raise ValueError(f"text_output must be one of {TEXT_OUTPUTS}, got {text_output!r}")
+        self.text_output = text_output
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(os.path.join(model_path, "tokenizer"))
         self.text_encoder = getattr(transformers, text_encoder_class).from_pretrained(
@@ -69,19 +86,27 @@ class TextTower:
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Pooled, projected text embeddings of ``prompts``: ``{"text_embeds": [B, D]}`` on the device.
+        """Text embeddings of ``prompts`` on the device, float in the encoder's dtype.
 
-        Prompts are padded to the tokenizer's window and truncated past it; the pooled token
-        (the first end-of-text) does not see the padding, so a prompt's embedding does not
-        depend on the other prompts of the batch.
+        Returns:
+            ``"pooled"``: ``{"text_embeds": [B, D]}``, the projected pooled embedding.
+            ``"sequence"``: ``{"prompt_embeds": [B, L, D], "text_embeds": [B, D]}``, the last
+            hidden states (``L`` = the tokenizer's window, 77 for CLIP) and the pooled state.
+
+        Prompts are padded to the tokenizer's window and truncated past it. The encoder is
+        causal and pools the first end-of-text token, so no state of a prompt's own tokens
+        sees the padding, and a prompt's embedding does not depend on the other prompts of
+        the batch. (Without a mask, the pad positions' states depend on the prompt only.)
         """
         tokens = self.tokenizer(
             list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
             truncation=True, return_tensors="pt",
         )
-        output = self.text_encoder(
-            input_ids=tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device)
-        )
+        input_ids = tokens.input_ids.to(self.device)
+        if self.text_output == "sequence":
+            output = self.text_encoder(input_ids=input_ids)  # no mask: the bytes of SD's encode_prompt
+            return {SEQUENCE_KEY: output.last_hidden_state, EMBED_KEY: output.pooler_output}
+        output = self.text_encoder(input_ids=input_ids, attention_mask=tokens.attention_mask.to(self.device))
         return {EMBED_KEY: output.text_embeds}
 
 
@@ -93,9 +118,10 @@ def load_text_tower(
     Args:
         dtype: weights dtype name; None: float32.
     """
-    text_encoder_class = read_model_index(model_path)["text_encoder"][1]
+    index = read_model_index(model_path)
     tower = TextTower(
-        model_path, device=device, dtype=torch_dtype(dtype or "float32"), text_encoder_class=text_encoder_class
+        model_path, device=device, dtype=torch_dtype(dtype or "float32"), text_encoder_class=index["text_encoder"][1],
+        text_output=index.get("text_output", "pooled"),
     )
     return tower, no_fast_paths(device, tower.text_encoder.dtype, fast_paths, "not a diffusers pipeline (text tower)")
 

@@ -124,5 +124,7 @@ def save_gan_folder(folder: str, *, generator: Generator, tokenizer: Any, text_e
         "text_encoder": ["transformers", type(text_encoder).__name__],
         "generator": ["models.gan", "Generator"],
     }
+    if generator.config.sequence_dim:  # it reads the token states: the text tower hands them over
+        index["text_output"] = "sequence"
     with open(os.path.join(folder, "model_index.json"), "w", encoding="utf-8") as handle:
         json.dump(index, handle, indent=1)

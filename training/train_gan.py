@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from models.gan import GANImageGenerator, Generator, GeneratorConfig
-from models.texttower import TextTower
+from models.texttower import TextTower, load_text_tower
 from training import world
 from training.gan_parts import Discriminator, save_gan_folder, text_statistics, text_tower_from_clip
 
@@ -108,9 +108,13 @@ def _ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) 
 
 @torch.no_grad()
 def _recalibrate_batch_norm(
-    generator: Generator, embeds: torch.Tensor, *, batches: int, batch: int, seed: int
+    generator: Generator, embeds: torch.Tensor, *, batches: int, batch: int, seed: int,
+    sequence: torch.Tensor | None = None,
 ) -> None:
-    """Re-estimate the running statistics (a cumulative average) for the weights as they are now."""
+    """Re-estimate the running statistics (a cumulative average) for the weights as they are now.
+
+    ``sequence``: the rows' token states, for a generator that reads them (``training.distil``).
+    """
     gen = torch.Generator().manual_seed(seed)
     norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for norm in norms:
@@ -119,7 +123,8 @@ def _recalibrate_batch_norm(
     generator.train()
     for _ in range(batches):
         rows = torch.randint(len(embeds), (batch,), generator=gen)
-        generator(torch.randn(batch, generator.config.noise_dim, generator=gen), embeds[rows])
+        noise = torch.randn(batch, generator.config.noise_dim, generator=gen)
+        generator(noise, embeds[rows], None if sequence is None else sequence[rows])
     for norm in norms:
         norm.momentum = 0.1
     generator.eval()
@@ -254,7 +259,7 @@ def random_weight_copy(gan_path: str, folder: str, *, seed: int = 0) -> str:
     trained = load_generator(gan_path)
     fresh = Generator(trained.config).eval()
     fresh.text.load_state_dict(trained.text.state_dict())  # same input statistics; only learned weights are new
-    encoder = TextTower(gan_path)
+    encoder, _report = load_text_tower(gan_path, device="cpu", dtype=None)
     save_gan_folder(folder, generator=fresh, tokenizer=encoder.tokenizer, text_encoder=encoder.text_encoder)
     return folder
 
