@@ -327,7 +327,7 @@ BUILTIN_MODELS: dict[str, Callable[[], Any]] = {
 
 # Trained models shipped inside the package (``models/zoo/<name>``, save_pretrained layout); used in place.
 ZOO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zoo")
-SHIPPED_MODELS = ("shapes-sd", "shapes-clip", "shapes-gan", "shapes-lm")
+SHIPPED_MODELS = ("shapes-sd", "shapes-clip", "shapes-gan", "shapes-turbo", "shapes-lm")
 # What a shipped CLIP scorer gives images of its world, from its model card's measured table
 # (models/zoo/<name>/README.md, 200 held-out captions): (matched pairs, shuffled pairs), in
 # clip_score units (100 * cosine). A run whose images score far below the matched level is

@@ -181,8 +181,8 @@ class CrossAttention(nn.Module):
         self.key = nn.Linear(sequence_dim, sequence_dim)
         self.value = nn.Linear(sequence_dim, sequence_dim)
         self.out = nn.Conv2d(sequence_dim, channels, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        for parameter in self.out.parameters():  # weight and bias
+            nn.init.zeros_(parameter)
 
     def forward(self, x: torch.Tensor, sequence: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape

@@ -167,8 +167,9 @@ class ModelSpec(_Strict):
 
 class GenerateSpec(_Strict):
     """Which backend draws the images (``models.backends``): ``diffusers`` (a diffusers pipeline,
-    the default) or ``gan`` (a one-pass text-conditional GAN, ``models.gan``, such as
-    ``builtin:shapes-gan``). A GAN ignores steps and guidance; its rows record ``steps=1``."""
+    the default) or ``gan`` (a one-pass text-conditional generator, ``models.gan``, such as
+    ``builtin:shapes-turbo`` or ``builtin:shapes-gan``). It ignores steps and guidance; its rows
+    record ``steps=1``."""
 
     backend: str = "diffusers"
 

@@ -159,7 +159,7 @@ def _student_data(paths: list[str], tower: Any) -> dict[str, torch.Tensor]:
 
     return {
         "teacher": to_chw(teacher), "real": to_chw(real), "sequence": encoded["prompt_embeds"],
-        "pooled": encoded["text_embeds"], "wrong_pooled": encode(negatives)["text_embeds"], "captions": captions,
+        "pooled": encoded["text_embeds"], "wrong_pooled": encode(negatives)["text_embeds"],
     }
 
 
@@ -192,8 +192,9 @@ def train(args: argparse.Namespace) -> dict:
     """Distil the teacher's cached images into a one-pass student; save its folder at ``args.out``.
 
     Returns:
-        ``{"out", "wall_s", "steps", "monitor"}``: the folder, the wall seconds, the steps run
-        and the last progress adherence.
+        ``{"out", "wall_s", "steps", "monitor", "l1_first", "l1_last"}``: the folder, the wall
+        seconds, the steps run, the last progress adherence, and the regression loss of the
+        first and the last step.
     """
     from models.gan import Generator, GeneratorConfig
     from models.store import resolve_model_path
@@ -213,15 +214,21 @@ def train(args: argparse.Namespace) -> dict:
         sequence_dim=data["sequence"].shape[2], attention_at=tuple(args.attention_at), heads=args.heads,
     )
     student = Generator(config)
+    if args.init:  # continue from a saved student (its averaged weights; a new discriminator and optimiser)
+        from models.gan import load_generator
+
+        student = load_generator(args.init).train().requires_grad_(True)
+        config = student.config
     discriminator = Discriminator(text_dim=config.text_dim, channels=tuple(args.d_channels))
     mean, matrix = text_statistics(data["pooled"])
-    for whitening in (student.text, discriminator.text):
+    for whitening in (discriminator.text,) if args.init else (student.text, discriminator.text):
         whitening.mean.copy_(mean)
         whitening.matrix.copy_(matrix)
     average = copy.deepcopy(student).requires_grad_(False)
     optimiser_g = torch.optim.Adam(student.parameters(), lr=args.lr_g, betas=(0.0, 0.9))
     optimiser_d = torch.optim.Adam(discriminator.parameters(), lr=args.lr_d, betas=(0.0, 0.9))
     rates: dict = {}
+    first_l1 = 0.0
     for step in range(args.steps):
         rows = torch.from_numpy(rng.integers(len(data["teacher"]), size=args.batch))
         target = data["teacher"][rows].float() / 127.5 - 1
@@ -229,6 +236,7 @@ def train(args: argparse.Namespace) -> dict:
         fake = student(torch.randn(args.batch, config.noise_dim), pooled, sequence)
         loss_g = _regression(fake, target)
         values = {"l1": loss_g.item()}
+        first_l1 = values["l1"] if step == 0 else first_l1
         if step >= args.warmup:
             # 1. Discriminator: (render, own caption) real; (student, own caption) and (render, wrong caption) fake
             real = data["real"][rows].float() / 127.5 - 1
@@ -261,7 +269,10 @@ def train(args: argparse.Namespace) -> dict:
             print(f"stopping at step {step + 1}: --max-minutes {args.max_minutes} reached", flush=True)
             break
     _save(average, data, tower, args.out, args.seed)
-    result = {"out": args.out, "wall_s": round(time.time() - start, 1), "steps": step + 1, "monitor": rates}
+    result = {
+        "out": args.out, "wall_s": round(time.time() - start, 1), "steps": step + 1, "monitor": rates,
+        "l1_first": first_l1, "l1_last": values["l1"],
+    }
     print(json.dumps(result), flush=True)
     return result
 
@@ -307,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
     tr.add_argument("--checkpoints", action="store_true", help="also save OUT.stepN at every progress point")
     tr.add_argument("--max-minutes", type=float, default=0, help="stop (and save) after this wall time (0: off)")
     tr.add_argument("--cache-dir", default="/tmp")
+    tr.add_argument("--init", help="a student folder to continue from (its generator's weights and layout)")
     tr.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -63,3 +63,29 @@ def test_gan_run_styles_scores_and_shards(ray_session, write_prompts, tmp_path: 
     assert np.array_equal(samples["plain"], expected)
     # The score stage saw the prompt's colours (shapes-clip scores held-out GAN images 81 on average)
     assert by_id["plain"]["clip_score"] > 50
+
+
+def test_one_pass_student_hands_token_states_through_the_pipeline(
+    ray_session, write_prompts, tmp_path: Path, model_cache: str
+) -> None:
+    """The distilled student reads ``prompt_embeds`` [77, 64] per row: through Ray, the models layer's bytes."""
+    from models.diffusion import PromptEncoder
+    from models.gan import GANImageGenerator
+    from models.store import resolve_model_path
+
+    rows = [{"id": "a", "prompt": RED_LEFT, "seed": 5}, {"id": "b", "prompt": YELLOW_RIGHT, "seed": 6}]
+    raw = {
+        "input": {"uri": str(write_prompts(rows, "prompts.jsonl"))},
+        "output": {"uri": str(tmp_path / "out")},
+        "model": {"uri": "builtin:shapes-turbo", "cache_dir": model_cache},
+        "generate": {"backend": "gan"},
+    }
+    summary = run_job(load_spec(raw=raw))
+    assert (summary.rows, summary.images, summary.errors) == (2, 2, 0)
+    out = read_output(str(tmp_path / "out"))
+    assert {row["model"] for row in out["rows"]} == {"builtin:shapes-turbo"}
+    samples = {s["json"]["id"]: np.asarray(s["image"].convert("RGB")) for s in out["samples"]}
+    path = resolve_model_path("builtin:shapes-turbo", cache_dir=model_cache)
+    embeds = PromptEncoder(path).encode([RED_LEFT, YELLOW_RIGHT], None, guidance=[1.0, 1.0], micro_batch=4)
+    expected = GANImageGenerator(path).generate(embeds, seeds=[5, 6], width=64, height=64, micro_batch=4)
+    assert np.array_equal(samples["a"], expected[0]) and np.array_equal(samples["b"], expected[1])

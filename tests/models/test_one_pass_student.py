@@ -1,0 +1,93 @@
+"""The one-pass student (``builtin:shapes-turbo``, ``models.gan.Generator`` with cross-attention).
+
+It reads its teacher's token states (``prompt_embeds``) through a text tower in ``"sequence"``
+mode (``models.texttower``), exactly the bytes ``builtin:shapes-sd`` conditions on, and keeps the
+contract of every backend: a row's bytes do not depend on its batch. How well it draws held-out
+captions is tested in ``tests/training/test_distil.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from models.backends import load_backend
+from models.diffusion import PromptEncoder
+from models.gan import CrossAttention, GANImageGenerator, GeneratorConfig, load_generator
+from models.store import resolve_model_path
+from models.texttower import EMBED_KEY, SEQUENCE_KEY
+
+CAPTIONS = [
+    "a small cyan triangle in the center, orange background",
+    "a small red cross at the top and a small pink square at the bottom, purple background",
+    "a large black cross at the top and a large pink diamond at the bottom, orange background",
+    "a small white cross at the bottom, pink background",
+    "a large pink diamond at the bottom and a small cyan square at the top, red background",
+]
+
+
+@pytest.fixture(scope="module")
+def student_path(model_cache_dir: str) -> str:
+    return resolve_model_path("builtin:shapes-turbo", cache_dir=model_cache_dir)
+
+
+@pytest.fixture(scope="module")
+def embeds(student_path: str) -> dict[str, np.ndarray]:
+    return PromptEncoder(student_path).encode(CAPTIONS, None, guidance=[1.0] * len(CAPTIONS), micro_batch=4)
+
+
+def test_folder_reads_the_token_sequence(student_path: str, embeds: dict[str, np.ndarray]) -> None:
+    with open(os.path.join(student_path, "model_index.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["text_output"] == "sequence"
+    config = load_generator(student_path).config
+    assert config.sequence_dim == 64 and config.attention_at
+    assert embeds[SEQUENCE_KEY].shape == (len(CAPTIONS), 77, 64) and embeds[EMBED_KEY].shape == (len(CAPTIONS), 64)
+
+
+def test_student_sees_exactly_the_teachers_prompt_embeds(
+    embeds: dict[str, np.ndarray], model_cache_dir: str
+) -> None:
+    teacher = PromptEncoder(resolve_model_path("builtin:shapes-sd", cache_dir=model_cache_dir))
+    expected = teacher.encode(CAPTIONS, None, guidance=[1.0] * len(CAPTIONS), micro_batch=4)["prompt_embeds"]
+    assert np.array_equal(embeds[SEQUENCE_KEY], expected)
+
+
+def test_a_rows_bytes_do_not_depend_on_its_batch(student_path: str, embeds: dict[str, np.ndarray]) -> None:
+    generator = load_backend("gan", student_path)
+    seeds = [11, 12, 13, 14, 15]
+    together = generator.generate(embeds, seeds=seeds, width=64, height=64, steps=1, guidance=1.0, micro_batch=4)
+    assert together.shape == (5, 64, 64, 3) and together.dtype == np.uint8
+    for i in (0, 4):
+        alone = generator.generate(
+            {key: value[i : i + 1] for key, value in embeds.items()}, seeds=[seeds[i]], width=64, height=64,
+            steps=1, guidance=1.0, micro_batch=4,
+        )
+        assert np.array_equal(alone[0], together[i])
+    assert np.abs(together[0].astype(int) - together[1]).mean() > 10  # other captions, other images
+
+
+def test_missing_or_misshapen_token_states_are_refused(student_path: str, embeds: dict[str, np.ndarray]) -> None:
+    generator = GANImageGenerator(student_path)
+    with pytest.raises(ValueError, match="no 'prompt_embeds'"):
+        generator.generate({EMBED_KEY: embeds[EMBED_KEY]}, seeds=list(range(5)), width=64, height=64)
+    with pytest.raises(ValueError, match="prompt_embeds has shape"):
+        generator.generate(
+            {**embeds, SEQUENCE_KEY: embeds[SEQUENCE_KEY][:, :, :32]}, seeds=list(range(5)), width=64, height=64
+        )
+
+
+def test_attention_needs_token_states_at_a_real_side() -> None:
+    with pytest.raises(ValueError, match="sequence_dim"):
+        GeneratorConfig(attention_at=(8,))
+    with pytest.raises(ValueError, match="sides among"):
+        GeneratorConfig(sequence_dim=64, attention_at=(6,))
+
+
+def test_a_new_cross_attention_block_is_the_identity() -> None:
+    block = CrossAttention(channels=8, sequence_dim=16, side=4, heads=2)
+    x = torch.randn(3, 8, 4, 4)
+    assert torch.equal(block(x, torch.randn(3, 5, 16)), x)
