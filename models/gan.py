@@ -15,6 +15,12 @@ encode and generate stages run it:
   into uint8 images, with the non-finite and blank checks every backend shares
   (``models.shared``).
 
+With ``GeneratorConfig.sequence_dim`` > 0 the generator also reads the text encoder's token
+states (``prompt_embeds``, ``[B, L, D]``) through :class:`CrossAttention` blocks; its folder's
+``model_index.json`` then says ``"text_output": "sequence"`` and the text tower hands them over.
+``builtin:shapes-turbo``, a one-pass student distilled from ``builtin:shapes-sd``
+(``training.distil``), is such a folder; it reads its teacher's own text encoder.
+
 A GAN folder is marked by a ``model_index.json`` whose ``_class_name`` is
 :data:`GAN_CLASS_NAME` (the ``gan`` backend draws it), so ``models.store`` and
 ``models.publish`` treat it like any other model folder.

@@ -1,4 +1,4 @@
-"""Teacher data for distilling ``shapes-sd`` into a one-pass student (issue 21; design in ``training/DISTIL.md``).
+"""Distil ``shapes-sd`` into the one-pass ``shapes-turbo``: the teacher-data cache and the training run (issue 21).
 
 Usage::
 

@@ -43,6 +43,7 @@ def embeds(student_path: str) -> dict[str, np.ndarray]:
 def test_folder_reads_the_token_sequence(student_path: str, embeds: dict[str, np.ndarray]) -> None:
     with open(os.path.join(student_path, "model_index.json"), encoding="utf-8") as handle:
         assert json.load(handle)["text_output"] == "sequence"
+    assert os.path.exists(os.path.join(student_path, "README.md"))  # the model card
     config = load_generator(student_path).config
     assert config.sequence_dim == 64 and config.attention_at
     assert embeds[SEQUENCE_KEY].shape == (len(CAPTIONS), 77, 64) and embeds[EMBED_KEY].shape == (len(CAPTIONS), 64)
