@@ -136,7 +136,7 @@ def _student_data(paths: list[str], tower: Any) -> dict[str, torch.Tensor]:
         in ``"sequence"`` mode, as the encode stage runs it); ``wrong_pooled`` ``[N, D]``: the
         pooled state of the caption with one attribute changed.
     """
-    from training.train_gan import _perturbed
+    from training.gan_parts import perturbed_scene
 
     caches = [load_cache(path) for path in paths]
     captions = [str(c) for cache in caches for c in cache["captions"]]
@@ -146,7 +146,7 @@ def _student_data(paths: list[str], tower: Any) -> dict[str, torch.Tensor]:
     if any(scene is None for scene in scenes):
         raise ValueError("a cached caption is not a world caption")
     real = np.stack([world.render(scene) for scene in scenes if scene is not None])
-    negatives = [world.caption(_perturbed(scene, rng)) for scene in scenes if scene is not None]
+    negatives = [world.caption(perturbed_scene(scene, rng)) for scene in scenes if scene is not None]
 
     def encode(texts: list[str]) -> dict[str, torch.Tensor]:
         parts = [tower.encode(texts[i : i + 256]) for i in range(0, len(texts), 256)]
@@ -175,12 +175,12 @@ def _regression(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 def _monitor(average: Any, data: dict, tower: Any, seed: int) -> dict:
     """Adherence of a copy of the averaged student (statistics re-estimated) on the progress captions."""
     from training.adherence import rate
-    from training.train_gan import MONITOR_SEED, _recalibrate_batch_norm
+    from training.gan_parts import MONITOR_SEED, recalibrate_batch_norm
 
     captions = [text for text, _image, _scene in world.held_out(64, MONITOR_SEED)]
     encoded = tower.encode(captions)
     student = copy.deepcopy(average)
-    _recalibrate_batch_norm(student, data["pooled"], batches=8, batch=64, seed=seed, sequence=data["sequence"])
+    recalibrate_batch_norm(student, data["pooled"], batches=8, batch=64, seed=seed, sequence=data["sequence"])
     noise = torch.randn(len(captions), student.config.noise_dim, generator=torch.Generator().manual_seed(seed))
     images = student(noise, encoded["text_embeds"], encoded["prompt_embeds"])
     pixels = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -199,8 +199,7 @@ def train(args: argparse.Namespace) -> dict:
     from models.gan import Generator, GeneratorConfig
     from models.store import resolve_model_path
     from models.texttower import TextTower
-    from training.gan_parts import Discriminator, text_statistics
-    from training.train_gan import _ema_update, _log
+    from training.gan_parts import Discriminator, discriminator_step, ema_update, log_step, text_statistics
 
     start = time.time()
     torch.manual_seed(args.seed)
@@ -242,24 +241,17 @@ def train(args: argparse.Namespace) -> dict:
             real = data["real"][rows].float() / 127.5 - 1
             hard = torch.from_numpy(rng.random(args.batch) < 0.5)[:, None]
             wrong = torch.where(hard, data["wrong_pooled"][rows], pooled.roll(1, dims=0))
-            real_features = discriminator.features(real)
-            loss_real = F.relu(1 - discriminator.score(real_features, pooled)).mean()
-            loss_fake = F.relu(1 + discriminator(fake.detach(), pooled)).mean()
-            loss_wrong = F.relu(1 + discriminator.score(real_features, wrong)).mean()
-            loss_d = loss_real + 0.5 * (loss_fake + loss_wrong)
-            optimiser_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            optimiser_d.step()
+            losses = discriminator_step(discriminator, optimiser_d, real, fake, pooled, wrong)
             # 2. Student: the adversarial term joins the regression
             adversarial = -discriminator(fake, pooled).mean()
             loss_g = loss_g + args.adv * adversarial
-            values.update(d_real=loss_real.item(), d_fake=loss_fake.item(), g_adv=adversarial.item())
+            values.update(d_real=losses["real"].item(), d_fake=losses["fake"].item(), g_adv=adversarial.item())
         optimiser_g.zero_grad(set_to_none=True)
         loss_g.backward()
         optimiser_g.step()
-        _ema_update(average, student, args.ema if step >= args.warmup // 2 else 0.0)
+        ema_update(average, student, args.ema if step >= args.warmup // 2 else 0.0)
         if step % 50 == 0 or step == args.steps - 1:
-            _log(step, args.steps, start, **values)
+            log_step(step, args.steps, start, **values)
         if args.eval_every and ((step + 1) % args.eval_every == 0 or step == args.steps - 1):
             rates = _monitor(average, data, tower, args.seed)
             print(f"step {step + 1} monitor {rates}", flush=True)
@@ -279,10 +271,9 @@ def train(args: argparse.Namespace) -> dict:
 
 def _save(student: Any, data: dict, tower: Any, out: str, seed: int) -> None:
     """Re-estimate the batch-norm statistics and write the student's folder (with the frozen text tower)."""
-    from training.gan_parts import save_gan_folder
-    from training.train_gan import _recalibrate_batch_norm
+    from training.gan_parts import recalibrate_batch_norm, save_gan_folder
 
-    _recalibrate_batch_norm(student, data["pooled"], batches=32, batch=64, seed=seed, sequence=data["sequence"])
+    recalibrate_batch_norm(student, data["pooled"], batches=32, batch=64, seed=seed, sequence=data["sequence"])
     save_gan_folder(out, generator=student, tokenizer=tower.tokenizer, text_encoder=tower.text_encoder)
 
 

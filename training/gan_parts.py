@@ -1,30 +1,48 @@
-"""The training-only half of the ``shapes-gan`` text-conditional GAN (``models.gan`` holds what a run loads).
+"""The training-only parts of the one-pass generators (``models.gan`` holds what a run loads).
 
 - ``Discriminator``: judges (image, text) pairs; spectral norm everywhere (Miyato et al.
   2018) and a projection term for the text condition (Miyato & Koyama 2018);
+- ``discriminator_step``: one matching-aware hinge step, with ``perturbed_scene`` for the
+  one-attribute-off captions it calls fake;
+- ``ema_update``, ``recalibrate_batch_norm``, ``log_step``, ``MONITOR_SEED``: the generator's
+  weight average, its batch-norm statistics after training, progress lines and captions;
 - ``text_statistics``: the whitening statistics the generator's ``TextWhitening`` is saved with;
 - ``text_tower_from_clip``: the frozen text tower copied out of a trained ``CLIPModel``;
 - ``save_gan_folder``: writes the folder ``models.gan.load_generator`` and
   ``models.texttower`` read back (``model_index.json``, tokenizer, text encoder, generator).
 
-``training.train_gan`` trains with them.
+``training.train_gan`` (shapes-gan) and ``training.distil`` (shapes-turbo) train with them.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+import time
+from dataclasses import asdict, replace
 from typing import Any, cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from models.gan import GAN_CLASS_NAME, GENERATOR_FOLDER, Generator, TextWhitening
+from training import world
 
-__all__ = ["Discriminator", "text_statistics", "text_tower_from_clip", "save_gan_folder"]
+__all__ = [
+    "MONITOR_SEED",
+    "Discriminator",
+    "discriminator_step",
+    "ema_update",
+    "log_step",
+    "perturbed_scene",
+    "recalibrate_batch_norm",
+    "save_gan_folder",
+    "text_statistics",
+    "text_tower_from_clip",
+]
 
 
 @torch.no_grad()
@@ -81,6 +99,101 @@ class Discriminator(nn.Module):
     def forward(self, images: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
         return self.score(self.features(images), text_embeds)
 
+
+
+def discriminator_step(
+    discriminator: Discriminator, optimiser: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor,
+    text: torch.Tensor, wrong: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """One step of the matching-aware discriminator (Reed et al. 2016) with the hinge loss.
+
+    (real image, own caption) is real; (generated image, own caption) and (real image, wrong
+    caption) are fake: ``relu(1 - D(x, t)) + 0.5 [relu(1 + D(G, t)) + relu(1 + D(x, t'))]``.
+    ``fake`` is detached here; ``text`` and ``wrong`` are pooled embeddings ``[B, text_dim]``.
+
+    Returns:
+        The three hinge terms (``real``, ``fake``, ``wrong``), after the optimiser's step.
+    """
+    real_features = discriminator.features(real)
+    losses = {
+        "real": F.relu(1 - discriminator.score(real_features, text)).mean(),
+        "fake": F.relu(1 + discriminator(fake.detach(), text)).mean(),
+        "wrong": F.relu(1 + discriminator.score(real_features, wrong)).mean(),
+    }
+    optimiser.zero_grad(set_to_none=True)
+    (losses["real"] + 0.5 * (losses["fake"] + losses["wrong"])).backward()
+    optimiser.step()
+    return losses
+
+
+# Progress captions: test-split scenes of another seed than the evaluation's (seed 1)
+MONITOR_SEED = 2
+
+
+def perturbed_scene(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
+    """``scene`` with one attribute changed, a valid training-split scene (drawn again until it is)."""
+    while True:
+        shapes = list(scene.shapes)
+        background = scene.background
+        index = int(rng.integers(len(shapes)))
+        what = ("background", "colour", "kind", "size", "position")[int(rng.integers(5))]
+        shape = shapes[index]
+        if what == "background":
+            background = str(rng.choice(list(world.COLOURS)))
+        elif what == "colour":
+            shapes[index] = replace(shape, colour=str(rng.choice(list(world.COLOURS))))
+        elif what == "kind":
+            shapes[index] = replace(shape, kind=str(rng.choice(world.SHAPES)))
+        elif what == "size":
+            shapes[index] = replace(shape, size=next(s for s in world.SIZES if s != shape.size))
+        elif len(shapes) == 1:
+            shapes[index] = replace(shape, position=str(rng.choice(list(world.POSITIONS))))
+        else:  # two shapes: swap their places
+            first, second = shapes
+            shapes = [replace(first, position=second.position), replace(second, position=first.position)]
+        try:
+            candidate = world.Scene(background=background, shapes=tuple(shapes))
+        except ValueError:
+            continue
+        if candidate != scene and world.split(candidate) == "train":
+            return candidate
+
+
+def log_step(step: int, total: int, start: float, **values: float) -> None:
+    """Print one progress line: the step, the seconds since ``start`` and ``values`` (3 decimals)."""
+    parts = " ".join(f"{k}={v:.3f}" for k, v in values.items())
+    print(f"step {step}/{total} {time.time() - start:.0f}s {parts}", flush=True)
+
+
+@torch.no_grad()
+def ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """Move ``average``'s parameters towards ``model``'s: ``kept = decay * kept + (1 - decay) * new``."""
+    for kept, new in zip(average.parameters(), model.parameters()):
+        kept.lerp_(new, 1 - decay)
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(
+    generator: Generator, embeds: torch.Tensor, *, batches: int, batch: int, seed: int,
+    sequence: torch.Tensor | None = None,
+) -> None:
+    """Re-estimate the running statistics (a cumulative average) for the weights as they are now.
+
+    ``sequence``: the rows' token states, for a generator that reads them (``training.distil``).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    generator.train()
+    for _ in range(batches):
+        rows = torch.randint(len(embeds), (batch,), generator=gen)
+        noise = torch.randn(batch, generator.config.noise_dim, generator=gen)
+        generator(noise, embeds[rows], None if sequence is None else sequence[rows])
+    for norm in norms:
+        norm.momentum = 0.1
+    generator.eval()
 
 
 def text_tower_from_clip(clip_path: str) -> tuple[Any, Any]:

@@ -35,45 +35,25 @@ import shutil
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from models.gan import GANImageGenerator, Generator, GeneratorConfig
 from models.texttower import TextTower, load_text_tower
 from training import world
-from training.gan_parts import Discriminator, save_gan_folder, text_statistics, text_tower_from_clip
-
-
-def _perturbed(scene: world.Scene, rng: np.random.Generator) -> world.Scene:
-    """``scene`` with one attribute changed, a valid training-split scene (drawn again until it is)."""
-    while True:
-        shapes = list(scene.shapes)
-        background = scene.background
-        index = int(rng.integers(len(shapes)))
-        what = ("background", "colour", "kind", "size", "position")[int(rng.integers(5))]
-        shape = shapes[index]
-        if what == "background":
-            background = str(rng.choice(list(world.COLOURS)))
-        elif what == "colour":
-            shapes[index] = replace(shape, colour=str(rng.choice(list(world.COLOURS))))
-        elif what == "kind":
-            shapes[index] = replace(shape, kind=str(rng.choice(world.SHAPES)))
-        elif what == "size":
-            shapes[index] = replace(shape, size=next(s for s in world.SIZES if s != shape.size))
-        elif len(shapes) == 1:
-            shapes[index] = replace(shape, position=str(rng.choice(list(world.POSITIONS))))
-        else:  # two shapes: swap their places
-            first, second = shapes
-            shapes = [replace(first, position=second.position), replace(second, position=first.position)]
-        try:
-            candidate = world.Scene(background=background, shapes=tuple(shapes))
-        except ValueError:
-            continue
-        if candidate != scene and world.split(candidate) == "train":
-            return candidate
+from training.gan_parts import (
+    MONITOR_SEED,
+    Discriminator,
+    discriminator_step,
+    ema_update,
+    log_step,
+    perturbed_scene,
+    recalibrate_batch_norm,
+    save_gan_folder,
+    text_statistics,
+    text_tower_from_clip,
+)
 
 
 def _embed(encoder: TextTower, captions: list[str], chunk: int = 256) -> torch.Tensor:
@@ -89,48 +69,10 @@ def _training_data(
     captions, negatives, images = [], [], []
     for text, image, scene in world.pairs(pool, seed, split_name="train"):
         captions.append(text)
-        negatives.append(world.caption(_perturbed(scene, rng)))
+        negatives.append(world.caption(perturbed_scene(scene, rng)))
         images.append(image)
     pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
     return pixels, _embed(encoder, captions), _embed(encoder, negatives)
-
-
-def _log(step: int, total: int, start: float, **values: float) -> None:
-    parts = " ".join(f"{k}={v:.3f}" for k, v in values.items())
-    print(f"step {step}/{total} {time.time() - start:.0f}s {parts}", flush=True)
-
-
-@torch.no_grad()
-def _ema_update(average: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for kept, new in zip(average.parameters(), model.parameters()):
-        kept.lerp_(new, 1 - decay)
-
-
-@torch.no_grad()
-def _recalibrate_batch_norm(
-    generator: Generator, embeds: torch.Tensor, *, batches: int, batch: int, seed: int,
-    sequence: torch.Tensor | None = None,
-) -> None:
-    """Re-estimate the running statistics (a cumulative average) for the weights as they are now.
-
-    ``sequence``: the rows' token states, for a generator that reads them (``training.distil``).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
-    generator.train()
-    for _ in range(batches):
-        rows = torch.randint(len(embeds), (batch,), generator=gen)
-        noise = torch.randn(batch, generator.config.noise_dim, generator=gen)
-        generator(noise, embeds[rows], None if sequence is None else sequence[rows])
-    for norm in norms:
-        norm.momentum = 0.1
-    generator.eval()
-
-
-MONITOR_SEED = 2
 
 
 def _grid(images: np.ndarray) -> np.ndarray:
@@ -147,7 +89,7 @@ def _monitor(
 
     captions, text = encoder_embed
     generator = copy.deepcopy(average)
-    _recalibrate_batch_norm(generator, text, batches=8, batch=len(text), seed=seed)
+    recalibrate_batch_norm(generator, text, batches=8, batch=len(text), seed=seed)
     noise = torch.randn(len(text), generator.config.noise_dim, generator=torch.Generator().manual_seed(seed))
     images = generator(noise, text)  # own noise generator: monitoring leaves the training run unchanged
     pixels = ((images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -206,28 +148,21 @@ def train(args: argparse.Namespace) -> dict:
         wrong = torch.where(hard, hard_negatives[rows], text.roll(1, dims=0))
         fake = generator(torch.randn(batch, config.noise_dim), text)
         # 1. Discriminator: (real, own caption) real; (fake, own caption) and (real, wrong caption) fake
-        real_features = discriminator.features(real)
-        loss_real = F.relu(1 - discriminator.score(real_features, text)).mean()
-        loss_fake = F.relu(1 + discriminator(fake.detach(), text)).mean()
-        loss_wrong = F.relu(1 + discriminator.score(real_features, wrong)).mean()
-        loss_d = loss_real + 0.5 * (loss_fake + loss_wrong)
-        optimiser_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        optimiser_d.step()
+        losses = discriminator_step(discriminator, optimiser_d, real, fake, text, wrong)
         # 2. Generator: make (fake, own caption) score real
         loss_g = -discriminator(fake, text).mean()
         optimiser_g.zero_grad(set_to_none=True)
         loss_g.backward()
         optimiser_g.step()
-        _ema_update(average, generator, args.ema if step >= args.ema_start else 0.0)
+        ema_update(average, generator, args.ema if step >= args.ema_start else 0.0)
         if step % 50 == 0 or step == args.steps - 1:
-            _log(step, args.steps, start, d_real=loss_real.item(), d_fake=loss_fake.item(),
-                 d_wrong=loss_wrong.item(), g=loss_g.item())
+            log_step(step, args.steps, start, d_real=losses["real"].item(), d_fake=losses["fake"].item(),
+                     d_wrong=losses["wrong"].item(), g=loss_g.item())
         if args.eval_every and (step + 1) % args.eval_every == 0:
             grid = f"{args.grids}_{step + 1:05d}.png" if args.grids else None
             rates = _monitor(average, encoder_embed=monitor, seed=args.seed, grid=grid)
             print(f"step {step + 1} monitor {rates}", flush=True)
-    _recalibrate_batch_norm(average, embeds, batches=32, batch=batch, seed=args.seed)
+    recalibrate_batch_norm(average, embeds, batches=32, batch=batch, seed=args.seed)
     save_gan_folder(args.out, generator=average, tokenizer=tokenizer, text_encoder=text_encoder)
     if args.save_discriminator:
         torch.save({"generator": generator.state_dict(), "discriminator": discriminator.state_dict()},

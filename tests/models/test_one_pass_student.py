@@ -20,14 +20,9 @@ from models.diffusion import PromptEncoder
 from models.gan import CrossAttention, GANImageGenerator, GeneratorConfig, load_generator
 from models.store import resolve_model_path
 from models.texttower import EMBED_KEY, SEQUENCE_KEY
+from training import world
 
-CAPTIONS = [
-    "a small cyan triangle in the center, orange background",
-    "a small red cross at the top and a small pink square at the bottom, purple background",
-    "a large black cross at the top and a large pink diamond at the bottom, orange background",
-    "a small white cross at the bottom, pink background",
-    "a large pink diamond at the bottom and a small cyan square at the top, red background",
-]
+CAPTIONS = [text for text, _image, _scene in world.held_out(5, 1)]  # held-out: never trained on
 
 
 @pytest.fixture(scope="module")
