@@ -14,6 +14,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from models.backends import load_backend
 from models.diffusion import PromptEncoder
@@ -31,8 +33,18 @@ def student_path(model_cache_dir: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def embeds(student_path: str) -> dict[str, np.ndarray]:
-    return PromptEncoder(student_path).encode(CAPTIONS, None, guidance=[1.0] * len(CAPTIONS), micro_batch=4)
+def encoder(student_path: str) -> PromptEncoder:
+    return PromptEncoder(student_path)
+
+
+@pytest.fixture(scope="module")
+def generator(student_path: str) -> GANImageGenerator:
+    return GANImageGenerator(student_path)
+
+
+@pytest.fixture(scope="module")
+def embeds(encoder: PromptEncoder) -> dict[str, np.ndarray]:
+    return encoder.encode(CAPTIONS, None, guidance=[1.0] * len(CAPTIONS), micro_batch=4)
 
 
 def test_folder_reads_the_token_sequence(student_path: str, embeds: dict[str, np.ndarray]) -> None:
@@ -87,3 +99,21 @@ def test_a_new_cross_attention_block_is_the_identity() -> None:
     block = CrossAttention(channels=8, sequence_dim=16, side=4, heads=2)
     x = torch.randn(3, 8, 4, 4)
     assert torch.equal(block(x, torch.randn(3, 5, 16)), x)
+
+
+@settings(max_examples=25, deadline=None)
+@given(prompts=st.lists(st.text(max_size=400), min_size=1, max_size=4), seed=st.integers(0, 2**31 - 1))
+def test_any_text_gives_finite_states_and_images_whatever_the_batch(
+    encoder: PromptEncoder, generator: GANImageGenerator, prompts: list[str], seed: int
+) -> None:
+    """Empty, unicode, control characters, far past the 77-token window: each prompt is its own row."""
+    embeds = encoder.encode(prompts, None, guidance=[1.0] * len(prompts), micro_batch=4)
+    assert embeds[SEQUENCE_KEY].shape == (len(prompts), 77, 64)
+    assert all(np.isfinite(value).all() for value in embeds.values())
+    seeds = [seed + i for i in range(len(prompts))]
+    images = generator.generate(embeds, seeds=seeds, width=64, height=64, micro_batch=4)
+    last = {key: value[-1:] for key, value in encoder.encode(prompts[-1:], None, guidance=[1.0], micro_batch=4).items()}
+    assert all(np.array_equal(last[key], embeds[key][-1:]) for key in embeds)  # encoding ignores batch-mates
+    alone = generator.generate(last, seeds=seeds[-1:], width=64, height=64, micro_batch=4)
+    assert images.dtype == np.uint8 and np.array_equal(alone[0], images[-1])
+
