@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from pipelines.runner import run_job
 from pipelines.spec import SpecError, load_spec
@@ -86,6 +87,13 @@ def test_one_pass_student_hands_token_states_through_the_pipeline(
     assert {row["model"] for row in out["rows"]} == {"builtin:shapes-turbo"}
     samples = {s["json"]["id"]: np.asarray(s["image"].convert("RGB")) for s in out["samples"]}
     path = resolve_model_path("builtin:shapes-turbo", cache_dir=model_cache)
-    embeds = PromptEncoder(path).encode([RED_LEFT, YELLOW_RIGHT], None, guidance=[1.0, 1.0], micro_batch=4)
-    expected = GANImageGenerator(path).generate(embeds, seeds=[5, 6], width=64, height=64, micro_batch=4)
+    # At the actors' thread count: Ray runs a 1-CPU actor with one intra-op thread. At 2 threads the
+    # student's kernels block by batch shape, and one uint8 of YELLOW_RIGHT moved (models/batching.py, cause 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        embeds = PromptEncoder(path).encode([RED_LEFT, YELLOW_RIGHT], None, guidance=[1.0, 1.0], micro_batch=4)
+        expected = GANImageGenerator(path).generate(embeds, seeds=[5, 6], width=64, height=64, micro_batch=4)
+    finally:
+        torch.set_num_threads(threads)
     assert np.array_equal(samples["a"], expected[0]) and np.array_equal(samples["b"], expected[1])
