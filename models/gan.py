@@ -243,13 +243,15 @@ class Generator(nn.Module):
         condition = torch.cat([noise, self.text(text_embeds)], dim=1)
         x = self.stem(condition).view(len(noise), self.config.channels[0], 4, 4)
         x = F.relu(self.stem_norm(x, condition))
-        for block in [None, *self.blocks]:
-            if block is not None:
-                x = block(x, condition)
-            attention = self.attention[str(x.shape[-1])] if str(x.shape[-1]) in self.attention else None
-            if attention is not None:
-                x = attention(x, prompt_embeds)
+        x = self._attend(x, prompt_embeds)
+        for block in self.blocks:
+            x = self._attend(block(x, condition), prompt_embeds)
         return torch.tanh(self.to_rgb(x))
+
+    def _attend(self, x: torch.Tensor, prompt_embeds: torch.Tensor | None) -> torch.Tensor:
+        """``x`` after the cross-attention block of its side, or unchanged where there is none."""
+        side = str(x.shape[-1])
+        return self.attention[side](x, prompt_embeds) if side in self.attention else x
 
 
 # --- the folder: model_index.json, tokenizer/, text_encoder/, generator/ ----------------------
