@@ -134,7 +134,11 @@ def test_watchdog_stops_a_hung_run_and_rerun_resumes(job, tmp_path: Path) -> Non
     hang = [{"at": "stage:generate", "do": "hang", "nth": 3}]
     result = job(str(out_dir), faults=hang, sets=("ray.stall_timeout_s=12",), timeout=180)
     assert result.returncode == 3, _fail(result)
-    assert "no shard committed for 12 s" in result.stderr
+    # The watchdog fired for the stall. The run then stops by the interrupt ("no shard committed for
+    # 12 s") or, if the main thread is stuck past the grace period, by the watchdog's own exit 3:
+    # both leave a resumable output (seen in full-suite runs, where the driver waited on actor slots)
+    assert "no progress for 12 s, stopping the run" in result.stderr, _fail(result)
+    assert "no shard committed for 12 s" in result.stderr or "the run did not stop, exiting" in result.stderr
     result = job(str(out_dir))
     assert result.returncode == 0, _fail(result, out_dir)
     out = read_output(str(out_dir))
